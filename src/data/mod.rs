@@ -1,0 +1,5 @@
+//! Record files: what the self-evaluation writes and the trainer reads.
+
+mod records;
+
+pub use records::{GLOBAL_OBJECT, ReadStats, RecordReader, TrainingRecord, parse_training_record};

@@ -1,0 +1,219 @@
+//! The reference implementation's training-format records, read as a stream.
+//!
+//! ```json
+//! {"bad_image_file": "00017.png", "good_image_file": "00017.png", "prompt": "...",
+//!  "vlm_rewards": [{"object": "global_layout_reward", "bbox": [0, 0, 512, 512], "score": -0.2},
+//!                  {"object": "a red book", "bbox": [12, 40, 210, 300], "score": 0.8}]}
+//! ```
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Result, SrumError};
+use crate::reward::{BBox, Judgement, ScoredRegion};
+
+/// The `object` name that marks the global layout entry in `vlm_rewards`.
+pub const GLOBAL_OBJECT: &str = "global_layout_reward";
+
+/// One training-format record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRecord {
+    /// The generated image whose velocity is reward-weighted (`x_gen`).
+    pub bad_image_file: String,
+    /// The anchor image of the constraint term; the same file in the published recipe.
+    pub good_image_file: String,
+    /// The prompt the image was generated from.
+    pub prompt: String,
+    /// `[W, H]` when the record carries it; otherwise read from the image file.
+    pub image_size: Option<[usize; 2]>,
+    /// Global and region scores.
+    pub judgement: Judgement,
+}
+
+/// Repairs and skips made while reading records, so nothing is dropped silently.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadStats {
+    /// Records read successfully.
+    pub records: usize,
+    /// Lines rejected (bad JSON, missing or mistyped required fields).
+    pub bad_lines: usize,
+    /// Blank lines skipped.
+    pub blank_lines: usize,
+    /// Region entries dropped for a missing or non-numeric `score`.
+    pub regions_without_score: usize,
+    /// Region entries dropped for a `bbox` that is not four numbers.
+    pub regions_bad_bbox: usize,
+    /// Extra `global_layout_reward` entries ignored (the first one wins).
+    pub duplicate_globals: usize,
+}
+
+fn as_score(v: Option<&Value>) -> Option<f32> {
+    v.and_then(Value::as_f64).map(|s| s as f32)
+}
+
+fn as_bbox(v: Option<&Value>) -> Option<BBox> {
+    let arr = v?.as_array()?;
+    if arr.len() != 4 {
+        return None;
+    }
+    let c: Vec<f64> = arr.iter().map(Value::as_f64).collect::<Option<_>>()?;
+    Some(BBox::new(c[0], c[1], c[2], c[3]))
+}
+
+/// Parses one JSON line. `Err` carries a message naming the offending field.
+pub fn parse_training_record(
+    line: &str,
+    stats: &mut ReadStats,
+) -> std::result::Result<TrainingRecord, String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let obj = v.as_object().ok_or("expected a JSON object")?;
+    let string = |key: &str| -> std::result::Result<String, String> {
+        match obj.get(key) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(format!("field `{key}` must be a string")),
+            None => Err(format!("missing field `{key}`")),
+        }
+    };
+    let bad_image_file = string("bad_image_file")?;
+    let good_image_file = match obj.get("good_image_file") {
+        None => bad_image_file.clone(),
+        Some(_) => string("good_image_file")?,
+    };
+    let prompt = string("prompt")?;
+    let image_size = match obj.get("image_size") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a))
+            if a.len() == 2 && a.iter().all(|x| x.as_u64().is_some_and(|n| n > 0)) =>
+        {
+            let n = |i: usize| a[i].as_u64().unwrap_or(0) as usize;
+            Some([n(0), n(1)])
+        }
+        Some(_) => return Err("field `image_size` must be [W, H] with positive integers".into()),
+    };
+    let rewards = match obj.get("vlm_rewards") {
+        Some(Value::Array(a)) => a.as_slice(),
+        Some(_) => return Err("field `vlm_rewards` must be an array".into()),
+        None => return Err("missing field `vlm_rewards`".into()),
+    };
+
+    let mut judgement = Judgement::default();
+    for (i, entry) in rewards.iter().enumerate() {
+        let Some(e) = entry.as_object() else {
+            return Err(format!("vlm_rewards[{i}] must be an object"));
+        };
+        let object = e.get("object").and_then(Value::as_str).unwrap_or_default();
+        if object == GLOBAL_OBJECT {
+            match (judgement.global, as_score(e.get("score"))) {
+                (Some(_), _) => stats.duplicate_globals += 1,
+                (None, Some(s)) => judgement.global = Some(s),
+                (None, None) => stats.regions_without_score += 1,
+            }
+            continue;
+        }
+        let Some(score) = as_score(e.get("score")) else {
+            stats.regions_without_score += 1;
+            tracing::warn!("vlm_rewards[{i}].score missing or not a number: region dropped");
+            continue;
+        };
+        let Some(bbox) = as_bbox(e.get("bbox")) else {
+            stats.regions_bad_bbox += 1;
+            tracing::debug!("vlm_rewards[{i}].bbox is not four numbers: region dropped");
+            continue;
+        };
+        judgement.regions.push(ScoredRegion {
+            bbox,
+            object: object.to_string(),
+            score,
+        });
+    }
+    Ok(TrainingRecord {
+        bad_image_file,
+        good_image_file,
+        prompt,
+        image_size,
+        judgement,
+    })
+}
+
+/// Streams training-format records from a JSON-lines source, one line in memory at a time.
+///
+/// Yields `(line_number, record)` (1-based) or an error naming the line; the caller decides
+/// whether a bad line is fatal. [`RecordReader::stats`] counts everything skipped.
+pub struct RecordReader<R> {
+    source: R,
+    path: PathBuf,
+    line_no: usize,
+    buf: String,
+    stats: ReadStats,
+}
+
+impl RecordReader<std::io::BufReader<std::fs::File>> {
+    /// Opens a records file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = std::fs::File::open(path).map_err(|e| SrumError::io(path, e))?;
+        Ok(Self::new(std::io::BufReader::new(file), path))
+    }
+}
+
+impl<R: BufRead> RecordReader<R> {
+    /// Reads from any buffered source; `path` names it in errors.
+    pub fn new(source: R, path: impl Into<PathBuf>) -> Self {
+        Self {
+            source,
+            path: path.into(),
+            line_no: 0,
+            buf: String::new(),
+            stats: ReadStats::default(),
+        }
+    }
+
+    /// What has been read, repaired and skipped so far.
+    pub fn stats(&self) -> ReadStats {
+        self.stats
+    }
+}
+
+impl<R: BufRead> Iterator for RecordReader<R> {
+    type Item = Result<(usize, TrainingRecord)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.buf.clear();
+            self.line_no += 1;
+            match self.source.read_line(&mut self.buf) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => {
+                    self.stats.bad_lines += 1;
+                    return Some(Err(SrumError::Record {
+                        path: self.path.clone(),
+                        line: self.line_no,
+                        message: format!("unreadable line: {e}"),
+                    }));
+                }
+            }
+            if self.buf.trim().is_empty() {
+                self.stats.blank_lines += 1;
+                continue;
+            }
+            return Some(match parse_training_record(&self.buf, &mut self.stats) {
+                Ok(r) => {
+                    self.stats.records += 1;
+                    Ok((self.line_no, r))
+                }
+                Err(message) => {
+                    self.stats.bad_lines += 1;
+                    Err(SrumError::Record {
+                        path: self.path.clone(),
+                        line: self.line_no,
+                        message,
+                    })
+                }
+            });
+        }
+    }
+}

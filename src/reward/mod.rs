@@ -1,0 +1,13 @@
+//! Stage 2 inputs: turning a [`Judgement`] into a dense [`RewardMap`].
+//!
+//! The default rule is the reference implementation's (see `SRUM.md`): every pixel starts
+//! at 0.5, each valid region lifts the pixels it covers to `max(current, (s + 1) / 2)`, and
+//! the whole map is scaled by `(g + 1) / 2` for the global score `g`.
+
+mod composer;
+mod judgement;
+mod resize;
+
+pub use composer::{ComposeStats, Combine, RewardComposer, RewardComposerConfig, RewardMode};
+pub use judgement::{BBox, Judgement, ScoredRegion};
+pub use resize::{RewardMap, resize_bilinear};
