@@ -43,6 +43,9 @@ pub enum SrumError {
         /// What went wrong.
         message: String,
     },
+    /// Training cannot go on (too many non-finite steps in a row, ...).
+    #[error("training: {0}")]
+    Training(String),
     /// The model refused an input (unknown word, bad image, ...).
     #[error("model: {0}")]
     Model(String),

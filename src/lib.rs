@@ -1,7 +1,18 @@
 //! SRUM for burn: a unified multimodal model rewards its own image generation with its own
 //! understanding.
+//!
+//! - [`model`]: the [`UnifiedModel`](model::UnifiedModel) contract a user implements.
+//! - [`flow`]: rectified-flow noising, timesteps and the Euler sampler.
+//! - [`reward`]: [`Judgement`](reward::Judgement)s into dense [`RewardMap`](reward::RewardMap)s.
+//! - [`train`]: the SRUM loss and the [`Trainer`](train::Trainer).
+//! - [`data`]: record files.
+//! - [`toy`]: a tiny model for tests and examples.
 pub mod data;
 pub mod error;
+pub mod flow;
+pub mod model;
 pub mod reward;
+pub mod toy;
+pub mod train;
 
 pub use error::{Result, SrumError};

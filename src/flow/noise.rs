@@ -1,0 +1,33 @@
+//! Noising and the velocity target.
+
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+use rand::Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+/// `x_t = (1 - t) x_0 + t eps`, one `t` per batch item.
+///
+/// Shapes: `x0`, `eps`: `[batch, tokens, channels]`; `t`: `[batch]`; returns `[batch, tokens, channels]`.
+pub fn noisy_latents<B: Backend>(x0: Tensor<B, 3>, eps: Tensor<B, 3>, t: Tensor<B, 1>) -> Tensor<B, 3> {
+    let [b] = t.dims();
+    let t = t.reshape([b, 1, 1]);
+    x0.clone() + (eps - x0) * t
+}
+
+/// The rectified-flow velocity target `eps - x_0`.
+///
+/// Shapes: `x0`, `eps`: `[batch, tokens, channels]`; returns the same.
+pub fn velocity_target<B: Backend>(x0: Tensor<B, 3>, eps: Tensor<B, 3>) -> Tensor<B, 3> {
+    eps - x0
+}
+
+/// Standard-normal noise drawn on the host from `rng`, so a seed gives the same numbers on
+/// every backend (GPU generators differ from each other and from the CPU).
+pub fn host_normal<B: Backend, R: Rng, const D: usize>(
+    rng: &mut R,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Tensor<B, D> {
+    let n = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
+    Tensor::from_data(TensorData::new(values, shape), device)
+}

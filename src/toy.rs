@@ -1,0 +1,212 @@
+//! `ToyUmm`: the smallest honest [`UnifiedModel`], for tests, examples and as a template.
+//!
+//! It has no VAE: latents are `2 * pixels - 1` cut into `patch x patch` patches. Prompts are a
+//! hashed bag of words through a shared embedding table. The generator is a per-token MLP with a
+//! learned position embedding; the understanding head scores an image's mean colour against the
+//! question's embedding. It is far too small to draw anything: it exists so that every code
+//! path of the trainer runs in milliseconds.
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+
+use crate::error::{Result, SrumError};
+use crate::model::{ParamRole, ParamRoles, UnifiedModel};
+
+/// Configuration of [`ToyUmm`].
+#[derive(Config, Debug)]
+pub struct ToyUmmConfig {
+    /// Side of the square RGB images, in pixels.
+    #[config(default = 8)]
+    pub image_size: usize,
+    /// Side of a latent patch, in pixels.
+    #[config(default = 2)]
+    pub patch: usize,
+    /// Buckets of the hashed prompt vocabulary.
+    #[config(default = 64)]
+    pub vocab: usize,
+    /// Width of the prompt embedding.
+    #[config(default = 16)]
+    pub d_cond: usize,
+    /// Hidden width of the velocity MLP.
+    #[config(default = 32)]
+    pub hidden: usize,
+}
+
+/// A tiny unified model: see the [module docs](self).
+#[derive(Module, Debug)]
+pub struct ToyUmm<B: Backend> {
+    /// Shared: prompt embedding table `[vocab, d_cond]`, used by both abilities.
+    prompt_table: Param<Tensor<B, 2>>,
+    /// Generation: token, time and prompt to hidden.
+    gen_in: Linear<B>,
+    /// Generation: learned position embedding `[tokens, hidden]`.
+    gen_pos: Param<Tensor<B, 2>>,
+    /// Generation: hidden to velocity.
+    gen_out: Linear<B>,
+    /// Understanding only: (mean colour, question) to a score logit.
+    und_head: Linear<B>,
+    image_size: usize,
+    patch: usize,
+    vocab: usize,
+}
+
+impl ToyUmmConfig {
+    /// Builds the model with random weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> ToyUmm<B> {
+        let grid = self.image_size / self.patch;
+        let channels = 3 * self.patch * self.patch;
+        let normal = Initializer::Normal { mean: 0.0, std: 0.5 };
+        ToyUmm {
+            prompt_table: normal.init([self.vocab, self.d_cond], device),
+            gen_in: LinearConfig::new(channels + 1 + self.d_cond, self.hidden).init(device),
+            gen_pos: Initializer::Normal { mean: 0.0, std: 0.1 }.init([grid * grid, self.hidden], device),
+            gen_out: LinearConfig::new(self.hidden, channels).init(device),
+            und_head: LinearConfig::new(3 + self.d_cond, 1).init(device),
+            image_size: self.image_size,
+            patch: self.patch,
+            vocab: self.vocab,
+        }
+    }
+}
+
+fn word_bucket(word: &str, vocab: usize) -> usize {
+    // FNV-1a: stable across platforms and runs.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in word.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h % vocab as u64) as usize
+}
+
+impl<B: Backend> ToyUmm<B> {
+    fn grid(&self) -> usize {
+        self.image_size / self.patch
+    }
+
+    /// Bag-of-words embedding: `[batch, d_cond]`; an empty prompt embeds to zeros.
+    fn embed(&self, texts: &[String]) -> Tensor<B, 2> {
+        let device = self.prompt_table.device();
+        let mut counts = vec![0f32; texts.len() * self.vocab];
+        for (i, text) in texts.iter().enumerate() {
+            let words: Vec<String> = text.split_whitespace().map(str::to_lowercase).collect();
+            for w in &words {
+                counts[i * self.vocab + word_bucket(w, self.vocab)] += 1.0 / words.len() as f32;
+            }
+        }
+        let bow = Tensor::<B, 2>::from_data(TensorData::new(counts, [texts.len(), self.vocab]), &device);
+        bow.matmul(self.prompt_table.val())
+    }
+
+    fn check_images(&self, images: &Tensor<B, 4>) -> Result<()> {
+        let [_, c, h, w] = images.dims();
+        if c != 3 || h != self.image_size || w != self.image_size {
+            return Err(SrumError::Model(format!(
+                "ToyUmm takes [batch, 3, {s}, {s}] images, got [_, {c}, {h}, {w}]",
+                s = self.image_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> UnifiedModel<B> for ToyUmm<B> {
+    type Condition = Tensor<B, 2>;
+
+    fn condition(&self, prompts: &[String]) -> Result<Tensor<B, 2>> {
+        Ok(self.embed(prompts))
+    }
+
+    fn unconditional(&self, batch: usize) -> Result<Tensor<B, 2>> {
+        Ok(self.embed(&vec![String::new(); batch]))
+    }
+
+    fn velocity(&self, x_t: Tensor<B, 3>, t: Tensor<B, 1>, condition: &Tensor<B, 2>) -> Tensor<B, 3> {
+        let [b, n, _] = x_t.dims();
+        let d = condition.dims()[1];
+        let t = t.reshape([b, 1, 1]).expand([b, n, 1]);
+        let cond = condition.clone().reshape([b, 1, d]).expand([b, n, d]);
+        let h = self.gen_in.forward(Tensor::cat(vec![x_t, t, cond], 2));
+        let h = gelu(h + self.gen_pos.val().unsqueeze_dim::<3>(0));
+        self.gen_out.forward(h)
+    }
+
+    fn latent_channels(&self) -> usize {
+        3 * self.patch * self.patch
+    }
+
+    fn latent_grid(&self, width: usize, height: usize) -> (usize, usize) {
+        (height / self.patch, width / self.patch)
+    }
+
+    fn encode_images(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 3>> {
+        self.check_images(&images)?;
+        let [b, _, _, _] = images.dims();
+        let (g, p) = (self.grid(), self.patch);
+        Ok(images
+            .reshape([b, 3, g, p, g, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b, g * g, 3 * p * p])
+            .mul_scalar(2.0)
+            .sub_scalar(1.0))
+    }
+
+    fn decode_latents(&self, latents: Tensor<B, 3>, width: usize, height: usize) -> Result<Tensor<B, 4>> {
+        let [b, n, c] = latents.dims();
+        let (g, p) = (self.grid(), self.patch);
+        if width != self.image_size || height != self.image_size || n != g * g || c != 3 * p * p {
+            return Err(SrumError::Model(format!(
+                "ToyUmm decodes [batch, {}, {}] latents to {s}x{s}, got [_, {n}, {c}] to {width}x{height}",
+                g * g,
+                3 * p * p,
+                s = self.image_size
+            )));
+        }
+        Ok(latents
+            .add_scalar(1.0)
+            .div_scalar(2.0)
+            .clamp(0.0, 1.0)
+            .reshape([b, g, g, 3, p, p])
+            .permute([0, 3, 1, 4, 2, 5])
+            .reshape([b, 3, g * p, g * p]))
+    }
+
+    fn answer(&self, images: Tensor<B, 4>, questions: &[String]) -> Result<Vec<String>> {
+        let p = self.score_probability(images, questions)?;
+        Ok(p.into_iter().map(|p| format!("Score: {:.3}", 2.0 * p - 1.0)).collect())
+    }
+
+    fn yes_no_probabilities(&self, images: Tensor<B, 4>, questions: &[String]) -> Option<Result<Vec<(f32, f32)>>> {
+        Some(self.score_probability(images, questions).map(|p| p.into_iter().map(|p| (p, 1.0 - p)).collect()))
+    }
+
+    fn param_roles(&self) -> ParamRoles {
+        ParamRoles::default()
+            .with_module(ParamRole::Shared, &self.prompt_table)
+            .with_module(ParamRole::Generation, &self.gen_in)
+            .with_module(ParamRole::Generation, &self.gen_pos)
+            .with_module(ParamRole::Generation, &self.gen_out)
+            .with_module(ParamRole::Understanding, &self.und_head)
+    }
+}
+
+impl<B: Backend> ToyUmm<B> {
+    fn score_probability(&self, images: Tensor<B, 4>, questions: &[String]) -> Result<Vec<f32>> {
+        self.check_images(&images)?;
+        let [b, _, _, _] = images.dims();
+        if questions.len() != b {
+            return Err(SrumError::Shape(format!("{} questions for {b} images", questions.len())));
+        }
+        let colour = images.mean_dim(3).mean_dim(2).reshape([b, 3]);
+        let q = self.embed(questions);
+        let logit = self.und_head.forward(Tensor::cat(vec![colour, q], 1));
+        sigmoid(logit)
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| SrumError::Model(format!("{e:?}")))
+    }
+}

@@ -1,0 +1,104 @@
+//! Trainer settings; the defaults are the published SRUM recipe.
+
+use burn::config::Config;
+
+use super::{Constraint, LrDecay};
+use crate::error::{Result, SrumError};
+use crate::flow::TimestepSampling;
+use crate::model::TrainableSet;
+
+/// Settings of the [`Trainer`](super::Trainer). `TrainerConfig::default()` is the published
+/// recipe: AdamW (lr 2e-5, betas 0.9/0.95, eps 1e-15, no weight decay), 100 warmup steps then
+/// constant, lambda 0.5 with the anchor constraint, grad-norm clip 1.0, no EMA, logit-normal
+/// timesteps without shift, generation and shared parameters trained.
+#[derive(Config, Debug, PartialEq)]
+pub struct TrainerConfig {
+    /// Peak learning rate.
+    #[config(default = 2e-5)]
+    pub lr: f64,
+    /// AdamW beta 1.
+    #[config(default = 0.9)]
+    pub beta_1: f32,
+    /// AdamW beta 2.
+    #[config(default = 0.95)]
+    pub beta_2: f32,
+    /// AdamW epsilon.
+    #[config(default = 1e-15)]
+    pub epsilon: f32,
+    /// Decoupled weight decay (applied only to trained parameters).
+    #[config(default = 0.0)]
+    pub weight_decay: f32,
+    /// Linear warmup length in optimizer steps.
+    #[config(default = 100)]
+    pub warmup_steps: u64,
+    /// Schedule after warmup.
+    #[config(default = "LrDecay::Constant")]
+    pub decay: LrDecay,
+    /// Weight `lambda` of the constraint term.
+    #[config(default = 0.5)]
+    pub lambda: f32,
+    /// Which constraint term.
+    #[config(default = "Constraint::Anchor")]
+    pub constraint: Constraint,
+    /// Global gradient-norm clip (`None`: no clipping).
+    #[config(default = "Some(1.0)")]
+    pub grad_clip_norm: Option<f32>,
+    /// `step` calls (micro-batches) per optimizer update.
+    #[config(default = 1)]
+    pub grad_accum_steps: usize,
+    /// EMA decay of the trained weights (`None`: no EMA; the published script has it off).
+    #[config(default = "None")]
+    pub ema_decay: Option<f32>,
+    /// How training timesteps are drawn.
+    #[config(default = "TimestepSampling::LogitNormal { mean: 0.0, std: 1.0 }")]
+    pub timesteps: TimestepSampling,
+    /// Timestep shift for training (BAGEL trains with 1.0).
+    #[config(default = 1.0)]
+    pub timestep_shift: f32,
+    /// Which parameters are trained.
+    #[config(default = "TrainableSet::GenerationAndShared")]
+    pub trainable: TrainableSet,
+    /// Seed of the noise and timestep stream.
+    #[config(default = 42)]
+    pub seed: u64,
+    /// Training stops with an error after this many skipped (non-finite) steps in a row.
+    #[config(default = 10)]
+    pub max_consecutive_skips: usize,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TrainerConfig {
+    /// Rejects impossible values, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let pos = |ok: bool, field: &'static str, v: String| {
+            if ok { Ok(()) } else { Err(SrumError::config(field, v)) }
+        };
+        pos(self.lr.is_finite() && self.lr > 0.0, "lr", format!("must be > 0, got {}", self.lr))?;
+        pos((0.0..1.0).contains(&self.beta_1), "beta_1", format!("must be in [0, 1), got {}", self.beta_1))?;
+        pos((0.0..1.0).contains(&self.beta_2), "beta_2", format!("must be in [0, 1), got {}", self.beta_2))?;
+        pos(self.epsilon.is_finite() && self.epsilon > 0.0, "epsilon", format!("must be > 0, got {}", self.epsilon))?;
+        pos(self.weight_decay.is_finite() && self.weight_decay >= 0.0, "weight_decay", format!("must be >= 0, got {}", self.weight_decay))?;
+        pos(self.lambda.is_finite() && self.lambda >= 0.0, "lambda", format!("must be finite and >= 0, got {}", self.lambda))?;
+        if let Some(c) = self.grad_clip_norm {
+            pos(c.is_finite() && c > 0.0, "grad_clip_norm", format!("must be > 0, got {c}"))?;
+        }
+        pos(self.grad_accum_steps >= 1, "grad_accum_steps", "must be at least 1".into())?;
+        if let Some(d) = self.ema_decay {
+            pos((0.0..1.0).contains(&d), "ema_decay", format!("must be in [0, 1), got {d}"))?;
+        }
+        pos(self.timestep_shift.is_finite() && self.timestep_shift > 0.0, "timestep_shift", format!("must be > 0, got {}", self.timestep_shift))?;
+        pos(self.max_consecutive_skips >= 1, "max_consecutive_skips", "must be at least 1".into())?;
+        if let super::LrDecay::Cosine { min_lr, .. } = self.decay {
+            pos(min_lr.is_finite() && min_lr >= 0.0, "decay.min_lr", format!("must be >= 0, got {min_lr}"))?;
+        }
+        if let TimestepSampling::LogitNormal { mean, std } = self.timesteps {
+            pos(mean.is_finite() && std.is_finite() && std > 0.0, "timesteps", "logit-normal needs finite mean and std > 0".into())?;
+        }
+        Ok(())
+    }
+}

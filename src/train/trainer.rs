@@ -1,0 +1,509 @@
+//! `Trainer`: reward-weighted flow-matching updates of a [`UnifiedModel`]'s generator.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, ParamId, list_param_ids};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::tensor::{ElementConversion, Tensor, TensorData, backend::AutodiffBackend, backend::Backend};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{weights_from_safetensors, weights_to_safetensors, write_dir_atomic};
+use super::params::{ema_update, grad_norm, scale_grads};
+use super::{Constraint, TrainerConfig, learning_rate, srum_loss};
+use crate::error::{Result, SrumError};
+use crate::flow::{host_normal, noisy_latents, sample_timesteps, velocity_target};
+use crate::model::UnifiedModel;
+use crate::reward::RewardMap;
+
+/// One training batch: generated latents, their prompts and per-token rewards.
+#[derive(Debug, Clone)]
+pub struct SrumBatch<B: Backend> {
+    /// The prompt of each image.
+    pub prompts: Vec<String>,
+    /// `x_gen`, the generated images' latents. Shape `[batch, tokens, channels]`.
+    pub latents: Tensor<B, 3>,
+    /// `x_anchor` for the anchor constraint; `None` means `latents` (the published recipe).
+    /// Shape `[batch, tokens, channels]`.
+    pub anchor: Option<Tensor<B, 3>>,
+    /// Reward per latent token, e.g. from [`RewardMap`]s. Shape `[batch, tokens]`.
+    pub reward: Tensor<B, 2>,
+}
+
+impl<B: Backend> SrumBatch<B> {
+    /// A batch from latents and reward maps already resized to the latent grid.
+    pub fn from_maps(prompts: Vec<String>, latents: Tensor<B, 3>, maps: &[RewardMap]) -> Result<Self> {
+        let [b, n, _] = latents.dims();
+        if maps.len() != b {
+            return Err(SrumError::Shape(format!("{} reward maps for a batch of {b}", maps.len())));
+        }
+        let mut values = Vec::with_capacity(b * n);
+        for (i, m) in maps.iter().enumerate() {
+            if m.values.len() != n {
+                return Err(SrumError::Shape(format!(
+                    "reward map {i} is {}x{} = {} values, latents have {n} tokens",
+                    m.height,
+                    m.width,
+                    m.values.len()
+                )));
+            }
+            values.extend_from_slice(&m.values);
+        }
+        let reward = Tensor::from_data(TensorData::new(values, [b, n]), &latents.device());
+        let batch = Self {
+            prompts,
+            latents,
+            anchor: None,
+            reward,
+        };
+        batch.validate()?;
+        Ok(batch)
+    }
+
+    /// Checks that every part agrees on batch size and token count.
+    pub fn validate(&self) -> Result<()> {
+        let [b, n, c] = self.latents.dims();
+        if b == 0 {
+            return Err(SrumError::Shape("empty batch".into()));
+        }
+        if self.prompts.len() != b {
+            return Err(SrumError::Shape(format!("{} prompts for a batch of {b}", self.prompts.len())));
+        }
+        if self.reward.dims() != [b, n] {
+            return Err(SrumError::Shape(format!("reward {:?}, expected [{b}, {n}]", self.reward.dims())));
+        }
+        if let Some(a) = &self.anchor
+            && a.dims() != [b, n, c]
+        {
+            return Err(SrumError::Shape(format!("anchor {:?}, expected [{b}, {n}, {c}]", a.dims())));
+        }
+        Ok(())
+    }
+}
+
+/// What one [`Trainer::step`] did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// Optimizer updates applied so far (after this call).
+    pub optimizer_step: u64,
+    /// Micro-batches seen so far (after this call).
+    pub micro_step: u64,
+    /// `reward + lambda * constraint` of this micro-batch.
+    pub loss: f32,
+    /// The reward-weighted flow-matching term.
+    pub reward_loss: f32,
+    /// The constraint term (before `lambda`).
+    pub constraint_loss: f32,
+    /// Mean per-token reward of the batch.
+    pub mean_reward: f32,
+    /// Global gradient norm before clipping, when this call ended an accumulation window.
+    pub grad_norm: Option<f32>,
+    /// Learning rate of the update (or of the next one, when none happened).
+    pub lr: f64,
+    /// Whether the weights were updated by this call.
+    pub updated: bool,
+    /// Why this call was skipped (non-finite loss or gradient), if it was.
+    pub skipped: Option<String>,
+    /// Images per second through this call (forward, backward and update).
+    pub samples_per_sec: f64,
+    /// Latent tokens per second through this call.
+    pub tokens_per_sec: f64,
+}
+
+/// Counters that, with the config, determine everything the trainer does next.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer updates applied.
+    pub optimizer_steps: u64,
+    /// Micro-batches consumed (the noise stream position).
+    pub micro_steps: u64,
+    /// Micro-batches or updates skipped as non-finite.
+    pub skipped: u64,
+    /// Skips in a row.
+    pub consecutive_skips: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CheckpointMeta {
+    format: u32,
+    config: TrainerConfig,
+    state: TrainerState,
+}
+
+const MODEL_FILE: &str = "model.safetensors";
+const EMA_FILE: &str = "ema.safetensors";
+const REFERENCE_FILE: &str = "reference.safetensors";
+const OPTIM_FILE: &str = "optimizer.mpk";
+const META_FILE: &str = "trainer.json";
+
+/// The noise stream: one independent generator per micro-step, so resuming at step `k`
+/// needs only `(seed, k)`.
+fn step_rng(seed: u64, micro_step: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(micro_step);
+    rng
+}
+
+/// Reward-weighted flow-matching trainer (stage 2 of SRUM).
+///
+/// Owns the model, an AdamW optimizer, optionally an EMA copy and a frozen reference copy.
+/// Only the parameters that [`TrainerConfig::trainable`] selects from the model's
+/// [`ParamRoles`](crate::model::ParamRoles) ever receive gradients; all others, understanding
+/// included, stay bit-for-bit unchanged.
+pub struct Trainer<B, M>
+where
+    B: AutodiffBackend,
+    M: UnifiedModel<B> + AutodiffModule<B>,
+    M::InnerModule: UnifiedModel<B::InnerBackend>,
+{
+    model: Option<M>,
+    optim: OptimizerAdaptor<AdamW, M, B>,
+    accumulator: GradientsAccumulator<M>,
+    accumulated: usize,
+    reference: Option<M::InnerModule>,
+    ema: Option<M::InnerModule>,
+    trainable: Vec<ParamId>,
+    config: TrainerConfig,
+    state: TrainerState,
+    device: B::Device,
+}
+
+impl<B, M> Trainer<B, M>
+where
+    B: AutodiffBackend,
+    M: UnifiedModel<B> + AutodiffModule<B>,
+    M::InnerModule: UnifiedModel<B::InnerBackend>,
+{
+    /// A trainer for `model` on `device`. Fails on an invalid config.
+    pub fn new(model: M, config: TrainerConfig, device: &B::Device) -> Result<Self> {
+        config.validate()?;
+        let model = model.to_device(device);
+        let roles = model.param_roles();
+        let trainable: Vec<ParamId> = list_param_ids(&model)
+            .into_iter()
+            .filter(|id| config.trainable.trains(roles.role(*id)))
+            .collect();
+        if trainable.is_empty() {
+            return Err(SrumError::config("trainable", "the model declares no trainable parameter"));
+        }
+        let optim = AdamWConfig::new()
+            .with_beta_1(config.beta_1)
+            .with_beta_2(config.beta_2)
+            .with_epsilon(config.epsilon)
+            .with_weight_decay(config.weight_decay)
+            .init::<B, M>();
+        let reference = (config.constraint == Constraint::ReferenceModel).then(|| model.valid());
+        let ema = config.ema_decay.map(|_| model.valid());
+        Ok(Self {
+            model: Some(model),
+            optim,
+            accumulator: GradientsAccumulator::new(),
+            accumulated: 0,
+            reference,
+            ema,
+            trainable,
+            config,
+            state: TrainerState::default(),
+            device: device.clone(),
+        })
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &M {
+        self.model.as_ref().expect("model is present between steps")
+    }
+
+    /// Gives the trained model back.
+    pub fn into_model(mut self) -> M {
+        self.model.take().expect("model is present between steps")
+    }
+
+    /// The EMA weights, when `ema_decay` is set.
+    pub fn ema(&self) -> Option<&M::InnerModule> {
+        self.ema.as_ref()
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &TrainerConfig {
+        &self.config
+    }
+
+    /// Step counters.
+    pub fn state(&self) -> TrainerState {
+        self.state
+    }
+
+    /// Ids of the parameters this trainer updates.
+    pub fn trainable_params(&self) -> &[ParamId] {
+        &self.trainable
+    }
+
+    fn skip(&mut self, reason: String) -> Result<()> {
+        self.state.skipped += 1;
+        self.state.consecutive_skips += 1;
+        // A window with a poisoned micro-batch is dropped whole.
+        self.accumulator = GradientsAccumulator::new();
+        self.accumulated = 0;
+        tracing::warn!(step = self.state.micro_steps, %reason, "training step skipped");
+        if self.state.consecutive_skips >= self.config.max_consecutive_skips {
+            return Err(SrumError::Training(format!(
+                "{} non-finite steps in a row (last: {reason}); weights left at the last good update",
+                self.state.consecutive_skips
+            )));
+        }
+        Ok(())
+    }
+
+    /// One micro-batch: forward, loss, backward, and (every `grad_accum_steps` calls) a
+    /// clipped AdamW update. A non-finite loss or gradient norm skips the update and leaves
+    /// the weights untouched; too many in a row is an error.
+    pub fn step(&mut self, batch: SrumBatch<B>) -> Result<StepReport> {
+        let start = Instant::now();
+        batch.validate()?;
+        let [b, n, c] = batch.latents.dims();
+        let cfg = self.config.clone();
+        let micro = self.state.micro_steps;
+        self.state.micro_steps += 1;
+
+        let mut rng = step_rng(cfg.seed, micro);
+        let t_host = sample_timesteps(&mut rng, b, cfg.timesteps, cfg.timestep_shift);
+        let eps = host_normal::<B, _, 3>(&mut rng, [b, n, c], &self.device);
+        let t = Tensor::<B, 1>::from_data(TensorData::new(t_host, [b]), &self.device);
+        let SrumBatch {
+            prompts,
+            latents: x_gen,
+            anchor,
+            reward,
+        } = batch;
+
+        let model = self.model.take().ok_or_else(|| SrumError::Training("trainer lost its model after a failed step".into()))?;
+        let result = self.forward_backward(&model, &prompts, x_gen, anchor, reward, eps, t);
+        let (terms, mean_reward, grads) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                self.model = Some(model);
+                return Err(e);
+            }
+        };
+        let [loss, reward_loss, constraint_loss] = terms;
+        let mut report = StepReport {
+            optimizer_step: self.state.optimizer_steps,
+            micro_step: self.state.micro_steps,
+            loss,
+            reward_loss,
+            constraint_loss,
+            mean_reward,
+            grad_norm: None,
+            lr: learning_rate(cfg.lr, cfg.warmup_steps, cfg.decay, self.state.optimizer_steps),
+            updated: false,
+            skipped: None,
+            samples_per_sec: 0.0,
+            tokens_per_sec: 0.0,
+        };
+
+        let mut model = model;
+        match grads {
+            None => {
+                let reason = format!("non-finite loss {loss}");
+                report.skipped = Some(reason.clone());
+                self.model = Some(model);
+                self.skip(reason)?;
+            }
+            Some(grads) => {
+                self.accumulator.accumulate(&model, grads);
+                self.accumulated += 1;
+                if self.accumulated == cfg.grad_accum_steps {
+                    self.accumulated = 0;
+                    let mut grads = self.accumulator.grads();
+                    let norm = grad_norm::<B, M>(&model, &grads);
+                    report.grad_norm = Some(norm);
+                    if !norm.is_finite() {
+                        let reason = format!("non-finite gradient norm {norm}");
+                        report.skipped = Some(reason.clone());
+                        self.model = Some(model);
+                        self.skip(reason)?;
+                    } else {
+                        if let Some(max) = cfg.grad_clip_norm {
+                            // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) when above.
+                            let coef = max / (norm + 1e-6);
+                            if coef < 1.0 {
+                                scale_grads::<B, M>(&model, &mut grads, coef);
+                            }
+                        }
+                        model = self.optim.step(report.lr, model, grads);
+                        if let (Some(ema), Some(decay)) = (self.ema.take(), cfg.ema_decay) {
+                            let ids: HashSet<ParamId> = self.trainable.iter().copied().collect();
+                            self.ema = Some(ema_update(ema, &model.valid(), &ids, decay));
+                        }
+                        self.state.optimizer_steps += 1;
+                        self.state.consecutive_skips = 0;
+                        report.updated = true;
+                        report.optimizer_step = self.state.optimizer_steps;
+                        self.model = Some(model);
+                    }
+                }
+                else {
+                    self.model = Some(model);
+                }
+            }
+        }
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        report.samples_per_sec = b as f64 / secs;
+        report.tokens_per_sec = (b * n) as f64 / secs;
+        Ok(report)
+    }
+
+    /// Loss terms (host values), mean reward and the trainable gradients; `None` gradients
+    /// when the loss is not finite (nothing is back-propagated then).
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn forward_backward(
+        &self,
+        model: &M,
+        prompts: &[String],
+        x_gen: Tensor<B, 3>,
+        anchor: Option<Tensor<B, 3>>,
+        reward: Tensor<B, 2>,
+        eps: Tensor<B, 3>,
+        t: Tensor<B, 1>,
+    ) -> Result<([f32; 3], f32, Option<GradientsParams>)> {
+        let cfg = &self.config;
+        let x_t = noisy_latents(x_gen.clone(), eps.clone(), t.clone());
+        let target = velocity_target(x_gen.clone(), eps.clone());
+        let constraint_target = match cfg.constraint {
+            Constraint::Anchor => velocity_target(anchor.unwrap_or(x_gen), eps),
+            Constraint::ReferenceModel => {
+                let reference = self
+                    .reference
+                    .as_ref()
+                    .ok_or_else(|| SrumError::Training("reference model missing".into()))?;
+                let cond = reference.condition(prompts)?;
+                Tensor::from_inner(reference.velocity(x_t.clone().inner(), t.clone().inner(), &cond))
+            }
+        };
+        let mean_reward = reward.clone().mean();
+        let cond = model.condition(prompts)?;
+        let v = model.velocity(x_t, t, &cond);
+        let terms = srum_loss(v, target, reward, constraint_target, cfg.lambda);
+        let host = Tensor::cat(
+            vec![
+                terms.total.clone().inner(),
+                terms.reward.inner(),
+                terms.constraint.inner(),
+                mean_reward.inner(),
+            ],
+            0,
+        )
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| SrumError::Training(format!("reading the loss: {e:?}")))?;
+        let values = [host[0], host[1], host[2]];
+        if !host[0].is_finite() {
+            return Ok((values, host[3], None));
+        }
+        let scaled = terms.total.div_scalar(cfg.grad_accum_steps as f32);
+        let mut grads = scaled.backward();
+        let grads = GradientsParams::from_params(&mut grads, model, &self.trainable);
+        Ok((values, host[3], Some(grads)))
+    }
+
+    /// Writes model, EMA, reference, optimizer state and counters to `dir`, atomically.
+    /// Must be called between accumulation windows.
+    pub fn save_checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        if self.accumulated != 0 {
+            return Err(SrumError::Checkpoint {
+                path: dir.to_path_buf(),
+                message: format!(
+                    "{} of {} micro-batches accumulated: save after the optimizer update",
+                    self.accumulated, self.config.grad_accum_steps
+                ),
+            });
+        }
+        let model = self.model();
+        let ckpt = |message: String| SrumError::Checkpoint {
+            path: dir.to_path_buf(),
+            message,
+        };
+        let optim = <NamedMpkBytesRecorder<FullPrecisionSettings> as Recorder<B>>::record(
+            &NamedMpkBytesRecorder::default(),
+            self.optim.to_record(),
+            (),
+        )
+        .map_err(|e| ckpt(format!("optimizer state: {e}")))?;
+        let meta = serde_json::to_vec_pretty(&CheckpointMeta {
+            format: 1,
+            config: self.config.clone(),
+            state: self.state,
+        })
+        .map_err(|e| ckpt(e.to_string()))?;
+        let weights = weights_to_safetensors(&model.valid())?;
+        let ema = self.ema.as_ref().map(weights_to_safetensors).transpose()?;
+        let reference = self.reference.as_ref().map(weights_to_safetensors).transpose()?;
+        write_dir_atomic(dir, |tmp| {
+            let put = |name: &str, bytes: &[u8]| {
+                let p = tmp.join(name);
+                std::fs::write(&p, bytes).map_err(|e| SrumError::io(&p, e))?;
+                std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|e| SrumError::io(&p, e))
+            };
+            put(MODEL_FILE, &weights)?;
+            if let Some(e) = &ema {
+                put(EMA_FILE, e)?;
+            }
+            if let Some(r) = &reference {
+                put(REFERENCE_FILE, r)?;
+            }
+            put(OPTIM_FILE, &optim)?;
+            // Written last: its presence marks a complete checkpoint.
+            put(META_FILE, &meta)
+        })
+    }
+
+    /// Restores a trainer saved by [`Trainer::save_checkpoint`] into `model` (a freshly built
+    /// model of the same architecture). Continuing from here gives, on a deterministic backend,
+    /// the same weights bit for bit as never having stopped.
+    pub fn resume(dir: impl AsRef<Path>, model: M, device: &B::Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let read = |name: &str| {
+            let p = dir.join(name);
+            std::fs::read(&p).map_err(|e| SrumError::io(&p, e))
+        };
+        let meta_path = dir.join(META_FILE);
+        let meta: CheckpointMeta = serde_json::from_slice(&read(META_FILE)?).map_err(|e| SrumError::Checkpoint {
+            path: meta_path.clone(),
+            message: format!("unreadable trainer state: {e}"),
+        })?;
+        let model = weights_from_safetensors(model.to_device(device), &read(MODEL_FILE)?, &dir.join(MODEL_FILE))?;
+        let mut trainer = Self::new(model, meta.config, device)?;
+        if trainer.reference.is_some() {
+            let r = trainer.model().valid();
+            trainer.reference = Some(weights_from_safetensors(r, &read(REFERENCE_FILE)?, &dir.join(REFERENCE_FILE))?);
+        }
+        if trainer.ema.is_some() {
+            let e = trainer.model().valid();
+            trainer.ema = Some(weights_from_safetensors(e, &read(EMA_FILE)?, &dir.join(EMA_FILE))?);
+        }
+        let record = <NamedMpkBytesRecorder<FullPrecisionSettings> as Recorder<B>>::load(
+            &NamedMpkBytesRecorder::default(),
+            read(OPTIM_FILE)?,
+            device,
+        )
+        .map_err(|e| SrumError::Checkpoint {
+            path: dir.join(OPTIM_FILE),
+            message: format!("optimizer state: {e}"),
+        })?;
+        trainer.optim = trainer.optim.load_record(record);
+        trainer.state = meta.state;
+        Ok(trainer)
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_elem<E: ElementConversion>(e: E) -> f32 {
+    e.elem()
+}
