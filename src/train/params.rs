@@ -211,3 +211,18 @@ pub fn ema_update<B: Backend, M: Module<B>>(ema: M, current: &M, ids: &HashSet<P
         .collect();
     ema.map(&mut EmaMapper { current, decay })
 }
+
+struct Materialize;
+
+impl<B: Backend> ModuleVisitor<B> for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let _ = param.val();
+    }
+}
+
+/// Runs burn's lazy parameter initialisers now. A lazily initialised module that is cloned
+/// before its first use gives each clone *different* random weights; the trainer calls this
+/// before taking its reference and EMA copies, and so should a user who clones a fresh model.
+pub fn materialize<B: Backend, M: Module<B>>(module: &M) {
+    module.visit(&mut Materialize);
+}

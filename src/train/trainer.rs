@@ -8,13 +8,13 @@ use burn::module::{AutodiffModule, ParamId, list_param_ids};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
-use burn::tensor::{ElementConversion, Tensor, TensorData, backend::AutodiffBackend, backend::Backend};
+use burn::tensor::{Tensor, TensorData, backend::AutodiffBackend, backend::Backend};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{weights_from_safetensors, weights_to_safetensors, write_dir_atomic};
-use super::params::{ema_update, grad_norm, scale_grads};
+use super::params::{ema_update, grad_norm, materialize, scale_grads};
 use super::{Constraint, TrainerConfig, learning_rate, srum_loss};
 use crate::error::{Result, SrumError};
 use crate::flow::{host_normal, noisy_latents, sample_timesteps, velocity_target};
@@ -179,10 +179,13 @@ where
     M: UnifiedModel<B> + AutodiffModule<B>,
     M::InnerModule: UnifiedModel<B::InnerBackend>,
 {
-    /// A trainer for `model` on `device`. Fails on an invalid config.
+    /// A trainer for `model`, which must already live on `device`. Fails on an invalid config.
     pub fn new(model: M, config: TrainerConfig, device: &B::Device) -> Result<Self> {
         config.validate()?;
-        let model = model.to_device(device);
+        // No `to_device` here: in burn 0.21 it detaches autodiff parameters from the graph
+        // (every other step then gets no gradients), so the model must be built on `device`.
+        // The reference and EMA copies must hold the same weights, not fresh lazy draws.
+        materialize(&model);
         let roles = model.param_roles();
         let trainable: Vec<ParamId> = list_param_ids(&model)
             .into_iter()
@@ -478,7 +481,7 @@ where
             path: meta_path.clone(),
             message: format!("unreadable trainer state: {e}"),
         })?;
-        let model = weights_from_safetensors(model.to_device(device), &read(MODEL_FILE)?, &dir.join(MODEL_FILE))?;
+        let model = weights_from_safetensors(model, &read(MODEL_FILE)?, &dir.join(MODEL_FILE))?;
         let mut trainer = Self::new(model, meta.config, device)?;
         if trainer.reference.is_some() {
             let r = trainer.model().valid();
@@ -501,9 +504,4 @@ where
         trainer.state = meta.state;
         Ok(trainer)
     }
-}
-
-#[allow(dead_code)]
-fn _assert_elem<E: ElementConversion>(e: E) -> f32 {
-    e.elem()
 }
