@@ -5,9 +5,11 @@
 //! the whole map is scaled by `(g + 1) / 2` for the global score `g`.
 
 mod composer;
+mod heatmap;
 mod judgement;
 mod resize;
 
 pub use composer::{ComposeStats, Combine, RewardComposer, RewardComposerConfig, RewardMode};
 pub use judgement::{BBox, Judgement, ScoredRegion};
+pub use heatmap::heat_colour;
 pub use resize::{RewardMap, resize_bilinear};
