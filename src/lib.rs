@@ -5,11 +5,15 @@
 //! - [`flow`]: rectified-flow noising, timesteps and the Euler sampler.
 //! - [`reward`]: [`Judgement`](reward::Judgement)s into dense [`RewardMap`](reward::RewardMap)s.
 //! - [`train`]: the SRUM loss and the [`Trainer`](train::Trainer).
-//! - [`data`]: record files.
+//! - [`judge`]: the self-evaluator: region proposals, questions, robust parsing.
+//! - [`data`]: record files (scorer and training formats).
+//! - [`image`]: host-side RGB images.
 //! - [`toy`]: a tiny model for tests and examples.
 pub mod data;
 pub mod error;
 pub mod flow;
+pub mod image;
+pub mod judge;
 pub mod model;
 pub mod reward;
 pub mod toy;

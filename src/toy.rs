@@ -58,11 +58,18 @@ impl ToyUmmConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> ToyUmm<B> {
         let grid = self.image_size / self.patch;
         let channels = 3 * self.patch * self.patch;
-        let normal = Initializer::Normal { mean: 0.0, std: 0.5 };
+        let normal = Initializer::Normal {
+            mean: 0.0,
+            std: 0.5,
+        };
         ToyUmm {
             prompt_table: normal.init([self.vocab, self.d_cond], device),
             gen_in: LinearConfig::new(channels + 1 + self.d_cond, self.hidden).init(device),
-            gen_pos: Initializer::Normal { mean: 0.0, std: 0.1 }.init([grid * grid, self.hidden], device),
+            gen_pos: Initializer::Normal {
+                mean: 0.0,
+                std: 0.1,
+            }
+            .init([grid * grid, self.hidden], device),
             gen_out: LinearConfig::new(self.hidden, channels).init(device),
             und_head: LinearConfig::new(3 + self.d_cond, 1).init(device),
             image_size: self.image_size,
@@ -97,7 +104,8 @@ impl<B: Backend> ToyUmm<B> {
                 counts[i * self.vocab + word_bucket(w, self.vocab)] += 1.0 / words.len() as f32;
             }
         }
-        let bow = Tensor::<B, 2>::from_data(TensorData::new(counts, [texts.len(), self.vocab]), &device);
+        let bow =
+            Tensor::<B, 2>::from_data(TensorData::new(counts, [texts.len(), self.vocab]), &device);
         bow.matmul(self.prompt_table.val())
     }
 
@@ -124,7 +132,12 @@ impl<B: Backend> UnifiedModel<B> for ToyUmm<B> {
         Ok(self.embed(&vec![String::new(); batch]))
     }
 
-    fn velocity(&self, x_t: Tensor<B, 3>, t: Tensor<B, 1>, condition: &Tensor<B, 2>) -> Tensor<B, 3> {
+    fn velocity(
+        &self,
+        x_t: Tensor<B, 3>,
+        t: Tensor<B, 1>,
+        condition: &Tensor<B, 2>,
+    ) -> Tensor<B, 3> {
         let [b, n, _] = x_t.dims();
         let d = condition.dims()[1];
         let t = t.reshape([b, 1, 1]).expand([b, n, 1]);
@@ -154,7 +167,12 @@ impl<B: Backend> UnifiedModel<B> for ToyUmm<B> {
             .sub_scalar(1.0))
     }
 
-    fn decode_latents(&self, latents: Tensor<B, 3>, width: usize, height: usize) -> Result<Tensor<B, 4>> {
+    fn decode_latents(
+        &self,
+        latents: Tensor<B, 3>,
+        width: usize,
+        height: usize,
+    ) -> Result<Tensor<B, 4>> {
         let [b, n, c] = latents.dims();
         let (g, p) = (self.grid(), self.patch);
         if width != self.image_size || height != self.image_size || n != g * g || c != 3 * p * p {
@@ -176,11 +194,20 @@ impl<B: Backend> UnifiedModel<B> for ToyUmm<B> {
 
     fn answer(&self, images: Tensor<B, 4>, questions: &[String]) -> Result<Vec<String>> {
         let p = self.score_probability(images, questions)?;
-        Ok(p.into_iter().map(|p| format!("Score: {:.3}", 2.0 * p - 1.0)).collect())
+        Ok(p.into_iter()
+            .map(|p| format!("Score: {:.3}", 2.0 * p - 1.0))
+            .collect())
     }
 
-    fn yes_no_probabilities(&self, images: Tensor<B, 4>, questions: &[String]) -> Option<Result<Vec<(f32, f32)>>> {
-        Some(self.score_probability(images, questions).map(|p| p.into_iter().map(|p| (p, 1.0 - p)).collect()))
+    fn yes_no_probabilities(
+        &self,
+        images: Tensor<B, 4>,
+        questions: &[String],
+    ) -> Option<Result<Vec<(f32, f32)>>> {
+        Some(
+            self.score_probability(images, questions)
+                .map(|p| p.into_iter().map(|p| (p, 1.0 - p)).collect()),
+        )
     }
 
     fn param_roles(&self) -> ParamRoles {
@@ -198,7 +225,10 @@ impl<B: Backend> ToyUmm<B> {
         self.check_images(&images)?;
         let [b, _, _, _] = images.dims();
         if questions.len() != b {
-            return Err(SrumError::Shape(format!("{} questions for {b} images", questions.len())));
+            return Err(SrumError::Shape(format!(
+                "{} questions for {b} images",
+                questions.len()
+            )));
         }
         let colour = images.mean_dim(3).mean_dim(2).reshape([b, 3]);
         let q = self.embed(questions);

@@ -16,8 +16,10 @@ fn srum() -> Command {
 
 #[test]
 fn reproduces_the_pytorch_fixture_maps() {
-    let golden: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("reward_maps_golden.json")).unwrap()).unwrap();
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("reward_maps_golden.json")).unwrap(),
+    )
+    .unwrap();
     let mut grids: Vec<String> = golden["maps"]
         .as_array()
         .unwrap()
@@ -29,11 +31,15 @@ fn reproduces_the_pytorch_fixture_maps() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("maps.json");
     let mut cmd = srum();
-    cmd.args(["reward-map", "--records"]).arg(fixtures().join("reward_records.jsonl"));
+    cmd.args(["reward-map", "--records"])
+        .arg(fixtures().join("reward_records.jsonl"));
     for g in &grids {
         cmd.args(["--grid", g]);
     }
-    cmd.arg("--json").arg(&out).arg("--png").arg(dir.path().join("png"));
+    cmd.arg("--json")
+        .arg(&out)
+        .arg("--png")
+        .arg(dir.path().join("png"));
     let o = cmd.output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ours: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
@@ -63,7 +69,14 @@ fn bad_lines_are_reported_and_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let records = dir.path().join("r.jsonl");
     // An image file stands in for a record without image_size.
-    image::save_buffer(dir.path().join("img.png"), &[0u8; 6 * 4 * 3], 6, 4, image::ExtendedColorType::Rgb8).unwrap();
+    image::save_buffer(
+        dir.path().join("img.png"),
+        &[0u8; 6 * 4 * 3],
+        6,
+        4,
+        image::ExtendedColorType::Rgb8,
+    )
+    .unwrap();
     std::fs::write(
         &records,
         concat!(
@@ -87,8 +100,14 @@ fn bad_lines_are_reported_and_skipped() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("r.jsonl:2: invalid JSON"), "{err}");
-    assert!(err.contains(":5:") && err.contains("leaves the records folder"), "{err}");
-    assert!(err.contains("r.jsonl:6: missing field `bad_image_file`"), "{err}");
+    assert!(
+        err.contains(":5:") && err.contains("leaves the records folder"),
+        "{err}"
+    );
+    assert!(
+        err.contains("r.jsonl:6: missing field `bad_image_file`"),
+        "{err}"
+    );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let maps = v["maps"].as_array().unwrap();
     assert_eq!(maps.len(), 2);
@@ -96,7 +115,13 @@ fn bad_lines_are_reported_and_skipped() {
     assert_eq!(maps[1]["record"], 3);
     assert_eq!(maps[1]["image_size"], serde_json::json!([6, 4]));
     // Global score 1 and no regions: 0.5 * (1 + 1) / 2 everywhere.
-    assert!(maps[1]["map"].as_array().unwrap().iter().all(|x| x.as_f64() == Some(0.5)));
+    assert!(
+        maps[1]["map"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x.as_f64() == Some(0.5))
+    );
 }
 
 #[test]
@@ -113,11 +138,30 @@ fn nothing_readable_is_an_error() {
         .unwrap();
     assert!(!o.status.success());
     let o = srum()
-        .args(["reward-map", "--records", "/nonexistent.jsonl", "--grid", "2x2", "--json", "x.json"])
+        .args([
+            "reward-map",
+            "--records",
+            "/nonexistent.jsonl",
+            "--grid",
+            "2x2",
+            "--json",
+            "x.json",
+        ])
         .output()
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent.jsonl"));
-    let o = srum().args(["reward-map", "--records", "r", "--grid", "0x2", "--json", "x"]).output().unwrap();
+    let o = srum()
+        .args([
+            "reward-map",
+            "--records",
+            "r",
+            "--grid",
+            "0x2",
+            "--json",
+            "x",
+        ])
+        .output()
+        .unwrap();
     assert!(!o.status.success());
 }

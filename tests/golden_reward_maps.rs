@@ -13,10 +13,12 @@ fn fixtures() -> PathBuf {
 
 #[test]
 fn composer_reproduces_every_pytorch_map() {
-    let records: Vec<_> = RecordReader::open(fixtures().join("reward_records.jsonl"))
-        .expect("fixture records")
-        .map(|r| r.expect("every fixture line parses"))
-        .collect();
+    let records: Vec<_> = RecordReader::<_, srum::data::TrainingRecord>::open(
+        fixtures().join("reward_records.jsonl"),
+    )
+    .expect("fixture records")
+    .map(|r| r.expect("every fixture line parses"))
+    .collect();
     assert_eq!(records.len(), 40);
 
     let golden: Value = serde_json::from_str(
@@ -36,11 +38,8 @@ fn composer_reproduces_every_pytorch_map() {
         assert_eq!(record.image_size, Some([size[0], size[1]]));
         let grid: Vec<usize> = serde_json::from_value(m["latent_grid"].clone()).unwrap();
         let expected: Vec<f64> = serde_json::from_value(m["map"].clone()).unwrap();
-        let (map, _) = composer.compose_latent(
-            &record.judgement,
-            (size[0], size[1]),
-            (grid[0], grid[1]),
-        );
+        let (map, _) =
+            composer.compose_latent(&record.judgement, (size[0], size[1]), (grid[0], grid[1]));
         assert_eq!((map.height, map.width), (grid[0], grid[1]));
         assert_eq!(map.values.len(), expected.len());
         for (i, (got, want)) in map.values.iter().zip(&expected).enumerate() {

@@ -24,7 +24,11 @@ fn loss_terms_match_hand_computation() {
     let anchor_target = t3(vec![1.0, 1.0, 1.0, 1.0], [1, 2, 2]);
     let reward = Tensor::<Cpu, 2>::from_data(TensorData::new(vec![0.25, 1.0], [1, 2]), &device());
     // squared errors: token0 [1, 4], token1 [4, 9]; weighted: [0.25, 1, 4, 9] -> mean 14.25 / 4
-    let r = scalar(reward_weighted_loss(v.clone(), target.clone(), reward.clone()));
+    let r = scalar(reward_weighted_loss(
+        v.clone(),
+        target.clone(),
+        reward.clone(),
+    ));
     assert!((r - 14.25 / 4.0).abs() < 1e-6, "{r}");
     // anchor: errors [0, 1, 4, 9] -> mean 3.5
     let c = scalar(flow_matching_loss(v.clone(), anchor_target.clone()));
@@ -43,7 +47,10 @@ fn published_recipe_weight_is_reward_plus_lambda() {
     let terms = srum_loss(v.clone(), target.clone(), reward, target.clone(), 0.5);
     let vv = v.into_data().into_vec::<f32>().unwrap();
     let tt = target.into_data().into_vec::<f32>().unwrap();
-    let expected: f32 = (0..6).map(|i| (r[i / 2] + 0.5) * (vv[i] - tt[i]).powi(2)).sum::<f32>() / 6.0;
+    let expected: f32 = (0..6)
+        .map(|i| (r[i / 2] + 0.5) * (vv[i] - tt[i]).powi(2))
+        .sum::<f32>()
+        / 6.0;
     assert!((scalar(terms.total) - expected).abs() < 1e-6);
 }
 
@@ -54,7 +61,11 @@ fn gradient_matches_finite_differences() {
     let dev = device();
     let s = [2, 3, 2];
     let n: usize = s.iter().product();
-    let vals = |k: f32| (0..n).map(|i| (i as f32 * 0.37 + k).sin()).collect::<Vec<f32>>();
+    let vals = |k: f32| {
+        (0..n)
+            .map(|i| (i as f32 * 0.37 + k).sin())
+            .collect::<Vec<f32>>()
+    };
     let (v0, a, b) = (vals(0.0), vals(1.0), vals(2.0));
     let r: Vec<f32> = (0..6).map(|i| 0.1 + 0.15 * i as f32).collect();
     let lambda = 0.5;
@@ -69,7 +80,12 @@ fn gradient_matches_finite_differences() {
     let ta = Tensor::<CpuAd, 3>::from_data(TensorData::new(a.clone(), s), &dev);
     let tb = Tensor::<CpuAd, 3>::from_data(TensorData::new(b.clone(), s), &dev);
     let grads = srum_loss(v.clone(), ta, rr, tb, lambda).total.backward();
-    let g = v.grad(&grads).unwrap().into_data().into_vec::<f32>().unwrap();
+    let g = v
+        .grad(&grads)
+        .unwrap()
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap();
     let h = 1e-2f32;
     for i in 0..n {
         let (mut p, mut m) = (v0.clone(), v0.clone());
@@ -77,9 +93,18 @@ fn gradient_matches_finite_differences() {
         m[i] -= h;
         let fd = (loss_of(p) - loss_of(m)) / (2.0 * h as f64);
         // And the closed form: 2/N (R (v - a) + lambda (v - b)).
-        let closed = 2.0 / n as f64 * (r[i / 2] as f64 * (v0[i] - a[i]) as f64 + lambda as f64 * (v0[i] - b[i]) as f64);
-        assert!((g[i] as f64 - fd).abs() < 2e-4, "element {i}: autodiff {} vs finite difference {fd}", g[i]);
-        assert!((g[i] as f64 - closed).abs() < 1e-6, "element {i}: autodiff {} vs closed form {closed}", g[i]);
+        let closed = 2.0 / n as f64
+            * (r[i / 2] as f64 * (v0[i] - a[i]) as f64 + lambda as f64 * (v0[i] - b[i]) as f64);
+        assert!(
+            (g[i] as f64 - fd).abs() < 2e-4,
+            "element {i}: autodiff {} vs finite difference {fd}",
+            g[i]
+        );
+        assert!(
+            (g[i] as f64 - closed).abs() < 1e-6,
+            "element {i}: autodiff {} vs closed form {closed}",
+            g[i]
+        );
     }
 }
 
@@ -88,9 +113,15 @@ fn noising_interpolates_and_target_is_its_time_derivative() {
     let x0 = t3(vec![1.0, -2.0], [1, 1, 2]);
     let eps = t3(vec![3.0, 0.5], [1, 1, 2]);
     let t = Tensor::<Cpu, 1>::from_floats([0.25], &device());
-    let xt = noisy_latents(x0.clone(), eps.clone(), t).into_data().into_vec::<f32>().unwrap();
+    let xt = noisy_latents(x0.clone(), eps.clone(), t)
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap();
     assert_eq!(xt, vec![0.75 * 1.0 + 0.25 * 3.0, 0.75 * -2.0 + 0.25 * 0.5]);
-    let v = velocity_target(x0, eps).into_data().into_vec::<f32>().unwrap();
+    let v = velocity_target(x0, eps)
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap();
     assert_eq!(v, vec![2.0, 2.5]);
 }
 
@@ -163,7 +194,10 @@ fn guidance_extrapolates_between_branches_inside_its_interval() {
     };
     let (x, calls) = run((-1.0, 1.0));
     assert_eq!(calls, 10);
-    assert!((x[0] - 3.0).abs() < 1e-5 && (x[1] + 2.0).abs() < 1e-5, "{x:?}");
+    assert!(
+        (x[0] - 3.0).abs() < 1e-5 && (x[1] + 2.0).abs() < 1e-5,
+        "{x:?}"
+    );
     // Interval (0.4, 1]: start times 1.0, 0.9, ..., 0.5 are guided (6 steps), 0.4 .. 0.1 not.
     let (_, calls) = run((0.4, 1.0));
     assert_eq!(calls, 6);
@@ -187,7 +221,10 @@ fn linear_field_converges_at_first_order() {
     };
     let (e10, e20, e40) = (err(10), err(20), err(40));
     assert!(e20 < e10 && e40 < e20);
-    assert!((e10 / e20 - 2.0).abs() < 0.2 && (e20 / e40 - 2.0).abs() < 0.2, "{e10} {e20} {e40}");
+    assert!(
+        (e10 / e20 - 2.0).abs() < 0.2 && (e20 / e40 - 2.0).abs() < 0.2,
+        "{e10} {e20} {e40}"
+    );
 }
 
 #[test]
@@ -195,11 +232,29 @@ fn sampler_is_deterministic_and_rejects_zero_steps() {
     let noise = t3(vec![0.1, 0.2, 0.3, 0.4], [2, 1, 2]);
     let f = |x: Tensor<Cpu, 3>, _: Tensor<Cpu, 1>, _| Ok(x.mul_scalar(0.5).sin());
     let s = EulerSampler::default();
-    let a = s.sample(noise.clone(), f).unwrap().into_data().into_vec::<f32>().unwrap();
-    let b = s.sample(noise.clone(), f).unwrap().into_data().into_vec::<f32>().unwrap();
+    let a = s
+        .sample(noise.clone(), f)
+        .unwrap()
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap();
+    let b = s
+        .sample(noise.clone(), f)
+        .unwrap()
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap();
     assert_eq!(a, b);
-    let zero = EulerSampler::new(EulerSamplerConfig { steps: 0, ..Default::default() });
-    assert!(zero.sample(noise, f).unwrap_err().to_string().contains("steps"));
+    let zero = EulerSampler::new(EulerSamplerConfig {
+        steps: 0,
+        ..Default::default()
+    });
+    assert!(
+        zero.sample(noise, f)
+            .unwrap_err()
+            .to_string()
+            .contains("steps")
+    );
 }
 
 #[test]
@@ -222,13 +277,19 @@ fn cfg_renorm_caps_the_guided_norm() {
                 Guidance::Conditional => vec![1.0, 0.0],
                 Guidance::Unconditional => vec![0.0, 1.0],
             };
-            Ok(Tensor::<Cpu, 3>::from_data(TensorData::new(v, [b, n, 2]), &device()))
+            Ok(Tensor::<Cpu, 3>::from_data(
+                TensorData::new(v, [b, n, 2]),
+                &device(),
+            ))
         })
         .unwrap()
         .into_data()
         .into_vec::<f32>()
         .unwrap();
     let norm = (41f32).sqrt();
-    assert!((x[0] - (1.0 - 5.0 / norm)).abs() < 1e-5 && (x[1] - (1.0 + 4.0 / norm)).abs() < 1e-5, "{x:?}");
+    assert!(
+        (x[0] - (1.0 - 5.0 / norm)).abs() < 1e-5 && (x[1] - (1.0 + 4.0 / norm)).abs() < 1e-5,
+        "{x:?}"
+    );
     assert_eq!(norms.len(), 2);
 }

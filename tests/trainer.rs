@@ -10,19 +10,27 @@ use srum::toy::ToyUmmConfig;
 use srum::train::{Constraint, Trainer, TrainerConfig};
 
 fn fast_config() -> TrainerConfig {
-    TrainerConfig::new().with_lr(1e-2).with_warmup_steps(2).with_seed(7)
+    TrainerConfig::new()
+        .with_lr(1e-2)
+        .with_warmup_steps(2)
+        .with_seed(7)
 }
 
 #[test]
 fn understanding_weights_never_change() {
     let dev = device();
-    for trainable in [TrainableSet::GenerationAndShared, TrainableSet::GenerationOnly] {
+    for trainable in [
+        TrainableSet::GenerationAndShared,
+        TrainableSet::GenerationOnly,
+    ] {
         let model = ToyUmmConfig::new().init::<CpuAd>(&dev);
         let roles = model.param_roles();
         let before = srum::train::params::collect_params(&model);
         let before_w = weights(&model);
         // Weight decay on, so a frozen parameter that reached the optimizer would move.
-        let config = fast_config().with_weight_decay(0.1).with_trainable(trainable);
+        let config = fast_config()
+            .with_weight_decay(0.1)
+            .with_trainable(trainable);
         let mut trainer = Trainer::new(model, config, &dev).unwrap();
         for i in 0..5 {
             let r = trainer.step(toy_batch(i, 4, &dev)).unwrap();
@@ -33,9 +41,15 @@ fn understanding_weights_never_change() {
             let role = roles.role(p.id);
             let trained = trainable.trains(role);
             if trained {
-                assert_ne!(w0, w1, "{trainable:?}: trained parameter `{path}` ({role:?}) did not move");
+                assert_ne!(
+                    w0, w1,
+                    "{trainable:?}: trained parameter `{path}` ({role:?}) did not move"
+                );
             } else {
-                assert_eq!(w0, w1, "{trainable:?}: frozen parameter `{path}` ({role:?}) changed");
+                assert_eq!(
+                    w0, w1,
+                    "{trainable:?}: frozen parameter `{path}` ({role:?}) changed"
+                );
             }
             if role == ParamRole::Understanding {
                 assert!(!trained);
@@ -62,7 +76,10 @@ fn high_reward_tokens_learn_faster() {
         let x0 = batch.latents.clone().repeat_dim(0, 8);
         let eps = eval.latents;
         let t = Tensor::<CpuAd, 1>::from_data(
-            TensorData::new((0..8).map(|i| 0.1 + 0.1 * i as f32).collect::<Vec<_>>(), [8]),
+            TensorData::new(
+                (0..8).map(|i| 0.1 + 0.1 * i as f32).collect::<Vec<_>>(),
+                [8],
+            ),
             &dev,
         );
         let x_t = srum::flow::noisy_latents(x0.clone(), eps.clone(), t.clone());
@@ -75,20 +92,29 @@ fn high_reward_tokens_learn_faster() {
             .into_data()
             .into_vec()
             .unwrap();
-        (err[..8].iter().sum::<f32>() / 8.0, err[8..].iter().sum::<f32>() / 8.0)
+        (
+            err[..8].iter().sum::<f32>() / 8.0,
+            err[8..].iter().sum::<f32>() / 8.0,
+        )
     };
     let (hi0, lo0) = per_token_error(&model);
     let config = fast_config().with_lambda(0.0).with_warmup_steps(1);
     let mut trainer = Trainer::new(model, config, &dev).unwrap();
     for i in 0..150 {
         let r = trainer.step(batch.clone()).unwrap();
-        assert!(r.grad_norm.is_some_and(|g| g > 0.0), "step {i}: no gradient");
+        assert!(
+            r.grad_norm.is_some_and(|g| g > 0.0),
+            "step {i}: no gradient"
+        );
     }
     let (hi1, lo1) = per_token_error(trainer.model());
     let (gain_hi, gain_lo) = ((hi0 - hi1) / hi0, (lo0 - lo1) / lo0);
     eprintln!("reward-1 tokens: {hi0:.4} -> {hi1:.4}; reward-0 tokens: {lo0:.4} -> {lo1:.4}");
     assert!(gain_hi > 0.3, "reward-1 tokens barely learned: {gain_hi}");
-    assert!(gain_hi > gain_lo + 0.2, "reward-1 gain {gain_hi} not above reward-0 gain {gain_lo}");
+    assert!(
+        gain_hi > gain_lo + 0.2,
+        "reward-1 gain {gain_hi} not above reward-0 gain {gain_lo}"
+    );
 }
 
 #[test]
@@ -124,10 +150,16 @@ fn resume_is_bit_exact() {
     assert_eq!(resumed.state(), straight.state());
     let (a, b) = (weights(straight.model()), weights(resumed.model()));
     for ((path, x), (_, y)) in a.iter().zip(&b) {
-        let first_diff = x.iter().zip(y).position(|(p, q)| p.to_bits() != q.to_bits());
+        let first_diff = x
+            .iter()
+            .zip(y)
+            .position(|(p, q)| p.to_bits() != q.to_bits());
         assert_eq!(first_diff, None, "`{path}` differs after resume");
     }
-    assert_eq!(weights(straight.ema().unwrap()), weights(resumed.ema().unwrap()));
+    assert_eq!(
+        weights(straight.ema().unwrap()),
+        weights(resumed.ema().unwrap())
+    );
 }
 
 #[test]
@@ -141,7 +173,10 @@ fn weights_round_trip_through_safetensors() {
     srum::train::save_weights(&a, &path).unwrap();
     let b = srum::train::load_weights(b, &path).unwrap();
     assert_eq!(weights(&a), weights(&b));
-    assert_eq!(burn::module::list_param_ids(&a), burn::module::list_param_ids(&b));
+    assert_eq!(
+        burn::module::list_param_ids(&a),
+        burn::module::list_param_ids(&b)
+    );
 }
 
 #[test]
@@ -152,7 +187,10 @@ fn checkpoint_refuses_mid_accumulation() {
     let r = t.step(toy_batch(0, 2, &dev)).unwrap();
     assert!(!r.updated);
     let dir = tempfile::tempdir().unwrap();
-    let err = t.save_checkpoint(dir.path().join("c")).unwrap_err().to_string();
+    let err = t
+        .save_checkpoint(dir.path().join("c"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("accumulated"), "{err}");
     assert!(t.step(toy_batch(1, 2, &dev)).unwrap().updated);
     t.save_checkpoint(dir.path().join("c")).unwrap();
@@ -176,7 +214,11 @@ fn non_finite_steps_are_skipped_then_stop() {
         let r = t.step(poisoned()).unwrap();
         assert!(!r.updated);
         assert!(r.skipped.is_some());
-        assert_eq!(weights(t.model()), good, "a skipped step changed the weights");
+        assert_eq!(
+            weights(t.model()),
+            good,
+            "a skipped step changed the weights"
+        );
     }
     let err = t.step(poisoned()).unwrap_err().to_string();
     assert!(err.contains("3 non-finite steps in a row"), "{err}");
@@ -193,7 +235,10 @@ fn invalid_config_names_the_field() {
     for (config, field) in [
         (TrainerConfig::new().with_lr(-1.0), "lr"),
         (TrainerConfig::new().with_lambda(f32::NAN), "lambda"),
-        (TrainerConfig::new().with_grad_accum_steps(0), "grad_accum_steps"),
+        (
+            TrainerConfig::new().with_grad_accum_steps(0),
+            "grad_accum_steps",
+        ),
     ] {
         let model = ToyUmmConfig::new().init::<CpuAd>(&dev);
         let err = Trainer::new(model, config, &dev).err().unwrap().to_string();
@@ -204,8 +249,14 @@ fn invalid_config_names_the_field() {
 #[test]
 fn default_config_is_the_published_recipe() {
     let c = TrainerConfig::default();
-    assert_eq!((c.lr, c.beta_1, c.beta_2, c.epsilon, c.weight_decay), (2e-5, 0.9, 0.95, 1e-15, 0.0));
-    assert_eq!((c.warmup_steps, c.lambda, c.grad_clip_norm), (100, 0.5, Some(1.0)));
+    assert_eq!(
+        (c.lr, c.beta_1, c.beta_2, c.epsilon, c.weight_decay),
+        (2e-5, 0.9, 0.95, 1e-15, 0.0)
+    );
+    assert_eq!(
+        (c.warmup_steps, c.lambda, c.grad_clip_norm),
+        (100, 0.5, Some(1.0))
+    );
     assert_eq!(c.constraint, Constraint::Anchor);
     assert_eq!(c.ema_decay, None);
     assert_eq!(c.trainable, TrainableSet::GenerationAndShared);

@@ -9,7 +9,11 @@ use srum::data::RecordReader;
 use srum::reward::RewardComposer;
 
 #[derive(Parser)]
-#[command(name = "srum", version, about = "Fine-grained self-rewarding for unified multimodal models")]
+#[command(
+    name = "srum",
+    version,
+    about = "Fine-grained self-rewarding for unified multimodal models"
+)]
 struct Cli {
     /// Print progress and per-record warnings.
     #[arg(short, long, global = true)]
@@ -68,20 +72,30 @@ struct MapOut {
 /// Resolves an image path from a record against the records' folder, refusing escapes.
 fn image_path(base: &Path, file: &str) -> Result<PathBuf, String> {
     let rel = Path::new(file);
-    if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
         return Err(format!("image path `{file}` leaves the records folder"));
     }
     Ok(base.join(rel))
 }
 
 fn reward_map(args: RewardMapArgs) -> Result<ExitCode, String> {
-    let reader = RecordReader::open(&args.records).map_err(|e| e.to_string())?;
-    let base = args.records.parent().map(Path::to_path_buf).unwrap_or_default();
+    let reader = RecordReader::<_, srum::data::TrainingRecord>::open(&args.records)
+        .map_err(|e| e.to_string())?;
+    let base = args
+        .records
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     if let Some(dir) = &args.png {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     let composer = RewardComposer::default();
-    let (mut maps, mut bad, mut stats) = (Vec::new(), 0usize, srum::reward::ComposeStats::default());
+    let (mut maps, mut bad, mut stats) =
+        (Vec::new(), 0usize, srum::reward::ComposeStats::default());
     let mut reader = reader;
     for item in reader.by_ref() {
         let (line, record) = match item {
@@ -95,8 +109,9 @@ fn reward_map(args: RewardMapArgs) -> Result<ExitCode, String> {
         let size = match record.image_size {
             Some(s) => s,
             None => {
-                let dims = image_path(&base, &record.bad_image_file)
-                    .and_then(|p| image::image_dimensions(&p).map_err(|e| format!("{}: {e}", p.display())));
+                let dims = image_path(&base, &record.bad_image_file).and_then(|p| {
+                    image::image_dimensions(&p).map_err(|e| format!("{}: {e}", p.display()))
+                });
                 match dims {
                     Ok((w, h)) => [w as usize, h as usize],
                     Err(e) => {
@@ -118,8 +133,14 @@ fn reward_map(args: RewardMapArgs) -> Result<ExitCode, String> {
                 let scale = (256 / h.max(w)).max(1);
                 let (pw, ph, rgb) = map.heatmap_rgb(scale);
                 let path = dir.join(format!("record{:05}_{h}x{w}.png", line - 1));
-                image::save_buffer(&path, &rgb, pw as u32, ph as u32, image::ExtendedColorType::Rgb8)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                image::save_buffer(
+                    &path,
+                    &rgb,
+                    pw as u32,
+                    ph as u32,
+                    image::ExtendedColorType::Rgb8,
+                )
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             }
             maps.push(MapOut {
                 record: line - 1,
@@ -130,24 +151,47 @@ fn reward_map(args: RewardMapArgs) -> Result<ExitCode, String> {
         }
     }
     let read = reader.stats();
-    if read.regions_bad_bbox + read.regions_without_score + stats.invalid_boxes + stats.clamped_scores + stats.non_finite_scores > 0 {
+    if read.regions_bad_bbox
+        + read.regions_without_score
+        + stats.invalid_boxes
+        + stats.clamped_scores
+        + stats.non_finite_scores
+        > 0
+    {
         eprintln!(
             "note: regions dropped for a non-numeric bbox: {}, without a score: {}; invalid boxes skipped: {}; scores clamped: {}, non-finite: {}",
-            read.regions_bad_bbox, read.regions_without_score, stats.invalid_boxes, stats.clamped_scores, stats.non_finite_scores
+            read.regions_bad_bbox,
+            read.regions_without_score,
+            stats.invalid_boxes,
+            stats.clamped_scores,
+            stats.non_finite_scores
         );
     }
     let records = maps.len() / args.grids.len();
-    let json = serde_json::to_vec(&serde_json::json!({ "maps": maps })).map_err(|e| e.to_string())?;
+    let json =
+        serde_json::to_vec(&serde_json::json!({ "maps": maps })).map_err(|e| e.to_string())?;
     srum::train::write_file_atomic(&args.json, &json).map_err(|e| e.to_string())?;
-    eprintln!("{records} records, {} maps written to {}; {bad} lines skipped", maps.len(), args.json.display());
-    Ok(if records == 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    eprintln!(
+        "{records} records, {} maps written to {}; {bad} lines skipped",
+        maps.len(),
+        args.json.display()
+    );
+    Ok(if records == 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(if cli.verbose { tracing::Level::INFO } else { tracing::Level::ERROR })
+        .with_max_level(if cli.verbose {
+            tracing::Level::INFO
+        } else {
+            tracing::Level::ERROR
+        })
         .init();
     let result = match cli.command {
         Command::RewardMap(a) => reward_map(a),

@@ -1,5 +1,13 @@
-//! Record files: what the self-evaluation writes and the trainer reads.
+//! Record files: what the self-evaluation writes (scorer format) and what the trainer reads
+//! (training format), both streamed line by line.
 
 mod records;
+mod scorer;
 
-pub use records::{GLOBAL_OBJECT, ReadStats, RecordReader, TrainingRecord, parse_training_record};
+pub use records::{
+    GLOBAL_OBJECT, JsonRecord, ReadStats, RecordReader, TrainingRecord, parse_training_record,
+};
+pub use scorer::{
+    ConvertStats, ScorerGlobal, ScorerReader, ScorerRecord, ScorerRegion, convert_file,
+    convert_line,
+};

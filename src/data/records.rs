@@ -48,13 +48,15 @@ pub struct ReadStats {
     pub regions_bad_bbox: usize,
     /// Extra `global_layout_reward` entries ignored (the first one wins).
     pub duplicate_globals: usize,
+    /// Region entries dropped for a missing `identified_object` (scorer format).
+    pub regions_without_object: usize,
 }
 
-fn as_score(v: Option<&Value>) -> Option<f32> {
+pub(crate) fn as_score(v: Option<&Value>) -> Option<f32> {
     v.and_then(Value::as_f64).map(|s| s as f32)
 }
 
-fn as_bbox(v: Option<&Value>) -> Option<BBox> {
+pub(crate) fn as_bbox(v: Option<&Value>) -> Option<BBox> {
     let arr = v?.as_array()?;
     if arr.len() != 4 {
         return None;
@@ -138,19 +140,32 @@ pub fn parse_training_record(
     })
 }
 
-/// Streams training-format records from a JSON-lines source, one line in memory at a time.
+/// A record type that can be parsed from one JSON line.
+pub trait JsonRecord: Sized {
+    /// Parses one line; `Err` names the offending field.
+    fn parse_line(line: &str, stats: &mut ReadStats) -> std::result::Result<Self, String>;
+}
+
+impl JsonRecord for TrainingRecord {
+    fn parse_line(line: &str, stats: &mut ReadStats) -> std::result::Result<Self, String> {
+        parse_training_record(line, stats)
+    }
+}
+
+/// Streams records from a JSON-lines source, one line in memory at a time.
 ///
 /// Yields `(line_number, record)` (1-based) or an error naming the line; the caller decides
 /// whether a bad line is fatal. [`RecordReader::stats`] counts everything skipped.
-pub struct RecordReader<R> {
+pub struct RecordReader<R, T = TrainingRecord> {
     source: R,
     path: PathBuf,
     line_no: usize,
     buf: String,
     stats: ReadStats,
+    _record: std::marker::PhantomData<T>,
 }
 
-impl RecordReader<std::io::BufReader<std::fs::File>> {
+impl<T: JsonRecord> RecordReader<std::io::BufReader<std::fs::File>, T> {
     /// Opens a records file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
@@ -159,7 +174,7 @@ impl RecordReader<std::io::BufReader<std::fs::File>> {
     }
 }
 
-impl<R: BufRead> RecordReader<R> {
+impl<R: BufRead, T: JsonRecord> RecordReader<R, T> {
     /// Reads from any buffered source; `path` names it in errors.
     pub fn new(source: R, path: impl Into<PathBuf>) -> Self {
         Self {
@@ -168,6 +183,7 @@ impl<R: BufRead> RecordReader<R> {
             line_no: 0,
             buf: String::new(),
             stats: ReadStats::default(),
+            _record: std::marker::PhantomData,
         }
     }
 
@@ -177,8 +193,8 @@ impl<R: BufRead> RecordReader<R> {
     }
 }
 
-impl<R: BufRead> Iterator for RecordReader<R> {
-    type Item = Result<(usize, TrainingRecord)>;
+impl<R: BufRead, T: JsonRecord> Iterator for RecordReader<R, T> {
+    type Item = Result<(usize, T)>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -200,7 +216,7 @@ impl<R: BufRead> Iterator for RecordReader<R> {
                 self.stats.blank_lines += 1;
                 continue;
             }
-            return Some(match parse_training_record(&self.buf, &mut self.stats) {
+            return Some(match T::parse_line(&self.buf, &mut self.stats) {
                 Ok(r) => {
                     self.stats.records += 1;
                     Ok((self.line_no, r))

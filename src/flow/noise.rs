@@ -7,7 +7,11 @@ use rand_distr::{Distribution, StandardNormal};
 /// `x_t = (1 - t) x_0 + t eps`, one `t` per batch item.
 ///
 /// Shapes: `x0`, `eps`: `[batch, tokens, channels]`; `t`: `[batch]`; returns `[batch, tokens, channels]`.
-pub fn noisy_latents<B: Backend>(x0: Tensor<B, 3>, eps: Tensor<B, 3>, t: Tensor<B, 1>) -> Tensor<B, 3> {
+pub fn noisy_latents<B: Backend>(
+    x0: Tensor<B, 3>,
+    eps: Tensor<B, 3>,
+    t: Tensor<B, 1>,
+) -> Tensor<B, 3> {
     let [b] = t.dims();
     let t = t.reshape([b, 1, 1]);
     x0.clone() + (eps - x0) * t

@@ -54,7 +54,10 @@ impl EulerSamplerConfig {
             return Err(SrumError::config("steps", "must be at least 1"));
         }
         if !(self.shift.is_finite() && self.shift > 0.0) {
-            return Err(SrumError::config("shift", format!("must be > 0, got {}", self.shift)));
+            return Err(SrumError::config(
+                "shift",
+                format!("must be > 0, got {}", self.shift),
+            ));
         }
         if !self.guidance_scale.is_finite() {
             return Err(SrumError::config("guidance_scale", "must be finite"));
@@ -96,17 +99,19 @@ impl EulerSampler {
         let mut x = noise;
         for w in times.windows(2) {
             let (t, t_next) = (w[0], w[1]);
-            let t_batch = Tensor::<B, 1>::from_data(TensorData::new(vec![t; batch], [batch]), &device);
+            let t_batch =
+                Tensor::<B, 1>::from_data(TensorData::new(vec![t; batch], [batch]), &device);
             let v_cond = velocity(x.clone(), t_batch.clone(), Guidance::Conditional)?;
             let (lo, hi) = cfg.guidance_interval;
             let guided = cfg.guidance_scale != 1.0 && t > lo && t <= hi;
             let v = if guided {
                 let v_uncond = velocity(x.clone(), t_batch, Guidance::Unconditional)?;
-                let v = v_uncond.clone() + (v_cond.clone() - v_uncond).mul_scalar(cfg.guidance_scale);
+                let v =
+                    v_uncond.clone() + (v_cond.clone() - v_uncond).mul_scalar(cfg.guidance_scale);
                 if cfg.cfg_renorm {
                     let norm = |v: Tensor<B, 3>| v.powi_scalar(2).sum_dim(2).sum_dim(1).sqrt();
-                    let scale = (norm(v_cond) / (norm(v.clone()) + 1e-8))
-                        .clamp(cfg.cfg_renorm_min, 1.0);
+                    let scale =
+                        (norm(v_cond) / (norm(v.clone()) + 1e-8)).clamp(cfg.cfg_renorm_min, 1.0);
                     v * scale
                 } else {
                     v

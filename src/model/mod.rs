@@ -35,7 +35,12 @@ pub trait UnifiedModel<B: Backend>: Module<B> {
     ///
     /// Shapes: `x_t`: `[batch, tokens, channels]`, `t`: `[batch]` in `[0, 1]`;
     /// returns `[batch, tokens, channels]`.
-    fn velocity(&self, x_t: Tensor<B, 3>, t: Tensor<B, 1>, condition: &Self::Condition) -> Tensor<B, 3>;
+    fn velocity(
+        &self,
+        x_t: Tensor<B, 3>,
+        t: Tensor<B, 1>,
+        condition: &Self::Condition,
+    ) -> Tensor<B, 3>;
 
     /// Channels per latent token.
     fn latent_channels(&self) -> usize;
@@ -51,7 +56,12 @@ pub trait UnifiedModel<B: Backend>: Module<B> {
     /// Latent tokens back to an image of `width x height` pixels.
     ///
     /// Shapes: `latents`: `[batch, h * w, channels]`; returns `[batch, 3, height, width]` in `[0, 1]`.
-    fn decode_latents(&self, latents: Tensor<B, 3>, width: usize, height: usize) -> Result<Tensor<B, 4>>;
+    fn decode_latents(
+        &self,
+        latents: Tensor<B, 3>,
+        width: usize,
+        height: usize,
+    ) -> Result<Tensor<B, 4>>;
 
     /// Understanding: a text answer to each question about its image (greedy, deterministic).
     ///

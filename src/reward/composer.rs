@@ -129,7 +129,14 @@ impl RewardComposer {
 
         if cfg.mode != RewardMode::GlobalOnly {
             // Mean mode keeps a running sum and count per pixel.
-            let mut sum = vec![0f32; if cfg.combine == Combine::Mean { width * height } else { 0 }];
+            let mut sum = vec![
+                0f32;
+                if cfg.combine == Combine::Mean {
+                    width * height
+                } else {
+                    0
+                }
+            ];
             let mut count = vec![0u32; sum.len()];
             for region in &judgement.regions {
                 let Some(score) = self.sanitize(region.score, &mut stats) else {
@@ -219,7 +226,10 @@ mod tests {
     fn max_rule_and_truncation() {
         let j = Judgement {
             global: Some(1.0),
-            regions: vec![region([0.9, 0.0, 2.7, 1.0], 1.0), region([1.0, 0.0, 3.0, 1.0], -1.0)],
+            regions: vec![
+                region([0.9, 0.0, 2.7, 1.0], 1.0),
+                region([1.0, 0.0, 3.0, 1.0], -1.0),
+            ],
         };
         // Box 1 truncates to x in [0, 2); box 2 scores 0 which never lowers the base 0.5.
         let (m, s) = RewardComposer::default().compose(&j, 3, 2);
@@ -250,7 +260,10 @@ mod tests {
     fn variants() {
         let j = Judgement {
             global: Some(0.0),
-            regions: vec![region([0.0, 0.0, 2.0, 1.0], 1.0), region([1.0, 0.0, 3.0, 1.0], 0.0)],
+            regions: vec![
+                region([0.0, 0.0, 2.0, 1.0], 1.0),
+                region([1.0, 0.0, 3.0, 1.0], 0.0),
+            ],
         };
         let c = |mode, combine, signed| {
             RewardComposer::new(RewardComposerConfig {
@@ -263,10 +276,25 @@ mod tests {
             .0
             .values
         };
-        assert_eq!(c(RewardMode::Dual, Combine::Max, false), vec![0.5, 0.5, 0.25]);
-        assert_eq!(c(RewardMode::LocalOnly, Combine::Max, false), vec![1.0, 1.0, 0.5]);
-        assert_eq!(c(RewardMode::LocalOnly, Combine::Mean, false), vec![1.0, 0.75, 0.5]);
-        assert_eq!(c(RewardMode::GlobalOnly, Combine::Max, false), vec![0.25; 3]);
-        assert_eq!(c(RewardMode::LocalOnly, Combine::Max, true), vec![1.0, 1.0, 0.0]);
+        assert_eq!(
+            c(RewardMode::Dual, Combine::Max, false),
+            vec![0.5, 0.5, 0.25]
+        );
+        assert_eq!(
+            c(RewardMode::LocalOnly, Combine::Max, false),
+            vec![1.0, 1.0, 0.5]
+        );
+        assert_eq!(
+            c(RewardMode::LocalOnly, Combine::Mean, false),
+            vec![1.0, 0.75, 0.5]
+        );
+        assert_eq!(
+            c(RewardMode::GlobalOnly, Combine::Max, false),
+            vec![0.25; 3]
+        );
+        assert_eq!(
+            c(RewardMode::LocalOnly, Combine::Max, true),
+            vec![1.0, 1.0, 0.0]
+        );
     }
 }

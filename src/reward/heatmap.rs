@@ -13,7 +13,11 @@ const STOPS: [[f32; 3]; 5] = [
 
 /// The colour of a value in `[0, 1]` (clamped; NaN is drawn as 0).
 pub fn heat_colour(value: f32) -> [u8; 3] {
-    let v = if value.is_nan() { 0.0 } else { value.clamp(0.0, 1.0) };
+    let v = if value.is_nan() {
+        0.0
+    } else {
+        value.clamp(0.0, 1.0)
+    };
     let pos = v * (STOPS.len() - 1) as f32;
     let i = (pos as usize).min(STOPS.len() - 2);
     let f = pos - i as f32;
@@ -33,7 +37,9 @@ impl RewardMap {
         let mut out = Vec::with_capacity(w * h * 3);
         for y in 0..h {
             for x in 0..w {
-                out.extend_from_slice(&heat_colour(self.values[(y / scale) * self.width + x / scale]));
+                out.extend_from_slice(&heat_colour(
+                    self.values[(y / scale) * self.width + x / scale],
+                ));
             }
         }
         (w, h, out)
@@ -48,7 +54,11 @@ mod tests {
     fn ends_and_blocks() {
         assert_eq!(heat_colour(0.0), [13, 8, 64]);
         assert_eq!(heat_colour(1.0), heat_colour(7.0));
-        let m = RewardMap { height: 1, width: 2, values: vec![0.0, 1.0] };
+        let m = RewardMap {
+            height: 1,
+            width: 2,
+            values: vec![0.0, 1.0],
+        };
         let (w, h, px) = m.heatmap_rgb(2);
         assert_eq!((w, h, px.len()), (4, 2, 24));
         assert_eq!(&px[0..3], &px[3..6]);

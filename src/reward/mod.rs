@@ -9,7 +9,7 @@ mod heatmap;
 mod judgement;
 mod resize;
 
-pub use composer::{ComposeStats, Combine, RewardComposer, RewardComposerConfig, RewardMode};
-pub use judgement::{BBox, Judgement, ScoredRegion};
+pub use composer::{Combine, ComposeStats, RewardComposer, RewardComposerConfig, RewardMode};
 pub use heatmap::heat_colour;
+pub use judgement::{BBox, Judgement, ScoredRegion};
 pub use resize::{RewardMap, resize_bilinear};

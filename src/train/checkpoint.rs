@@ -63,17 +63,27 @@ pub fn weights_from_safetensors<B: Backend, M: Module<B>>(
     bytes: &[u8],
     origin: &Path,
 ) -> Result<M> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| ckpt_err(origin, format!("not a safetensors file: {e}")))?;
-    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| ckpt_err(origin, e.to_string()))?;
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| ckpt_err(origin, format!("not a safetensors file: {e}")))?;
+    let (_, meta) =
+        SafeTensors::read_metadata(bytes).map_err(|e| ckpt_err(origin, e.to_string()))?;
     let ids: HashMap<String, u64> = match meta.metadata().as_ref().and_then(|m| m.get(IDS_KEY)) {
-        Some(s) => serde_json::from_str(s).map_err(|e| ckpt_err(origin, format!("bad {IDS_KEY}: {e}")))?,
+        Some(s) => {
+            serde_json::from_str(s).map_err(|e| ckpt_err(origin, format!("bad {IDS_KEY}: {e}")))?
+        }
         None => HashMap::new(),
     };
-    let current: HashMap<String, ParamId> = collect_params(&module).into_iter().map(|p| (p.path, p.id)).collect();
+    let current: HashMap<String, ParamId> = collect_params(&module)
+        .into_iter()
+        .map(|p| (p.path, p.id))
+        .collect();
     let mut values = HashMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
-            return Err(ckpt_err(origin, format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
+            return Err(ckpt_err(
+                origin,
+                format!("tensor `{name}` is {:?}, expected F32", view.dtype()),
+            ));
         }
         let floats: Vec<f32> = view
             .data()
@@ -116,7 +126,10 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn tmp_sibling(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
@@ -137,7 +150,9 @@ pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> R
     }
     let old = dir.with_file_name(format!(
         ".{}.old-{}",
-        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let had_old = dir.exists();

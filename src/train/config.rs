@@ -76,28 +76,84 @@ impl TrainerConfig {
     /// Rejects impossible values, naming the field.
     pub fn validate(&self) -> Result<()> {
         let pos = |ok: bool, field: &'static str, v: String| {
-            if ok { Ok(()) } else { Err(SrumError::config(field, v)) }
+            if ok {
+                Ok(())
+            } else {
+                Err(SrumError::config(field, v))
+            }
         };
-        pos(self.lr.is_finite() && self.lr > 0.0, "lr", format!("must be > 0, got {}", self.lr))?;
-        pos((0.0..1.0).contains(&self.beta_1), "beta_1", format!("must be in [0, 1), got {}", self.beta_1))?;
-        pos((0.0..1.0).contains(&self.beta_2), "beta_2", format!("must be in [0, 1), got {}", self.beta_2))?;
-        pos(self.epsilon.is_finite() && self.epsilon > 0.0, "epsilon", format!("must be > 0, got {}", self.epsilon))?;
-        pos(self.weight_decay.is_finite() && self.weight_decay >= 0.0, "weight_decay", format!("must be >= 0, got {}", self.weight_decay))?;
-        pos(self.lambda.is_finite() && self.lambda >= 0.0, "lambda", format!("must be finite and >= 0, got {}", self.lambda))?;
+        pos(
+            self.lr.is_finite() && self.lr > 0.0,
+            "lr",
+            format!("must be > 0, got {}", self.lr),
+        )?;
+        pos(
+            (0.0..1.0).contains(&self.beta_1),
+            "beta_1",
+            format!("must be in [0, 1), got {}", self.beta_1),
+        )?;
+        pos(
+            (0.0..1.0).contains(&self.beta_2),
+            "beta_2",
+            format!("must be in [0, 1), got {}", self.beta_2),
+        )?;
+        pos(
+            self.epsilon.is_finite() && self.epsilon > 0.0,
+            "epsilon",
+            format!("must be > 0, got {}", self.epsilon),
+        )?;
+        pos(
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "weight_decay",
+            format!("must be >= 0, got {}", self.weight_decay),
+        )?;
+        pos(
+            self.lambda.is_finite() && self.lambda >= 0.0,
+            "lambda",
+            format!("must be finite and >= 0, got {}", self.lambda),
+        )?;
         if let Some(c) = self.grad_clip_norm {
-            pos(c.is_finite() && c > 0.0, "grad_clip_norm", format!("must be > 0, got {c}"))?;
+            pos(
+                c.is_finite() && c > 0.0,
+                "grad_clip_norm",
+                format!("must be > 0, got {c}"),
+            )?;
         }
-        pos(self.grad_accum_steps >= 1, "grad_accum_steps", "must be at least 1".into())?;
+        pos(
+            self.grad_accum_steps >= 1,
+            "grad_accum_steps",
+            "must be at least 1".into(),
+        )?;
         if let Some(d) = self.ema_decay {
-            pos((0.0..1.0).contains(&d), "ema_decay", format!("must be in [0, 1), got {d}"))?;
+            pos(
+                (0.0..1.0).contains(&d),
+                "ema_decay",
+                format!("must be in [0, 1), got {d}"),
+            )?;
         }
-        pos(self.timestep_shift.is_finite() && self.timestep_shift > 0.0, "timestep_shift", format!("must be > 0, got {}", self.timestep_shift))?;
-        pos(self.max_consecutive_skips >= 1, "max_consecutive_skips", "must be at least 1".into())?;
+        pos(
+            self.timestep_shift.is_finite() && self.timestep_shift > 0.0,
+            "timestep_shift",
+            format!("must be > 0, got {}", self.timestep_shift),
+        )?;
+        pos(
+            self.max_consecutive_skips >= 1,
+            "max_consecutive_skips",
+            "must be at least 1".into(),
+        )?;
         if let super::LrDecay::Cosine { min_lr, .. } = self.decay {
-            pos(min_lr.is_finite() && min_lr >= 0.0, "decay.min_lr", format!("must be >= 0, got {min_lr}"))?;
+            pos(
+                min_lr.is_finite() && min_lr >= 0.0,
+                "decay.min_lr",
+                format!("must be >= 0, got {min_lr}"),
+            )?;
         }
         if let TimestepSampling::LogitNormal { mean, std } = self.timesteps {
-            pos(mean.is_finite() && std.is_finite() && std > 0.0, "timesteps", "logit-normal needs finite mean and std > 0".into())?;
+            pos(
+                mean.is_finite() && std.is_finite() && std > 0.0,
+                "timesteps",
+                "logit-normal needs finite mean and std > 0".into(),
+            )?;
         }
         Ok(())
     }

@@ -34,7 +34,10 @@ pub fn reward_weighted_loss<B: Backend>(
 /// is `eps - x_anchor`, the reference term when it is `v_ref`).
 ///
 /// Shapes: `velocity`, `target`: `[batch, tokens, channels]`; returns `[1]`.
-pub fn flow_matching_loss<B: Backend>(velocity: Tensor<B, 3>, target: Tensor<B, 3>) -> Tensor<B, 1> {
+pub fn flow_matching_loss<B: Backend>(
+    velocity: Tensor<B, 3>,
+    target: Tensor<B, 3>,
+) -> Tensor<B, 1> {
     (velocity - target).powi_scalar(2).mean()
 }
 

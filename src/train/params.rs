@@ -6,7 +6,9 @@ use std::collections::{HashMap, HashSet};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::{ElementConversion, Tensor, TensorData, backend::AutodiffBackend, backend::Backend};
+use burn::tensor::{
+    ElementConversion, Tensor, TensorData, backend::AutodiffBackend, backend::Backend,
+};
 
 /// One float parameter, flattened: its dotted module path, id, shape and values.
 #[derive(Debug, Clone)]
@@ -90,7 +92,8 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_> {
         let path = self.stack.path();
         let (id, tensor, mapper) = param.consume();
         let Some((saved_id, shape, values)) = self.values.get(&path) else {
-            self.errors.push(format!("tensor `{path}` missing from the checkpoint"));
+            self.errors
+                .push(format!("tensor `{path}` missing from the checkpoint"));
             return Param::from_mapped_value(id, tensor, mapper);
         };
         self.seen.insert(path.clone());
@@ -123,12 +126,21 @@ pub fn load_params<B: Backend, M: Module<B>>(
     };
     let module = module.map(&mut loader);
     let mut errors = loader.errors;
-    let mut extra: Vec<_> = values.keys().filter(|k| !loader.seen.contains(*k)).collect();
+    let mut extra: Vec<_> = values
+        .keys()
+        .filter(|k| !loader.seen.contains(*k))
+        .collect();
     extra.sort();
     for k in extra {
-        errors.push(format!("checkpoint tensor `{k}` does not exist in the model"));
+        errors.push(format!(
+            "checkpoint tensor `{k}` does not exist in the model"
+        ));
     }
-    if errors.is_empty() { Ok(module) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(module)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Sum of squares of the gradients present in `grads` (a device scalar, no host sync).
@@ -174,7 +186,11 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradScale<'_, B> {
 }
 
 /// Multiplies every gradient in `grads` by `scale`.
-pub fn scale_grads<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &mut GradientsParams, scale: f32) {
+pub fn scale_grads<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    scale: f32,
+) {
     let mut v = GradScale::<B> {
         grads,
         scale,
@@ -203,7 +219,12 @@ impl<B: Backend> ModuleMapper<B> for EmaMapper<B> {
 }
 
 /// `ema <- decay * ema + (1 - decay) * current` for the parameters listed in `ids`.
-pub fn ema_update<B: Backend, M: Module<B>>(ema: M, current: &M, ids: &HashSet<ParamId>, decay: f32) -> M {
+pub fn ema_update<B: Backend, M: Module<B>>(
+    ema: M,
+    current: &M,
+    ids: &HashSet<ParamId>,
+    decay: f32,
+) -> M {
     let current = collect_params(current)
         .into_iter()
         .filter(|p| ids.contains(&p.id))

@@ -37,10 +37,17 @@ pub struct SrumBatch<B: Backend> {
 
 impl<B: Backend> SrumBatch<B> {
     /// A batch from latents and reward maps already resized to the latent grid.
-    pub fn from_maps(prompts: Vec<String>, latents: Tensor<B, 3>, maps: &[RewardMap]) -> Result<Self> {
+    pub fn from_maps(
+        prompts: Vec<String>,
+        latents: Tensor<B, 3>,
+        maps: &[RewardMap],
+    ) -> Result<Self> {
         let [b, n, _] = latents.dims();
         if maps.len() != b {
-            return Err(SrumError::Shape(format!("{} reward maps for a batch of {b}", maps.len())));
+            return Err(SrumError::Shape(format!(
+                "{} reward maps for a batch of {b}",
+                maps.len()
+            )));
         }
         let mut values = Vec::with_capacity(b * n);
         for (i, m) in maps.iter().enumerate() {
@@ -72,15 +79,24 @@ impl<B: Backend> SrumBatch<B> {
             return Err(SrumError::Shape("empty batch".into()));
         }
         if self.prompts.len() != b {
-            return Err(SrumError::Shape(format!("{} prompts for a batch of {b}", self.prompts.len())));
+            return Err(SrumError::Shape(format!(
+                "{} prompts for a batch of {b}",
+                self.prompts.len()
+            )));
         }
         if self.reward.dims() != [b, n] {
-            return Err(SrumError::Shape(format!("reward {:?}, expected [{b}, {n}]", self.reward.dims())));
+            return Err(SrumError::Shape(format!(
+                "reward {:?}, expected [{b}, {n}]",
+                self.reward.dims()
+            )));
         }
         if let Some(a) = &self.anchor
             && a.dims() != [b, n, c]
         {
-            return Err(SrumError::Shape(format!("anchor {:?}, expected [{b}, {n}, {c}]", a.dims())));
+            return Err(SrumError::Shape(format!(
+                "anchor {:?}, expected [{b}, {n}, {c}]",
+                a.dims()
+            )));
         }
         Ok(())
     }
@@ -192,7 +208,10 @@ where
             .filter(|id| config.trainable.trains(roles.role(*id)))
             .collect();
         if trainable.is_empty() {
-            return Err(SrumError::config("trainable", "the model declares no trainable parameter"));
+            return Err(SrumError::config(
+                "trainable",
+                "the model declares no trainable parameter",
+            ));
         }
         let optim = AdamWConfig::new()
             .with_beta_1(config.beta_1)
@@ -284,7 +303,9 @@ where
             reward,
         } = batch;
 
-        let model = self.model.take().ok_or_else(|| SrumError::Training("trainer lost its model after a failed step".into()))?;
+        let model = self.model.take().ok_or_else(|| {
+            SrumError::Training("trainer lost its model after a failed step".into())
+        })?;
         let result = self.forward_backward(&model, &prompts, x_gen, anchor, reward, eps, t);
         let (terms, mean_reward, grads) = match result {
             Ok(v) => v,
@@ -302,7 +323,12 @@ where
             constraint_loss,
             mean_reward,
             grad_norm: None,
-            lr: learning_rate(cfg.lr, cfg.warmup_steps, cfg.decay, self.state.optimizer_steps),
+            lr: learning_rate(
+                cfg.lr,
+                cfg.warmup_steps,
+                cfg.decay,
+                self.state.optimizer_steps,
+            ),
             updated: false,
             skipped: None,
             samples_per_sec: 0.0,
@@ -349,8 +375,7 @@ where
                         report.optimizer_step = self.state.optimizer_steps;
                         self.model = Some(model);
                     }
-                }
-                else {
+                } else {
                     self.model = Some(model);
                 }
             }
@@ -385,7 +410,11 @@ where
                     .as_ref()
                     .ok_or_else(|| SrumError::Training("reference model missing".into()))?;
                 let cond = reference.condition(prompts)?;
-                Tensor::from_inner(reference.velocity(x_t.clone().inner(), t.clone().inner(), &cond))
+                Tensor::from_inner(reference.velocity(
+                    x_t.clone().inner(),
+                    t.clone().inner(),
+                    &cond,
+                ))
             }
         };
         let mean_reward = reward.clone().mean();
@@ -447,12 +476,18 @@ where
         .map_err(|e| ckpt(e.to_string()))?;
         let weights = weights_to_safetensors(&model.valid())?;
         let ema = self.ema.as_ref().map(weights_to_safetensors).transpose()?;
-        let reference = self.reference.as_ref().map(weights_to_safetensors).transpose()?;
+        let reference = self
+            .reference
+            .as_ref()
+            .map(weights_to_safetensors)
+            .transpose()?;
         write_dir_atomic(dir, |tmp| {
             let put = |name: &str, bytes: &[u8]| {
                 let p = tmp.join(name);
                 std::fs::write(&p, bytes).map_err(|e| SrumError::io(&p, e))?;
-                std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|e| SrumError::io(&p, e))
+                std::fs::File::open(&p)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| SrumError::io(&p, e))
             };
             put(MODEL_FILE, &weights)?;
             if let Some(e) = &ema {
@@ -477,19 +512,28 @@ where
             std::fs::read(&p).map_err(|e| SrumError::io(&p, e))
         };
         let meta_path = dir.join(META_FILE);
-        let meta: CheckpointMeta = serde_json::from_slice(&read(META_FILE)?).map_err(|e| SrumError::Checkpoint {
-            path: meta_path.clone(),
-            message: format!("unreadable trainer state: {e}"),
-        })?;
+        let meta: CheckpointMeta =
+            serde_json::from_slice(&read(META_FILE)?).map_err(|e| SrumError::Checkpoint {
+                path: meta_path.clone(),
+                message: format!("unreadable trainer state: {e}"),
+            })?;
         let model = weights_from_safetensors(model, &read(MODEL_FILE)?, &dir.join(MODEL_FILE))?;
         let mut trainer = Self::new(model, meta.config, device)?;
         if trainer.reference.is_some() {
             let r = trainer.model().valid();
-            trainer.reference = Some(weights_from_safetensors(r, &read(REFERENCE_FILE)?, &dir.join(REFERENCE_FILE))?);
+            trainer.reference = Some(weights_from_safetensors(
+                r,
+                &read(REFERENCE_FILE)?,
+                &dir.join(REFERENCE_FILE),
+            )?);
         }
         if trainer.ema.is_some() {
             let e = trainer.model().valid();
-            trainer.ema = Some(weights_from_safetensors(e, &read(EMA_FILE)?, &dir.join(EMA_FILE))?);
+            trainer.ema = Some(weights_from_safetensors(
+                e,
+                &read(EMA_FILE)?,
+                &dir.join(EMA_FILE),
+            )?);
         }
         let record = <NamedMpkBytesRecorder<FullPrecisionSettings> as Recorder<B>>::load(
             &NamedMpkBytesRecorder::default(),

@@ -18,11 +18,18 @@ pub fn device() -> burn::tensor::Device<Cpu> {
 pub fn toy_batch<B: Backend>(seed: u64, batch: usize, device: &B::Device) -> SrumBatch<B> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (n, c) = (16, 12);
-    let latents: Vec<f32> = (0..batch * n * c).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let latents: Vec<f32> = (0..batch * n * c)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
     let reward: Vec<f32> = (0..batch * n).map(|_| rng.random_range(0.0..1.0)).collect();
     let words = ["red", "blue", "circle", "square", "left", "of"];
     let prompts = (0..batch)
-        .map(|_| (0..4).map(|_| words[rng.random_range(0..words.len())]).collect::<Vec<_>>().join(" "))
+        .map(|_| {
+            (0..4)
+                .map(|_| words[rng.random_range(0..words.len())])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .collect();
     SrumBatch {
         prompts,
@@ -36,6 +43,15 @@ pub fn toy_batch<B: Backend>(seed: u64, batch: usize, device: &B::Device) -> Sru
 pub fn weights<B: Backend, M: burn::module::Module<B>>(m: &M) -> Vec<(String, Vec<f32>)> {
     srum::train::params::collect_params(m)
         .into_iter()
-        .map(|p| (p.path, p.flat.into_data().convert::<f32>().into_vec::<f32>().unwrap()))
+        .map(|p| {
+            (
+                p.path,
+                p.flat
+                    .into_data()
+                    .convert::<f32>()
+                    .into_vec::<f32>()
+                    .unwrap(),
+            )
+        })
         .collect()
 }

@@ -1,0 +1,72 @@
+//! The trainer on wgpu, through Mesa's software Vulkan driver (lavapipe), against flex.
+//!
+//! Run with `cargo test --features wgpu` on a machine with `mesa-vulkan-drivers` installed.
+#![cfg(feature = "wgpu")]
+
+mod common;
+
+use burn::backend::wgpu::{RuntimeOptions, WgpuDevice, graphics::Vulkan, init_setup};
+use burn::backend::{Autodiff, Wgpu};
+use common::*;
+use srum::toy::ToyUmmConfig;
+use srum::train::{Trainer, TrainerConfig, load_weights, save_weights};
+
+type Gpu = Autodiff<Wgpu>;
+
+/// Agreement bound: the backends sum in different orders, so bits differ, but after a few
+/// AdamW steps at lr 1e-3 every weight stays within this distance.
+const TOLERANCE: f32 = 1e-4;
+
+#[test]
+fn trainer_on_software_vulkan_agrees_with_flex() {
+    let gpu = WgpuDevice::Cpu;
+    let setup = init_setup::<Vulkan>(&gpu, RuntimeOptions::default());
+    let info = setup.adapter.get_info();
+    eprintln!(
+        "wgpu adapter: {} ({:?}, driver {})",
+        info.name, info.device_type, info.driver
+    );
+    assert!(
+        format!("{:?}", info.device_type) == "Cpu",
+        "expected Mesa's software Vulkan device, got {info:?}"
+    );
+
+    let cpu = device();
+    let dir = tempfile::tempdir().unwrap();
+    let start = ToyUmmConfig::new().init::<CpuAd>(&cpu);
+    save_weights(&start, dir.path().join("start.safetensors")).unwrap();
+    let on_gpu = load_weights(
+        ToyUmmConfig::new().init::<Gpu>(&gpu),
+        dir.path().join("start.safetensors"),
+    )
+    .unwrap();
+
+    let config = TrainerConfig::new()
+        .with_lr(1e-3)
+        .with_warmup_steps(1)
+        .with_weight_decay(0.01);
+    let mut a = Trainer::new(start, config.clone(), &cpu).unwrap();
+    let mut b = Trainer::new(on_gpu, config, &gpu).unwrap();
+    for i in 0..4 {
+        let ra = a.step(toy_batch(i, 4, &cpu)).unwrap();
+        let rb = b.step(toy_batch(i, 4, &gpu)).unwrap();
+        assert!(ra.updated && rb.updated);
+        assert!(
+            (ra.loss - rb.loss).abs() <= 1e-5 * ra.loss.abs().max(1.0),
+            "step {i}: loss {} vs {}",
+            ra.loss,
+            rb.loss
+        );
+    }
+    let mut worst = 0f32;
+    for ((path, x), (_, y)) in weights(a.model()).iter().zip(&weights(b.model())) {
+        for (p, q) in x.iter().zip(y) {
+            worst = worst.max((p - q).abs());
+        }
+        assert!(
+            worst <= TOLERANCE,
+            "`{path}`: flex and wgpu differ by {worst}"
+        );
+    }
+    eprintln!("max |flex - wgpu| after 4 steps: {worst:e}");
+}
