@@ -10,9 +10,10 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::activation::{gelu, sigmoid};
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use crate::error::{Result, SrumError};
+use crate::image::PixelImage;
 use crate::model::{ParamRole, ParamRoles, UnifiedModel};
 
 /// Configuration of [`ToyUmm`].
@@ -193,9 +194,36 @@ impl<B: Backend> UnifiedModel<B> for ToyUmm<B> {
     }
 
     fn answer(&self, images: Tensor<B, 4>, questions: &[String]) -> Result<Vec<String>> {
-        let p = self.score_probability(images, questions)?;
-        Ok(p.into_iter()
-            .map(|p| format!("Score: {:.3}", 2.0 * p - 1.0))
+        // A question listing boxes ("Region k: [x0, y0, x1, y1]") gets one block per box;
+        // any other question gets a whole-image "Score:" line.
+        let boxes: Vec<Vec<[usize; 4]>> = questions
+            .iter()
+            .map(|q| question_boxes(q, self.image_size))
+            .collect();
+        let probs = self.region_probabilities(images, questions, &boxes)?;
+        Ok(boxes
+            .iter()
+            .zip(probs)
+            .map(|(b, p)| {
+                if b.is_empty() {
+                    format!(
+                        "Score: {:.3}\nReason: mean colour against the prompt.",
+                        2.0 * p[0] - 1.0
+                    )
+                } else {
+                    p.iter()
+                        .enumerate()
+                        .map(|(k, p)| {
+                            format!(
+                                "Region ID: {}\nIdentified Object: a patch\nScore: {:.3}",
+                                k + 1,
+                                2.0 * p - 1.0
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n---\n")
+                }
+            })
             .collect())
     }
 
@@ -204,9 +232,10 @@ impl<B: Backend> UnifiedModel<B> for ToyUmm<B> {
         images: Tensor<B, 4>,
         questions: &[String],
     ) -> Option<Result<Vec<(f32, f32)>>> {
+        let whole = vec![Vec::new(); questions.len()];
         Some(
-            self.score_probability(images, questions)
-                .map(|p| p.into_iter().map(|p| (p, 1.0 - p)).collect()),
+            self.region_probabilities(images, questions, &whole)
+                .map(|p| p.into_iter().map(|p| (p[0], 1.0 - p[0])).collect()),
         )
     }
 
@@ -220,8 +249,34 @@ impl<B: Backend> UnifiedModel<B> for ToyUmm<B> {
     }
 }
 
+/// Boxes listed in a question as `Region k: [x0, y0, x1, y1]`, clamped to the image.
+fn question_boxes(question: &str, size: usize) -> Vec<[usize; 4]> {
+    question
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim().strip_prefix("Region ")?;
+            let (_, coords) = rest.split_once(": [")?;
+            let coords = coords.strip_suffix(']')?;
+            let v: Vec<f64> = coords
+                .split(',')
+                .map(|c| c.trim().parse().ok())
+                .collect::<Option<_>>()?;
+            let c = |x: f64| (x.max(0.0) as usize).min(size);
+            let b = [c(*v.first()?), c(*v.get(1)?), c(*v.get(2)?), c(*v.get(3)?)];
+            (b[0] < b[2] && b[1] < b[3]).then_some(b)
+        })
+        .collect()
+}
+
 impl<B: Backend> ToyUmm<B> {
-    fn score_probability(&self, images: Tensor<B, 4>, questions: &[String]) -> Result<Vec<f32>> {
+    /// For each question, the probability that each listed box (or the whole image when none is
+    /// listed) matches it: the understanding head on (mean colour of the crop, question).
+    fn region_probabilities(
+        &self,
+        images: Tensor<B, 4>,
+        questions: &[String],
+        boxes: &[Vec<[usize; 4]>],
+    ) -> Result<Vec<Vec<f32>>> {
         self.check_images(&images)?;
         let [b, _, _, _] = images.dims();
         if questions.len() != b {
@@ -230,13 +285,112 @@ impl<B: Backend> ToyUmm<B> {
                 questions.len()
             )));
         }
-        let colour = images.mean_dim(3).mean_dim(2).reshape([b, 3]);
-        let q = self.embed(questions);
-        let logit = self.und_head.forward(Tensor::cat(vec![colour, q], 1));
-        sigmoid(logit)
+        let pixels = PixelImage::from_tensor(images)?;
+        let whole = [0, 0, self.image_size, self.image_size];
+        let (mut colours, mut owner) = (Vec::new(), Vec::new());
+        for (i, img) in pixels.iter().enumerate() {
+            let list: &[[usize; 4]] = if boxes[i].is_empty() {
+                std::slice::from_ref(&whole)
+            } else {
+                &boxes[i]
+            };
+            for bx in list {
+                let mut sum = [0f32; 3];
+                for y in bx[1]..bx[3] {
+                    for x in bx[0]..bx[2] {
+                        let p = img.pixel(x, y);
+                        (0..3).for_each(|c| sum[c] += p[c]);
+                    }
+                }
+                let n = ((bx[2] - bx[0]) * (bx[3] - bx[1])) as f32;
+                colours.extend(sum.map(|v| v / n));
+                owner.push(i);
+            }
+        }
+        let device = self.prompt_table.device();
+        let m = owner.len();
+        let colour = Tensor::<B, 2>::from_data(TensorData::new(colours, [m, 3]), &device);
+        let ids: Vec<i32> = owner.iter().map(|&i| i as i32).collect();
+        let q = self.embed(questions).select(
+            0,
+            Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [m]), &device),
+        );
+        let p = sigmoid(self.und_head.forward(Tensor::cat(vec![colour, q], 1)))
             .into_data()
             .convert::<f32>()
             .into_vec::<f32>()
-            .map_err(|e| SrumError::Model(format!("{e:?}")))
+            .map_err(|e| SrumError::Model(format!("{e:?}")))?;
+        let mut out = vec![Vec::new(); b];
+        for (i, p) in owner.into_iter().zip(p) {
+            out[i].push(p);
+        }
+        Ok(out)
+    }
+}
+
+/// The `model.json` next to a model's weights: which model, and its config.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ModelCard {
+    /// Model kind, `"toy-umm"` here.
+    pub kind: String,
+    /// The model's config.
+    pub config: serde_json::Value,
+}
+
+/// Kind tag of [`ToyUmm`] in a [`ModelCard`].
+pub const TOY_KIND: &str = "toy-umm";
+
+impl<B: Backend> ToyUmm<B> {
+    /// Writes `model.json` and `model.safetensors` into `dir` (created if missing).
+    pub fn save_dir(&self, config: &ToyUmmConfig, dir: impl AsRef<std::path::Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| SrumError::io(dir, e))?;
+        let card = ModelCard {
+            kind: TOY_KIND.into(),
+            config: serde_json::to_value(config).map_err(|e| SrumError::Model(e.to_string()))?,
+        };
+        let json = serde_json::to_vec_pretty(&card).map_err(|e| SrumError::Model(e.to_string()))?;
+        crate::train::write_file_atomic(&dir.join("model.json"), &json)?;
+        crate::train::save_weights(self, dir.join("model.safetensors"))
+    }
+
+    /// Loads a model saved by [`ToyUmm::save_dir`].
+    pub fn load_dir(
+        dir: impl AsRef<std::path::Path>,
+        device: &B::Device,
+    ) -> Result<(Self, ToyUmmConfig)> {
+        let dir = dir.as_ref();
+        let card_path = dir.join("model.json");
+        let bytes = std::fs::read(&card_path).map_err(|e| SrumError::io(&card_path, e))?;
+        let card: ModelCard =
+            serde_json::from_slice(&bytes).map_err(|e| SrumError::Checkpoint {
+                path: card_path.clone(),
+                message: format!("not a model card: {e}"),
+            })?;
+        if card.kind != TOY_KIND {
+            return Err(SrumError::Checkpoint {
+                path: card_path,
+                message: format!("model kind `{}`, expected `{TOY_KIND}`", card.kind),
+            });
+        }
+        let config: ToyUmmConfig =
+            serde_json::from_value(card.config).map_err(|e| SrumError::Checkpoint {
+                path: card_path.clone(),
+                message: format!("bad config: {e}"),
+            })?;
+        if config.patch == 0
+            || config.image_size == 0
+            || config.image_size % config.patch != 0
+            || config.vocab == 0
+        {
+            return Err(SrumError::Checkpoint {
+                path: card_path,
+                message: "config: image_size must be a positive multiple of patch, vocab > 0"
+                    .into(),
+            });
+        }
+        let model =
+            crate::train::load_weights(config.init::<B>(device), dir.join("model.safetensors"))?;
+        Ok((model, config))
     }
 }

@@ -101,7 +101,7 @@ fn bad_lines_are_reported_and_skipped() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("r.jsonl:2: invalid JSON"), "{err}");
     assert!(
-        err.contains(":5:") && err.contains("leaves the records folder"),
+        err.contains(":5:") && err.contains("leaves its folder"),
         "{err}"
     );
     assert!(

@@ -13,6 +13,8 @@ mod templates;
 
 pub use decompose::{Decomposer, Decomposition, SimpleDecomposer};
 pub use evaluator::{JudgeMode, JudgeOutput, SelfEvaluator, SelfEvaluatorConfig};
-pub use parse::{ParsedRegion, ParsedScore, answer_text, parse_global, parse_regions};
+pub use parse::{
+    AnswerKind, ParsedRegion, ParsedScore, answer_text, parse_global, parse_regions, parse_to_json,
+};
 pub use proposals::{ConnectedComponents, GridProposer, RegionProposer, border_colour};
 pub use templates::{JudgeTemplates, quote_prompt, region_lines};

@@ -184,6 +184,51 @@ pub fn parse_regions(raw: &str, num_regions: Option<usize>) -> BTreeMap<usize, P
     out
 }
 
+/// Which parser [`parse_to_json`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerKind {
+    /// A global (or sample-level) answer: one score.
+    Global,
+    /// A region answer: one block per region.
+    Regions,
+}
+
+/// The parse in the fixtures' JSON form: `{"score": x}` (plus `"clamped": true` when the number
+/// was out of range) or `{"score": null}`; `{"regions": {"1": {"score": x, "object": "..."}}}`.
+pub fn parse_to_json(
+    kind: AnswerKind,
+    text: &str,
+    num_regions: Option<usize>,
+) -> serde_json::Value {
+    use serde_json::json;
+    let score = |s: ParsedScore| {
+        if s.clamped {
+            json!({"score": s.score, "clamped": true})
+        } else {
+            json!({"score": s.score})
+        }
+    };
+    match kind {
+        AnswerKind::Global => parse_global(text)
+            .map(score)
+            .unwrap_or_else(|| json!({"score": null})),
+        AnswerKind::Regions => {
+            let regions: serde_json::Map<String, serde_json::Value> =
+                parse_regions(text, num_regions)
+                    .into_iter()
+                    .map(|(id, r)| {
+                        let mut o = score(r.score);
+                        if let Some(obj) = r.object {
+                            o["object"] = json!(obj);
+                        }
+                        (id.to_string(), o)
+                    })
+                    .collect();
+            json!({ "regions": regions })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

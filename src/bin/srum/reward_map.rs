@@ -1,38 +1,14 @@
-//! `srum`: the command-line face of the library. Each subcommand is a thin layer over it.
+//! `srum reward-map`.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
 use serde::Serialize;
-use srum::data::RecordReader;
+use srum::data::{RecordReader, TrainingRecord};
 use srum::reward::RewardComposer;
 
-#[derive(Parser)]
-#[command(
-    name = "srum",
-    version,
-    about = "Fine-grained self-rewarding for unified multimodal models"
-)]
-struct Cli {
-    /// Print progress and per-record warnings.
-    #[arg(short, long, global = true)]
-    verbose: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Compose the dense reward map of every training-format record, at latent resolution.
-    ///
-    /// Uses the reference rule: base 0.5, per-box max of (s+1)/2, times (g+1)/2, then bilinear
-    /// resize (align_corners=false) to each latent grid.
-    RewardMap(RewardMapArgs),
-}
-
 #[derive(clap::Args)]
-struct RewardMapArgs {
+pub struct RewardMapArgs {
     /// Training-format records (JSON lines).
     #[arg(long)]
     records: PathBuf,
@@ -69,22 +45,9 @@ struct MapOut {
     map: Vec<f32>,
 }
 
-/// Resolves an image path from a record against the records' folder, refusing escapes.
-fn image_path(base: &Path, file: &str) -> Result<PathBuf, String> {
-    let rel = Path::new(file);
-    if rel.is_absolute()
-        || rel
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        return Err(format!("image path `{file}` leaves the records folder"));
-    }
-    Ok(base.join(rel))
-}
-
-fn reward_map(args: RewardMapArgs) -> Result<ExitCode, String> {
-    let reader = RecordReader::<_, srum::data::TrainingRecord>::open(&args.records)
-        .map_err(|e| e.to_string())?;
+pub fn run(args: RewardMapArgs) -> Result<ExitCode, String> {
+    let reader =
+        RecordReader::<_, TrainingRecord>::open(&args.records).map_err(|e| e.to_string())?;
     let base = args
         .records
         .parent()
@@ -109,7 +72,7 @@ fn reward_map(args: RewardMapArgs) -> Result<ExitCode, String> {
         let size = match record.image_size {
             Some(s) => s,
             None => {
-                let dims = image_path(&base, &record.bad_image_file).and_then(|p| {
+                let dims = crate::contained_path(&base, &record.bad_image_file).and_then(|p| {
                     image::image_dimensions(&p).map_err(|e| format!("{}: {e}", p.display()))
                 });
                 match dims {
@@ -180,24 +143,5 @@ fn reward_map(args: RewardMapArgs) -> Result<ExitCode, String> {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    })
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(if cli.verbose {
-            tracing::Level::INFO
-        } else {
-            tracing::Level::ERROR
-        })
-        .init();
-    let result = match cli.command {
-        Command::RewardMap(a) => reward_map(a),
-    };
-    result.unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        ExitCode::FAILURE
     })
 }

@@ -1,0 +1,90 @@
+//! `srum`: the command-line face of the library. Each subcommand is a thin layer over it.
+
+mod judge;
+mod reward_map;
+
+use std::path::{Component, Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "srum",
+    version,
+    about = "Fine-grained self-rewarding for unified multimodal models"
+)]
+struct Cli {
+    /// Print progress and per-record warnings.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compose the dense reward map of every training-format record, at latent resolution.
+    ///
+    /// Uses the reference rule: base 0.5, per-box max of (s+1)/2, times (g+1)/2, then bilinear
+    /// resize (align_corners=false) to each latent grid.
+    RewardMap(reward_map::RewardMapArgs),
+    /// Self-evaluate generated images with the model's own understanding (scorer format out).
+    ///
+    /// Resumable: images already in --out are skipped, and a torn last line from an
+    /// interrupted run is detected, reported and cut off.
+    Judge(judge::JudgeArgs),
+    /// Convert scorer output to the training format (reference conversion rules).
+    Convert(judge::ConvertArgs),
+    /// Parse one raw model answer from stdin and print the parse as JSON.
+    ParseJudge(judge::ParseJudgeArgs),
+}
+
+/// Resolves a file named in a record or manifest against its folder, refusing escapes
+/// (absolute paths, `..`, and symlinks that lead outside the folder).
+pub fn contained_path(base: &Path, file: &str) -> Result<PathBuf, String> {
+    let rel = Path::new(file);
+    if file.is_empty()
+        || rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(format!(
+            "path `{file}` leaves its folder `{}`",
+            base.display()
+        ));
+    }
+    let joined = base.join(rel);
+    if let (Ok(real), Ok(real_base)) = (joined.canonicalize(), base.canonicalize())
+        && !real.starts_with(&real_base)
+    {
+        return Err(format!(
+            "path `{file}` is a link leaving its folder `{}`",
+            base.display()
+        ));
+    }
+    Ok(joined)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(if cli.verbose {
+            tracing::Level::INFO
+        } else {
+            tracing::Level::ERROR
+        })
+        .init();
+    let result = match cli.command {
+        Command::RewardMap(a) => reward_map::run(a),
+        Command::Judge(a) => judge::run_judge(a),
+        Command::Convert(a) => judge::run_convert(a),
+        Command::ParseJudge(a) => judge::run_parse(a),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
+}
