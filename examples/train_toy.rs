@@ -8,8 +8,9 @@ use burn::module::AutodiffModule;
 use burn::tensor::Tensor;
 use rand::SeedableRng;
 use srum::flow::{EulerSampler, EulerSamplerConfig, Guidance, host_normal};
+use srum::judge::{ConnectedComponents, SelfEvaluator, SelfEvaluatorConfig};
 use srum::model::UnifiedModel;
-use srum::reward::{Judgement, RewardComposer};
+use srum::reward::RewardComposer;
 use srum::toy::ToyUmmConfig;
 use srum::train::{SrumBatch, Trainer, TrainerConfig};
 
@@ -41,10 +42,10 @@ fn main() -> srum::Result<()> {
     .take(8)
     .map(|s| s.to_string())
     .collect();
-    let questions: Vec<String> = prompts
-        .iter()
-        .map(|p| format!("Does the image match the prompt \"{p}\"? Answer with Score: -1 to 1."))
-        .collect();
+    let evaluator = SelfEvaluator::new(
+        SelfEvaluatorConfig::default(),
+        ConnectedComponents::default(),
+    )?;
     let sampler = EulerSampler::new(EulerSamplerConfig {
         steps: 10,
         guidance_scale: 2.0,
@@ -70,18 +71,17 @@ fn main() -> srum::Result<()> {
             })
         })?;
         let images = generator.decode_latents(latents, size, size)?;
-        let answers = generator.answer(images.clone(), &questions)?;
+        let judged = evaluator.judge(&generator, images.clone(), &prompts)?;
         let grid = generator.latent_grid(size, size);
-        let maps: Vec<_> = answers
+        let maps: Vec<_> = judged
             .iter()
-            .map(|a| {
-                let judgement = Judgement {
-                    global: parse_score(a),
-                    regions: vec![],
-                };
-                composer.compose_latent(&judgement, (size, size), grid).0
-            })
+            .map(|j| composer.compose_latent(&j.judgement, (size, size), grid).0)
             .collect();
+        let regions: usize = judged.iter().map(|j| j.judgement.regions.len()).sum();
+        println!(
+            "round {round}: {} images judged, {regions} regions scored",
+            judged.len()
+        );
 
         // Stage 2: reward-weighted training on the model's own images.
         let x_gen = Tensor::from_inner(generator.encode_images(images)?);
