@@ -86,6 +86,7 @@ fn bad_lines_are_reported_and_skipped() {
             "{\"bad_image_file\": \"img.png\", \"prompt\": \"p\", \"vlm_rewards\": [{\"object\": \"global_layout_reward\", \"score\": 1.0}]}\n",
             "{\"bad_image_file\": \"../etc/x.png\", \"prompt\": \"p\", \"vlm_rewards\": []}\n",
             "{\"prompt\": \"p\", \"vlm_rewards\": []}\n",
+            "{\"bad_image_file\": \"b.png\", \"prompt\": \"p\", \"image_size\": [100000, 100000], \"vlm_rewards\": []}\n",
         ),
     )
     .unwrap();
@@ -106,6 +107,10 @@ fn bad_lines_are_reported_and_skipped() {
     );
     assert!(
         err.contains("r.jsonl:6: missing field `bad_image_file`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("r.jsonl:7:") && err.contains("pixel limit"),
         "{err}"
     );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();

@@ -5,7 +5,8 @@ mod records;
 mod scorer;
 
 pub use records::{
-    GLOBAL_OBJECT, JsonRecord, ReadStats, RecordReader, TrainingRecord, parse_training_record,
+    GLOBAL_OBJECT, JsonRecord, MAX_IMAGE_PIXELS, ReadStats, RecordReader, TrainingRecord,
+    parse_training_record,
 };
 pub use scorer::{
     ConvertStats, ScorerGlobal, ScorerReader, ScorerRecord, ScorerRegion, convert_file,

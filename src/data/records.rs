@@ -15,6 +15,10 @@ use serde_json::Value;
 use crate::error::{Result, SrumError};
 use crate::reward::{BBox, Judgement, ScoredRegion};
 
+/// Largest image (in pixels) whose reward map is built at full resolution: 64 Mpx, a 256 MB
+/// map. Sizes come from untrusted files, so they are checked before anything is allocated.
+pub const MAX_IMAGE_PIXELS: usize = 1 << 26;
+
 /// The `object` name that marks the global layout entry in `vlm_rewards`.
 pub const GLOBAL_OBJECT: &str = "global_layout_reward";
 
@@ -95,6 +99,13 @@ pub fn parse_training_record(
         }
         Some(_) => return Err("field `image_size` must be [W, H] with positive integers".into()),
     };
+    if let Some([w, h]) = image_size
+        && w.saturating_mul(h) > MAX_IMAGE_PIXELS
+    {
+        return Err(format!(
+            "field `image_size` [{w}, {h}] exceeds the {MAX_IMAGE_PIXELS}-pixel limit"
+        ));
+    }
     let rewards = match obj.get("vlm_rewards") {
         Some(Value::Array(a)) => a.as_slice(),
         Some(_) => return Err("field `vlm_rewards` must be an array".into()),

@@ -75,6 +75,16 @@ pub fn run(args: RewardMapArgs) -> Result<ExitCode, String> {
                 let dims = crate::contained_path(&base, &record.bad_image_file).and_then(|p| {
                     image::image_dimensions(&p).map_err(|e| format!("{}: {e}", p.display()))
                 });
+                let dims = dims.and_then(|(w, h)| {
+                    if (w as usize).saturating_mul(h as usize) > srum::data::MAX_IMAGE_PIXELS {
+                        Err(format!(
+                            "{w}x{h} image exceeds the {}-pixel limit",
+                            srum::data::MAX_IMAGE_PIXELS
+                        ))
+                    } else {
+                        Ok((w, h))
+                    }
+                });
                 match dims {
                     Ok((w, h)) => [w as usize, h as usize],
                     Err(e) => {
