@@ -16,17 +16,6 @@ use srum::train::{SrumBatch, Trainer, TrainerConfig};
 
 type B = Autodiff<Flex>;
 
-/// The toy answers `Score: x`; the real parser lives in the judge module.
-fn parse_score(answer: &str) -> Option<f32> {
-    answer
-        .rsplit("Score:")
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-        .filter(|s: &f32| s.is_finite())
-}
-
 fn main() -> srum::Result<()> {
     let device = Default::default();
     let size = 8;

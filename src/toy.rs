@@ -380,7 +380,7 @@ impl<B: Backend> ToyUmm<B> {
             })?;
         if config.patch == 0
             || config.image_size == 0
-            || config.image_size % config.patch != 0
+            || !config.image_size.is_multiple_of(config.patch)
             || config.vocab == 0
         {
             return Err(SrumError::Checkpoint {
