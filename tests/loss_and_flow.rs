@@ -3,6 +3,7 @@
 
 mod common;
 
+use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};
 use common::*;
 use srum::flow::{EulerSampler, EulerSamplerConfig, Guidance, noisy_latents, velocity_target};
@@ -292,4 +293,72 @@ fn cfg_renorm_caps_the_guided_norm() {
         "{x:?}"
     );
     assert_eq!(norms.len(), 2);
+}
+
+#[test]
+fn gradient_through_the_model_matches_finite_differences() {
+    // The full path the trainer differentiates: prompt conditioning, the velocity network and
+    // the reward-weighted loss with the anchor term, w.r.t. the output bias of the toy's
+    // generator (the loss is quadratic in it, so central differences are exact up to rounding).
+    use srum::model::UnifiedModel;
+    use srum::toy::{ToyUmm, ToyUmmConfig};
+    let dev = device();
+    let model = ToyUmmConfig::new().init::<CpuAd>(&dev);
+    srum::train::params::materialize(&model);
+    let batch = toy_batch::<CpuAd>(3, 2, &dev);
+    let eps = toy_batch::<CpuAd>(4, 2, &dev).latents;
+    let t = Tensor::<CpuAd, 1>::from_floats([0.3, 0.8], &dev);
+    let loss = |m: &ToyUmm<CpuAd>| {
+        let x_t = noisy_latents(batch.latents.clone(), eps.clone(), t.clone());
+        let target = velocity_target(batch.latents.clone(), eps.clone());
+        let v = m.velocity(x_t, t.clone(), &m.condition(&batch.prompts).unwrap());
+        srum_loss(v, target.clone(), batch.reward.clone(), target, 0.5).total
+    };
+    let grads = loss(&model).backward();
+    let params = srum::train::params::collect_params(&model);
+    let bias = params.iter().find(|p| p.path == "gen_out.bias").unwrap();
+    let bias_values: Vec<f32> = bias.flat.clone().into_data().into_vec().unwrap();
+    let gp = burn::optim::GradientsParams::from_grads(grads, &model);
+    let g: Vec<f32> = gp
+        .get::<Cpu, 1>(bias.id)
+        .unwrap()
+        .into_data()
+        .into_vec()
+        .unwrap();
+    let h = 1e-2f32;
+    for i in [0usize, 5, 11] {
+        let f = |delta: f32| -> f64 {
+            let mut values = bias_values.clone();
+            values[i] += delta;
+            let m = model.clone().map(&mut SetBias(values));
+            loss(&m).into_data().into_vec::<f32>().unwrap()[0] as f64
+        };
+        let fd = (f(h) - f(-h)) / (2.0 * h as f64);
+        assert!(
+            (g[i] as f64 - fd).abs() < 1e-4 * fd.abs().max(1.0),
+            "bias[{i}]: autodiff {} vs finite difference {fd}",
+            g[i]
+        );
+    }
+}
+
+/// Replaces the 1-D parameter named `gen_out.bias` (the only 12-element 1-D float parameter).
+struct SetBias(Vec<f32>);
+
+impl burn::module::ModuleMapper<CpuAd> for SetBias {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<CpuAd, D>>,
+    ) -> burn::module::Param<Tensor<CpuAd, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let tensor = if D == 1 && tensor.dims()[0] == self.0.len() {
+            Tensor::from_data(
+                TensorData::new(self.0.clone(), tensor.dims()),
+                &tensor.device(),
+            )
+        } else {
+            tensor
+        };
+        burn::module::Param::from_mapped_value(id, tensor, mapper)
+    }
 }
