@@ -18,5 +18,6 @@ pub mod model;
 pub mod reward;
 pub mod toy;
 pub mod train;
+pub mod world;
 
 pub use error::{Result, SrumError};
