@@ -16,6 +16,7 @@ pub mod image;
 pub mod judge;
 pub mod model;
 pub mod reward;
+pub mod tiny;
 pub mod toy;
 pub mod train;
 pub mod world;

@@ -2,6 +2,7 @@
 
 mod judge;
 mod reward_map;
+mod world;
 
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ enum Command {
     Convert(judge::ConvertArgs),
     /// Parse one raw model answer from stdin and print the parse as JSON.
     ParseJudge(judge::ParseJudgeArgs),
+    /// Pretrain the reference model (TinyUmm) on the synthetic world, both abilities jointly.
+    Pretrain(world::PretrainArgs),
 }
 
 /// Resolves a file named in a record or manifest against its folder, refusing escapes
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
         Command::Judge(a) => judge::run_judge(a),
         Command::Convert(a) => judge::run_convert(a),
         Command::ParseJudge(a) => judge::run_parse(a),
+        Command::Pretrain(a) => world::run_pretrain(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e}");

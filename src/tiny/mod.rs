@@ -1,0 +1,65 @@
+//! The reference unified model for the synthetic world: [`TinyUmm`], its tokenizer, its
+//! pretraining, and its checkpoint directory (`model.json`, `model.safetensors`,
+//! `tokenizer.json`).
+
+mod model;
+mod pretrain;
+mod tokenizer;
+
+pub use model::{Block, TextBatch, TinyUmm, TinyUmmConfig, mask_to_region};
+pub use pretrain::{PretrainConfig, PretrainReport, pretrain};
+pub use tokenizer::{PAD, UNK, WORDS, build_tokenizer, encode, load_tokenizer};
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+
+use crate::error::{Result, SrumError};
+use crate::toy::ModelCard;
+
+/// Kind tag of [`TinyUmm`] in a [`ModelCard`].
+pub const TINY_KIND: &str = "tiny-umm";
+
+impl<B: Backend> TinyUmm<B> {
+    /// Writes `model.json`, `model.safetensors` and `tokenizer.json` into `dir`.
+    pub fn save_dir(&self, config: &TinyUmmConfig, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| SrumError::io(dir, e))?;
+        let card = ModelCard {
+            kind: TINY_KIND.into(),
+            config: serde_json::to_value(config).map_err(|e| SrumError::Model(e.to_string()))?,
+        };
+        let json = serde_json::to_vec_pretty(&card).map_err(|e| SrumError::Model(e.to_string()))?;
+        crate::train::write_file_atomic(&dir.join("model.json"), &json)?;
+        let tok = self.tokenizer().to_string(true).map_err(|e| SrumError::Model(e.to_string()))?;
+        crate::train::write_file_atomic(&dir.join("tokenizer.json"), tok.as_bytes())?;
+        crate::train::save_weights(self, dir.join("model.safetensors"))
+    }
+
+    /// Loads a model saved by [`TinyUmm::save_dir`].
+    pub fn load_dir(dir: impl AsRef<Path>, device: &B::Device) -> Result<(Self, TinyUmmConfig)> {
+        let dir = dir.as_ref();
+        let card_path = dir.join("model.json");
+        let bytes = std::fs::read(&card_path).map_err(|e| SrumError::io(&card_path, e))?;
+        let bad = |message: String| SrumError::Checkpoint { path: card_path.clone(), message };
+        let card: ModelCard = serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a model card: {e}")))?;
+        if card.kind != TINY_KIND {
+            return Err(bad(format!("model kind `{}`, expected `{TINY_KIND}`", card.kind)));
+        }
+        let config: TinyUmmConfig = serde_json::from_value(card.config).map_err(|e| bad(format!("bad config: {e}")))?;
+        if config.patch == 0
+            || config.image_size == 0
+            || !config.image_size.is_multiple_of(config.patch)
+            || config.n_heads == 0
+            || !config.d_model.is_multiple_of(config.n_heads)
+            || config.image_size > 512
+            || config.d_model > 4096
+            || config.n_layers > 64
+        {
+            return Err(bad("config: impossible sizes".into()));
+        }
+        let tokenizer = load_tokenizer(&dir.join("tokenizer.json"))?;
+        let model = crate::train::load_weights(config.init::<B>(tokenizer, device), dir.join("model.safetensors"))?;
+        Ok((model, config))
+    }
+}

@@ -1,0 +1,473 @@
+//! `TinyUmm`: a small unified model in BAGEL's mould, trainable on a laptop CPU.
+//!
+//! One transformer backbone sees prompt tokens and image patch tokens in one sequence with full
+//! attention; each block has separate feed-forward experts for text and image tokens (BAGEL's
+//! mixture of transformers). Generation: noisy patches plus a time embedding in, velocity out
+//! (rectified flow). Understanding: a `[CLS]` slot, the question's tokens and clean patches in,
+//! yes/no logits out; free-text answers are rendered from those probabilities.
+
+use std::sync::Arc;
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
+use tokenizers::Tokenizer;
+
+use super::tokenizer::encode;
+use crate::error::{Result, SrumError};
+use crate::image::PixelImage;
+use crate::model::{ParamRole, ParamRoles, UnifiedModel};
+use crate::world::{Np, PromptSpec};
+
+/// Configuration of [`TinyUmm`].
+#[derive(Config, Debug, PartialEq)]
+pub struct TinyUmmConfig {
+    /// Side of the square RGB images.
+    #[config(default = 32)]
+    pub image_size: usize,
+    /// Side of a patch (a latent token is one patch, `3 * patch^2` channels).
+    #[config(default = 4)]
+    pub patch: usize,
+    /// Width of the backbone.
+    #[config(default = 96)]
+    pub d_model: usize,
+    /// Attention heads.
+    #[config(default = 4)]
+    pub n_heads: usize,
+    /// Transformer blocks.
+    #[config(default = 4)]
+    pub n_layers: usize,
+    /// Hidden width of each feed-forward expert.
+    #[config(default = 192)]
+    pub d_ff: usize,
+    /// Longest prompt, in tokens.
+    #[config(default = 16)]
+    pub max_text: usize,
+    /// Tokenizer vocabulary size.
+    #[config(default = 24)]
+    pub vocab: usize,
+}
+
+/// One block: shared attention over text and image tokens, then per-modality experts.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    ln_attn: LayerNorm<B>,
+    attn: MultiHeadAttention<B>,
+    ln_text: LayerNorm<B>,
+    text_up: Linear<B>,
+    text_down: Linear<B>,
+    ln_image: LayerNorm<B>,
+    image_up: Linear<B>,
+    image_down: Linear<B>,
+}
+
+impl<B: Backend> Block<B> {
+    /// Shapes: `text`: `[b, nt, d]`, `image`: `[b, ni, d]`, `pad`: `[b, nt + ni]` (true = ignore).
+    fn forward(&self, text: Tensor<B, 3>, image: Tensor<B, 3>, pad: Tensor<B, 2, Bool>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let [_, nt, _] = text.dims();
+        let [_, ni, _] = image.dims();
+        let x = Tensor::cat(vec![text, image], 1);
+        let h = self.attn.forward(MhaInput::self_attn(self.ln_attn.forward(x.clone())).mask_pad(pad)).context;
+        let x = x + h;
+        let text = x.clone().narrow(1, 0, nt);
+        let image = x.narrow(1, nt, ni);
+        let text = text.clone() + self.text_down.forward(gelu(self.text_up.forward(self.ln_text.forward(text))));
+        let image = image.clone() + self.image_down.forward(gelu(self.image_up.forward(self.ln_image.forward(image))));
+        (text, image)
+    }
+}
+
+/// Prompt tokens for the backbone.
+#[derive(Debug, Clone)]
+pub struct TextBatch<B: Backend> {
+    /// `[batch, max_text]` token ids, `[PAD]` after the prompt.
+    pub ids: Tensor<B, 2, Int>,
+    /// `[batch, 1 + max_text]`: true where the sequence slot is padding (slot 0 is `[CLS]`).
+    pub pad: Tensor<B, 2, Bool>,
+}
+
+/// The small unified model: see the [module docs](self).
+#[derive(Module, Debug)]
+pub struct TinyUmm<B: Backend> {
+    tok_embed: Embedding<B>,
+    text_pos: Param<Tensor<B, 2>>,
+    cls: Param<Tensor<B, 2>>,
+    patch_in: Linear<B>,
+    image_pos: Param<Tensor<B, 2>>,
+    time_in: Linear<B>,
+    blocks: Vec<Block<B>>,
+    ln_out: LayerNorm<B>,
+    velocity_head: Linear<B>,
+    answer_head: Linear<B>,
+    image_size: usize,
+    patch: usize,
+    max_text: usize,
+    #[module(skip)]
+    tokenizer: Arc<Tokenizer>,
+}
+
+const TIME_FEATURES: usize = 16;
+
+impl TinyUmmConfig {
+    /// Builds the model with random weights.
+    pub fn init<B: Backend>(&self, tokenizer: Tokenizer, device: &B::Device) -> TinyUmm<B> {
+        let d = self.d_model;
+        let n_img = (self.image_size / self.patch).pow(2);
+        let small = Initializer::Normal { mean: 0.0, std: 0.02 };
+        TinyUmm {
+            tok_embed: EmbeddingConfig::new(self.vocab, d).with_initializer(small.clone()).init(device),
+            text_pos: small.init([self.max_text + 1, d], device),
+            cls: small.init([1, d], device),
+            patch_in: LinearConfig::new(3 * self.patch * self.patch, d).init(device),
+            image_pos: small.init([n_img, d], device),
+            time_in: LinearConfig::new(TIME_FEATURES, d).init(device),
+            blocks: (0..self.n_layers)
+                .map(|_| Block {
+                    ln_attn: LayerNormConfig::new(d).init(device),
+                    attn: MultiHeadAttentionConfig::new(d, self.n_heads).with_dropout(0.0).init(device),
+                    ln_text: LayerNormConfig::new(d).init(device),
+                    text_up: LinearConfig::new(d, self.d_ff).init(device),
+                    text_down: LinearConfig::new(self.d_ff, d).init(device),
+                    ln_image: LayerNormConfig::new(d).init(device),
+                    image_up: LinearConfig::new(d, self.d_ff).init(device),
+                    image_down: LinearConfig::new(self.d_ff, d).init(device),
+                })
+                .collect(),
+            ln_out: LayerNormConfig::new(d).init(device),
+            velocity_head: LinearConfig::new(d, 3 * self.patch * self.patch).with_initializer(Initializer::Zeros).init(device),
+            answer_head: LinearConfig::new(d, 2).init(device),
+            image_size: self.image_size,
+            patch: self.patch,
+            max_text: self.max_text,
+            tokenizer: Arc::new(tokenizer),
+        }
+    }
+}
+
+/// Sinusoidal features of `t` in `[0, 1]`: `[b]` to `[b, 16]`.
+fn time_features<B: Backend>(t: Tensor<B, 1>) -> Tensor<B, 2> {
+    let [b] = t.dims();
+    let freqs: Vec<f32> = (0..TIME_FEATURES / 2).map(|i| (2f32).powi(i as i32) * std::f32::consts::PI).collect();
+    let f = Tensor::<B, 2>::from_data(TensorData::new(freqs, [1, TIME_FEATURES / 2]), &t.device());
+    let x = t.reshape([b, 1]) * f;
+    Tensor::cat(vec![x.clone().sin(), x.cos()], 1)
+}
+
+impl<B: Backend> TinyUmm<B> {
+    /// The tokenizer the model reads prompts with.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Image side in pixels.
+    pub fn image_size(&self) -> usize {
+        self.image_size
+    }
+
+    fn device(&self) -> B::Device {
+        self.cls.device()
+    }
+
+    /// Tokenizes prompts; an unknown word or an over-long prompt is an error naming it.
+    pub fn text_batch(&self, prompts: &[String]) -> Result<TextBatch<B>> {
+        let (b, m) = (prompts.len(), self.max_text);
+        let mut ids = vec![0i32; b * m];
+        let mut pad = vec![true; b * (m + 1)];
+        for (i, p) in prompts.iter().enumerate() {
+            let toks = encode(&self.tokenizer, p, m)?;
+            pad[i * (m + 1)] = false;
+            for (j, t) in toks.iter().enumerate() {
+                ids[i * m + j] = *t as i32;
+                pad[i * (m + 1) + 1 + j] = false;
+            }
+        }
+        let device = self.device();
+        Ok(TextBatch {
+            ids: Tensor::from_data(TensorData::new(ids, [b, m]), &device),
+            pad: Tensor::from_data(TensorData::new(pad, [b, m + 1]), &device),
+        })
+    }
+
+    /// `[CLS]` + prompt embeddings: `[b, 1 + max_text, d]`.
+    fn embed_text(&self, text: &TextBatch<B>) -> Tensor<B, 3> {
+        let [b, _] = text.ids.dims();
+        let d = self.cls.dims()[1];
+        let cls = self.cls.val().reshape([1, 1, d]).repeat_dim(0, b);
+        let tokens = self.tok_embed.forward(text.ids.clone());
+        Tensor::cat(vec![cls, tokens], 1) + self.text_pos.val().unsqueeze_dim::<3>(0)
+    }
+
+    fn run(&self, text: Tensor<B, 3>, image: Tensor<B, 3>, pad_text: Tensor<B, 2, Bool>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let [b, ni, _] = image.dims();
+        let no_pad = Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![false; b * ni], [b, ni]), &image.device());
+        let pad = Tensor::cat(vec![pad_text, no_pad], 1);
+        let (mut t, mut i) = (text, image);
+        for block in &self.blocks {
+            (t, i) = block.forward(t, i, pad.clone());
+        }
+        (self.ln_out.forward(t), self.ln_out.forward(i))
+    }
+
+    /// Yes/no logits of "does this image match this prompt?".
+    ///
+    /// Shapes: `images`: `[b, 3, H, W]` in `[0, 1]`; returns `[b, 2]` (yes, no).
+    pub fn understand(&self, images: Tensor<B, 4>, text: &TextBatch<B>) -> Result<Tensor<B, 2>> {
+        let latents = self.encode_images(images)?;
+        let image = self.patch_in.forward(latents) + self.image_pos.val().unsqueeze_dim::<3>(0);
+        let (t, _) = self.run(self.embed_text(text), image, text.pad.clone());
+        let [b, _, d] = t.dims();
+        Ok(self.answer_head.forward(t.narrow(1, 0, 1).reshape([b, d])))
+    }
+
+    /// `P(yes)` for each (image, prompt) pair, in chunks of 256.
+    pub fn match_probability(&self, images: &[PixelImage], prompts: &[String]) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(prompts.len());
+        for (imgs, ps) in images.chunks(256).zip(prompts.chunks(256)) {
+            let text = self.text_batch(ps)?;
+            let logits = self.understand(PixelImage::to_tensor(imgs, &self.device())?, &text)?;
+            let p = softmax(logits, 1)
+                .narrow(1, 0, 1)
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .map_err(|e| SrumError::Model(format!("{e:?}")))?;
+            out.extend(p);
+        }
+        Ok(out)
+    }
+}
+
+/// The image with everything outside `[x0, y0, x1, y1)` painted white (the background), so the
+/// understanding path sees only the region.
+pub fn mask_to_region(image: &PixelImage, b: [usize; 4]) -> PixelImage {
+    let mut out = PixelImage::filled(image.width, image.height, [1.0; 3]);
+    for y in b[1].min(image.height)..b[3].min(image.height) {
+        for x in b[0].min(image.width)..b[2].min(image.width) {
+            let i = (y * image.width + x) * 3;
+            out.data[i..i + 3].copy_from_slice(&image.data[i..i + 3]);
+        }
+    }
+    out
+}
+
+/// What a question asks, as the model reads it.
+enum Query {
+    /// Does the image (or a region) match the prompt?
+    Match { prompt: String, region: Option<[usize; 4]> },
+    /// Score each listed region against the prompt.
+    Regions { prompt: String, boxes: Vec<[usize; 4]> },
+}
+
+fn parse_box(s: &str, size: usize) -> Option<[usize; 4]> {
+    let inner = s.trim().strip_prefix('[')?.split(']').next()?;
+    let v: Vec<f64> = inner.split(',').map(|c| c.trim().parse().ok()).collect::<Option<_>>()?;
+    if v.len() != 4 || v.iter().any(|x| !x.is_finite()) {
+        return None;
+    }
+    let c = |x: f64| (x.max(0.0) as usize).min(size);
+    let b = [c(v[0]), c(v[1]), c(v[2]), c(v[3])];
+    (b[0] < b[2] && b[1] < b[3]).then_some(b)
+}
+
+/// Reads the evaluator's questions: the templates' quoted prompt and `Region k: [..]` lines, or
+/// the decomposed yes/no forms ("Is there X in the image?", "Is the A rel the B?",
+/// "Does the region [..] show X?").
+fn read_question(q: &str, size: usize) -> Option<Query> {
+    let q = q.trim();
+    if let Some(rest) = q.strip_prefix("Is there ").and_then(|r| r.strip_suffix(" in the image?")) {
+        return Some(Query::Match { prompt: rest.to_string(), region: None });
+    }
+    if let Some(rest) = q.strip_prefix("Does the region ").and_then(|r| r.strip_suffix('?')) {
+        let (b, obj) = rest.split_once("] show ")?;
+        return Some(Query::Match { prompt: obj.to_string(), region: Some(parse_box(&format!("{b}]"), size)?) });
+    }
+    if let Some(rest) = q.strip_prefix("Is the ").and_then(|r| r.strip_suffix('?')) {
+        let (a, b) = rest.split_once(" the ")?;
+        return Some(Query::Match { prompt: format!("a {a} a {b}"), region: None });
+    }
+    let prompt = q.lines().find_map(|l| serde_json::from_str::<String>(l.trim()).ok())?;
+    let boxes: Vec<[usize; 4]> = q
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim().strip_prefix("Region ")?;
+            let (_, b) = rest.split_once(": ")?;
+            parse_box(b, size)
+        })
+        .collect();
+    Some(if boxes.is_empty() { Query::Match { prompt, region: None } } else { Query::Regions { prompt, boxes } })
+}
+
+impl<B: Backend> TinyUmm<B> {
+    /// Answers each question; see [`read_question`] for what the model reads.
+    fn respond(&self, images: Tensor<B, 4>, questions: &[String], as_text: bool) -> Result<Vec<Response>> {
+        let pixels = PixelImage::from_tensor(images)?;
+        if pixels.len() != questions.len() {
+            return Err(SrumError::Shape(format!("{} questions for {} images", questions.len(), pixels.len())));
+        }
+        // One flat list of (image, prompt) pairs, answered in one batched pass.
+        let (mut imgs, mut prompts, mut plan) = (Vec::new(), Vec::new(), Vec::new());
+        let candidates: Vec<String> = Np::all().iter().map(|n| n.text()).collect();
+        for (i, q) in questions.iter().enumerate() {
+            match read_question(q, self.image_size) {
+                None => plan.push(Plan::Unreadable),
+                Some(Query::Match { prompt, region }) => {
+                    imgs.push(region.map(|b| mask_to_region(&pixels[i], b)).unwrap_or_else(|| pixels[i].clone()));
+                    prompts.push(prompt);
+                    plan.push(Plan::Match(prompts.len() - 1));
+                }
+                Some(Query::Regions { prompt, boxes }) => {
+                    let wanted: Vec<String> = PromptSpec::parse(&prompt)
+                        .map(|p| p.nps().iter().map(|n| n.text()).collect())
+                        .unwrap_or_else(|_| vec![prompt.clone()]);
+                    let mut regions = Vec::new();
+                    for b in boxes {
+                        let masked = mask_to_region(&pixels[i], b);
+                        let start = prompts.len();
+                        for c in wanted.iter().chain(&candidates) {
+                            imgs.push(masked.clone());
+                            prompts.push(c.clone());
+                        }
+                        regions.push((start, wanted.len()));
+                    }
+                    plan.push(Plan::Regions(regions));
+                }
+            }
+        }
+        let _ = as_text;
+        let p = if prompts.is_empty() { Vec::new() } else { self.match_probability(&imgs, &prompts)? };
+        Ok(plan
+            .into_iter()
+            .map(|step| match step {
+                Plan::Unreadable => Response::Unreadable,
+                Plan::Match(k) => Response::Match(p[k]),
+                Plan::Regions(regions) => Response::Regions(
+                    regions
+                        .into_iter()
+                        .map(|(start, n_wanted)| {
+                            let score = p[start..start + n_wanted].iter().copied().fold(0f32, f32::max);
+                            let (best, _) = p[start + n_wanted..start + n_wanted + candidates.len()]
+                                .iter()
+                                .enumerate()
+                                .fold((0, -1f32), |acc, (k, &v)| if v > acc.1 { (k, v) } else { acc });
+                            (score, candidates[best].clone())
+                        })
+                        .collect(),
+                ),
+            })
+            .collect())
+    }
+}
+
+enum Plan {
+    Unreadable,
+    Match(usize),
+    Regions(Vec<(usize, usize)>),
+}
+
+enum Response {
+    Unreadable,
+    Match(f32),
+    Regions(Vec<(f32, String)>),
+}
+
+impl<B: Backend> UnifiedModel<B> for TinyUmm<B> {
+    type Condition = TextBatch<B>;
+
+    fn condition(&self, prompts: &[String]) -> Result<TextBatch<B>> {
+        self.text_batch(prompts)
+    }
+
+    fn unconditional(&self, batch: usize) -> Result<TextBatch<B>> {
+        self.text_batch(&vec![String::new(); batch])
+    }
+
+    fn velocity(&self, x_t: Tensor<B, 3>, t: Tensor<B, 1>, condition: &TextBatch<B>) -> Tensor<B, 3> {
+        let [b, _, _] = x_t.dims();
+        let d = self.cls.dims()[1];
+        let time = self.time_in.forward(time_features(t)).reshape([b, 1, d]);
+        let image = self.patch_in.forward(x_t) + self.image_pos.val().unsqueeze_dim::<3>(0) + time;
+        let (_, i) = self.run(self.embed_text(condition), image, condition.pad.clone());
+        self.velocity_head.forward(i)
+    }
+
+    fn latent_channels(&self) -> usize {
+        3 * self.patch * self.patch
+    }
+
+    fn latent_grid(&self, width: usize, height: usize) -> (usize, usize) {
+        (height / self.patch, width / self.patch)
+    }
+
+    fn encode_images(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 3>> {
+        let [b, c, h, w] = images.dims();
+        let s = self.image_size;
+        if c != 3 || h != s || w != s {
+            return Err(SrumError::Model(format!("TinyUmm takes [batch, 3, {s}, {s}] images, got [{b}, {c}, {h}, {w}]")));
+        }
+        let (g, p) = (s / self.patch, self.patch);
+        Ok(images
+            .reshape([b, 3, g, p, g, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b, g * g, 3 * p * p])
+            .mul_scalar(2.0)
+            .sub_scalar(1.0))
+    }
+
+    fn decode_latents(&self, latents: Tensor<B, 3>, width: usize, height: usize) -> Result<Tensor<B, 4>> {
+        let [b, n, c] = latents.dims();
+        let (s, p) = (self.image_size, self.patch);
+        let g = s / p;
+        if width != s || height != s || n != g * g || c != 3 * p * p {
+            return Err(SrumError::Model(format!("TinyUmm decodes [batch, {}, {}] latents to {s}x{s}", g * g, 3 * p * p)));
+        }
+        Ok(latents
+            .add_scalar(1.0)
+            .div_scalar(2.0)
+            .clamp(0.0, 1.0)
+            .reshape([b, g, g, 3, p, p])
+            .permute([0, 3, 1, 4, 2, 5])
+            .reshape([b, 3, s, s]))
+    }
+
+    fn answer(&self, images: Tensor<B, 4>, questions: &[String]) -> Result<Vec<String>> {
+        Ok(self
+            .respond(images, questions, true)?
+            .into_iter()
+            .map(|r| match r {
+                Response::Unreadable => "I cannot read this question.".to_string(),
+                Response::Match(p) => format!("Score: {:.3}\nReason: P(match) = {p:.3}", 2.0 * p - 1.0),
+                Response::Regions(v) => v
+                    .iter()
+                    .enumerate()
+                    .map(|(k, (p, obj))| format!("Region ID: {}\nIdentified Object: {obj}\nScore: {:.3}", k + 1, 2.0 * p - 1.0))
+                    .collect::<Vec<_>>()
+                    .join("\n---\n"),
+            })
+            .collect())
+    }
+
+    fn yes_no_probabilities(&self, images: Tensor<B, 4>, questions: &[String]) -> Option<Result<Vec<(f32, f32)>>> {
+        Some(self.respond(images, questions, false).map(|rs| {
+            rs.into_iter()
+                .map(|r| match r {
+                    Response::Match(p) => (p, 1.0 - p),
+                    Response::Regions(v) => {
+                        let p = v.iter().map(|(p, _)| *p).sum::<f32>() / v.len().max(1) as f32;
+                        (p, 1.0 - p)
+                    }
+                    Response::Unreadable => (0.5, 0.5),
+                })
+                .collect()
+        }))
+    }
+
+    fn param_roles(&self) -> ParamRoles {
+        ParamRoles::default()
+            .with_module(ParamRole::Generation, &self.time_in)
+            .with_module(ParamRole::Generation, &self.velocity_head)
+            .with_module(ParamRole::Understanding, &self.answer_head)
+    }
+}
