@@ -31,7 +31,10 @@ impl<B: Backend> TinyUmm<B> {
         };
         let json = serde_json::to_vec_pretty(&card).map_err(|e| SrumError::Model(e.to_string()))?;
         crate::train::write_file_atomic(&dir.join("model.json"), &json)?;
-        let tok = self.tokenizer().to_string(true).map_err(|e| SrumError::Model(e.to_string()))?;
+        let tok = self
+            .tokenizer()
+            .to_string(true)
+            .map_err(|e| SrumError::Model(e.to_string()))?;
         crate::train::write_file_atomic(&dir.join("tokenizer.json"), tok.as_bytes())?;
         crate::train::save_weights(self, dir.join("model.safetensors"))
     }
@@ -41,12 +44,20 @@ impl<B: Backend> TinyUmm<B> {
         let dir = dir.as_ref();
         let card_path = dir.join("model.json");
         let bytes = std::fs::read(&card_path).map_err(|e| SrumError::io(&card_path, e))?;
-        let bad = |message: String| SrumError::Checkpoint { path: card_path.clone(), message };
-        let card: ModelCard = serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a model card: {e}")))?;
+        let bad = |message: String| SrumError::Checkpoint {
+            path: card_path.clone(),
+            message,
+        };
+        let card: ModelCard =
+            serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a model card: {e}")))?;
         if card.kind != TINY_KIND {
-            return Err(bad(format!("model kind `{}`, expected `{TINY_KIND}`", card.kind)));
+            return Err(bad(format!(
+                "model kind `{}`, expected `{TINY_KIND}`",
+                card.kind
+            )));
         }
-        let config: TinyUmmConfig = serde_json::from_value(card.config).map_err(|e| bad(format!("bad config: {e}")))?;
+        let config: TinyUmmConfig =
+            serde_json::from_value(card.config).map_err(|e| bad(format!("bad config: {e}")))?;
         if config.patch == 0
             || config.image_size == 0
             || !config.image_size.is_multiple_of(config.patch)
@@ -59,7 +70,10 @@ impl<B: Backend> TinyUmm<B> {
             return Err(bad("config: impossible sizes".into()));
         }
         let tokenizer = load_tokenizer(&dir.join("tokenizer.json"))?;
-        let model = crate::train::load_weights(config.init::<B>(tokenizer, device), dir.join("model.safetensors"))?;
+        let model = crate::train::load_weights(
+            config.init::<B>(tokenizer, device),
+            dir.join("model.safetensors"),
+        )?;
         Ok((model, config))
     }
 }

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
-use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{
+    Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+};
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
 use tokenizers::Tokenizer;
@@ -66,16 +68,30 @@ pub struct Block<B: Backend> {
 
 impl<B: Backend> Block<B> {
     /// Shapes: `text`: `[b, nt, d]`, `image`: `[b, ni, d]`, `pad`: `[b, nt + ni]` (true = ignore).
-    fn forward(&self, text: Tensor<B, 3>, image: Tensor<B, 3>, pad: Tensor<B, 2, Bool>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    fn forward(
+        &self,
+        text: Tensor<B, 3>,
+        image: Tensor<B, 3>,
+        pad: Tensor<B, 2, Bool>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let [_, nt, _] = text.dims();
         let [_, ni, _] = image.dims();
         let x = Tensor::cat(vec![text, image], 1);
-        let h = self.attn.forward(MhaInput::self_attn(self.ln_attn.forward(x.clone())).mask_pad(pad)).context;
+        let h = self
+            .attn
+            .forward(MhaInput::self_attn(self.ln_attn.forward(x.clone())).mask_pad(pad))
+            .context;
         let x = x + h;
         let text = x.clone().narrow(1, 0, nt);
         let image = x.narrow(1, nt, ni);
-        let text = text.clone() + self.text_down.forward(gelu(self.text_up.forward(self.ln_text.forward(text))));
-        let image = image.clone() + self.image_down.forward(gelu(self.image_up.forward(self.ln_image.forward(image))));
+        let text = text.clone()
+            + self
+                .text_down
+                .forward(gelu(self.text_up.forward(self.ln_text.forward(text))));
+        let image = image.clone()
+            + self
+                .image_down
+                .forward(gelu(self.image_up.forward(self.ln_image.forward(image))));
         (text, image)
     }
 }
@@ -116,9 +132,14 @@ impl TinyUmmConfig {
     pub fn init<B: Backend>(&self, tokenizer: Tokenizer, device: &B::Device) -> TinyUmm<B> {
         let d = self.d_model;
         let n_img = (self.image_size / self.patch).pow(2);
-        let small = Initializer::Normal { mean: 0.0, std: 0.02 };
+        let small = Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
         TinyUmm {
-            tok_embed: EmbeddingConfig::new(self.vocab, d).with_initializer(small.clone()).init(device),
+            tok_embed: EmbeddingConfig::new(self.vocab, d)
+                .with_initializer(small.clone())
+                .init(device),
             text_pos: small.init([self.max_text + 1, d], device),
             cls: small.init([1, d], device),
             patch_in: LinearConfig::new(3 * self.patch * self.patch, d).init(device),
@@ -127,7 +148,9 @@ impl TinyUmmConfig {
             blocks: (0..self.n_layers)
                 .map(|_| Block {
                     ln_attn: LayerNormConfig::new(d).init(device),
-                    attn: MultiHeadAttentionConfig::new(d, self.n_heads).with_dropout(0.0).init(device),
+                    attn: MultiHeadAttentionConfig::new(d, self.n_heads)
+                        .with_dropout(0.0)
+                        .init(device),
                     ln_text: LayerNormConfig::new(d).init(device),
                     text_up: LinearConfig::new(d, self.d_ff).init(device),
                     text_down: LinearConfig::new(self.d_ff, d).init(device),
@@ -137,7 +160,9 @@ impl TinyUmmConfig {
                 })
                 .collect(),
             ln_out: LayerNormConfig::new(d).init(device),
-            velocity_head: LinearConfig::new(d, 3 * self.patch * self.patch).with_initializer(Initializer::Zeros).init(device),
+            velocity_head: LinearConfig::new(d, 3 * self.patch * self.patch)
+                .with_initializer(Initializer::Zeros)
+                .init(device),
             answer_head: LinearConfig::new(d, 2).init(device),
             image_size: self.image_size,
             patch: self.patch,
@@ -150,7 +175,9 @@ impl TinyUmmConfig {
 /// Sinusoidal features of `t` in `[0, 1]`: `[b]` to `[b, 16]`.
 fn time_features<B: Backend>(t: Tensor<B, 1>) -> Tensor<B, 2> {
     let [b] = t.dims();
-    let freqs: Vec<f32> = (0..TIME_FEATURES / 2).map(|i| (2f32).powi(i as i32) * std::f32::consts::PI).collect();
+    let freqs: Vec<f32> = (0..TIME_FEATURES / 2)
+        .map(|i| (2f32).powi(i as i32) * std::f32::consts::PI)
+        .collect();
     let f = Tensor::<B, 2>::from_data(TensorData::new(freqs, [1, TIME_FEATURES / 2]), &t.device());
     let x = t.reshape([b, 1]) * f;
     Tensor::cat(vec![x.clone().sin(), x.cos()], 1)
@@ -200,9 +227,17 @@ impl<B: Backend> TinyUmm<B> {
         Tensor::cat(vec![cls, tokens], 1) + self.text_pos.val().unsqueeze_dim::<3>(0)
     }
 
-    fn run(&self, text: Tensor<B, 3>, image: Tensor<B, 3>, pad_text: Tensor<B, 2, Bool>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    fn run(
+        &self,
+        text: Tensor<B, 3>,
+        image: Tensor<B, 3>,
+        pad_text: Tensor<B, 2, Bool>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let [b, ni, _] = image.dims();
-        let no_pad = Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![false; b * ni], [b, ni]), &image.device());
+        let no_pad = Tensor::<B, 2, Bool>::from_data(
+            TensorData::new(vec![false; b * ni], [b, ni]),
+            &image.device(),
+        );
         let pad = Tensor::cat(vec![pad_text, no_pad], 1);
         let (mut t, mut i) = (text, image);
         for block in &self.blocks {
@@ -256,14 +291,23 @@ pub fn mask_to_region(image: &PixelImage, b: [usize; 4]) -> PixelImage {
 /// What a question asks, as the model reads it.
 enum Query {
     /// Does the image (or a region) match the prompt?
-    Match { prompt: String, region: Option<[usize; 4]> },
+    Match {
+        prompt: String,
+        region: Option<[usize; 4]>,
+    },
     /// Score each listed region against the prompt.
-    Regions { prompt: String, boxes: Vec<[usize; 4]> },
+    Regions {
+        prompt: String,
+        boxes: Vec<[usize; 4]>,
+    },
 }
 
 fn parse_box(s: &str, size: usize) -> Option<[usize; 4]> {
     let inner = s.trim().strip_prefix('[')?.split(']').next()?;
-    let v: Vec<f64> = inner.split(',').map(|c| c.trim().parse().ok()).collect::<Option<_>>()?;
+    let v: Vec<f64> = inner
+        .split(',')
+        .map(|c| c.trim().parse().ok())
+        .collect::<Option<_>>()?;
     if v.len() != 4 || v.iter().any(|x| !x.is_finite()) {
         return None;
     }
@@ -277,18 +321,35 @@ fn parse_box(s: &str, size: usize) -> Option<[usize; 4]> {
 /// "Does the region [..] show X?").
 fn read_question(q: &str, size: usize) -> Option<Query> {
     let q = q.trim();
-    if let Some(rest) = q.strip_prefix("Is there ").and_then(|r| r.strip_suffix(" in the image?")) {
-        return Some(Query::Match { prompt: rest.to_string(), region: None });
+    if let Some(rest) = q
+        .strip_prefix("Is there ")
+        .and_then(|r| r.strip_suffix(" in the image?"))
+    {
+        return Some(Query::Match {
+            prompt: rest.to_string(),
+            region: None,
+        });
     }
-    if let Some(rest) = q.strip_prefix("Does the region ").and_then(|r| r.strip_suffix('?')) {
+    if let Some(rest) = q
+        .strip_prefix("Does the region ")
+        .and_then(|r| r.strip_suffix('?'))
+    {
         let (b, obj) = rest.split_once("] show ")?;
-        return Some(Query::Match { prompt: obj.to_string(), region: Some(parse_box(&format!("{b}]"), size)?) });
+        return Some(Query::Match {
+            prompt: obj.to_string(),
+            region: Some(parse_box(&format!("{b}]"), size)?),
+        });
     }
     if let Some(rest) = q.strip_prefix("Is the ").and_then(|r| r.strip_suffix('?')) {
         let (a, b) = rest.split_once(" the ")?;
-        return Some(Query::Match { prompt: format!("a {a} a {b}"), region: None });
+        return Some(Query::Match {
+            prompt: format!("a {a} a {b}"),
+            region: None,
+        });
     }
-    let prompt = q.lines().find_map(|l| serde_json::from_str::<String>(l.trim()).ok())?;
+    let prompt = q
+        .lines()
+        .find_map(|l| serde_json::from_str::<String>(l.trim()).ok())?;
     let boxes: Vec<[usize; 4]> = q
         .lines()
         .filter_map(|l| {
@@ -297,15 +358,31 @@ fn read_question(q: &str, size: usize) -> Option<Query> {
             parse_box(b, size)
         })
         .collect();
-    Some(if boxes.is_empty() { Query::Match { prompt, region: None } } else { Query::Regions { prompt, boxes } })
+    Some(if boxes.is_empty() {
+        Query::Match {
+            prompt,
+            region: None,
+        }
+    } else {
+        Query::Regions { prompt, boxes }
+    })
 }
 
 impl<B: Backend> TinyUmm<B> {
     /// Answers each question; see [`read_question`] for what the model reads.
-    fn respond(&self, images: Tensor<B, 4>, questions: &[String], as_text: bool) -> Result<Vec<Response>> {
+    fn respond(
+        &self,
+        images: Tensor<B, 4>,
+        questions: &[String],
+        as_text: bool,
+    ) -> Result<Vec<Response>> {
         let pixels = PixelImage::from_tensor(images)?;
         if pixels.len() != questions.len() {
-            return Err(SrumError::Shape(format!("{} questions for {} images", questions.len(), pixels.len())));
+            return Err(SrumError::Shape(format!(
+                "{} questions for {} images",
+                questions.len(),
+                pixels.len()
+            )));
         }
         // One flat list of (image, prompt) pairs, answered in one batched pass.
         let (mut imgs, mut prompts, mut plan) = (Vec::new(), Vec::new(), Vec::new());
@@ -314,7 +391,11 @@ impl<B: Backend> TinyUmm<B> {
             match read_question(q, self.image_size) {
                 None => plan.push(Plan::Unreadable),
                 Some(Query::Match { prompt, region }) => {
-                    imgs.push(region.map(|b| mask_to_region(&pixels[i], b)).unwrap_or_else(|| pixels[i].clone()));
+                    imgs.push(
+                        region
+                            .map(|b| mask_to_region(&pixels[i], b))
+                            .unwrap_or_else(|| pixels[i].clone()),
+                    );
                     prompts.push(prompt);
                     plan.push(Plan::Match(prompts.len() - 1));
                 }
@@ -337,7 +418,11 @@ impl<B: Backend> TinyUmm<B> {
             }
         }
         let _ = as_text;
-        let p = if prompts.is_empty() { Vec::new() } else { self.match_probability(&imgs, &prompts)? };
+        let p = if prompts.is_empty() {
+            Vec::new()
+        } else {
+            self.match_probability(&imgs, &prompts)?
+        };
         Ok(plan
             .into_iter()
             .map(|step| match step {
@@ -347,11 +432,18 @@ impl<B: Backend> TinyUmm<B> {
                     regions
                         .into_iter()
                         .map(|(start, n_wanted)| {
-                            let score = p[start..start + n_wanted].iter().copied().fold(0f32, f32::max);
-                            let (best, _) = p[start + n_wanted..start + n_wanted + candidates.len()]
+                            let score = p[start..start + n_wanted]
+                                .iter()
+                                .copied()
+                                .fold(0f32, f32::max);
+                            let (best, _) = p
+                                [start + n_wanted..start + n_wanted + candidates.len()]
                                 .iter()
                                 .enumerate()
-                                .fold((0, -1f32), |acc, (k, &v)| if v > acc.1 { (k, v) } else { acc });
+                                .fold(
+                                    (0, -1f32),
+                                    |acc, (k, &v)| if v > acc.1 { (k, v) } else { acc },
+                                );
                             (score, candidates[best].clone())
                         })
                         .collect(),
@@ -384,7 +476,12 @@ impl<B: Backend> UnifiedModel<B> for TinyUmm<B> {
         self.text_batch(&vec![String::new(); batch])
     }
 
-    fn velocity(&self, x_t: Tensor<B, 3>, t: Tensor<B, 1>, condition: &TextBatch<B>) -> Tensor<B, 3> {
+    fn velocity(
+        &self,
+        x_t: Tensor<B, 3>,
+        t: Tensor<B, 1>,
+        condition: &TextBatch<B>,
+    ) -> Tensor<B, 3> {
         let [b, _, _] = x_t.dims();
         let d = self.cls.dims()[1];
         let time = self.time_in.forward(time_features(t)).reshape([b, 1, d]);
@@ -405,7 +502,9 @@ impl<B: Backend> UnifiedModel<B> for TinyUmm<B> {
         let [b, c, h, w] = images.dims();
         let s = self.image_size;
         if c != 3 || h != s || w != s {
-            return Err(SrumError::Model(format!("TinyUmm takes [batch, 3, {s}, {s}] images, got [{b}, {c}, {h}, {w}]")));
+            return Err(SrumError::Model(format!(
+                "TinyUmm takes [batch, 3, {s}, {s}] images, got [{b}, {c}, {h}, {w}]"
+            )));
         }
         let (g, p) = (s / self.patch, self.patch);
         Ok(images
@@ -416,12 +515,21 @@ impl<B: Backend> UnifiedModel<B> for TinyUmm<B> {
             .sub_scalar(1.0))
     }
 
-    fn decode_latents(&self, latents: Tensor<B, 3>, width: usize, height: usize) -> Result<Tensor<B, 4>> {
+    fn decode_latents(
+        &self,
+        latents: Tensor<B, 3>,
+        width: usize,
+        height: usize,
+    ) -> Result<Tensor<B, 4>> {
         let [b, n, c] = latents.dims();
         let (s, p) = (self.image_size, self.patch);
         let g = s / p;
         if width != s || height != s || n != g * g || c != 3 * p * p {
-            return Err(SrumError::Model(format!("TinyUmm decodes [batch, {}, {}] latents to {s}x{s}", g * g, 3 * p * p)));
+            return Err(SrumError::Model(format!(
+                "TinyUmm decodes [batch, {}, {}] latents to {s}x{s}",
+                g * g,
+                3 * p * p
+            )));
         }
         Ok(latents
             .add_scalar(1.0)
@@ -438,18 +546,30 @@ impl<B: Backend> UnifiedModel<B> for TinyUmm<B> {
             .into_iter()
             .map(|r| match r {
                 Response::Unreadable => "I cannot read this question.".to_string(),
-                Response::Match(p) => format!("Score: {:.3}\nReason: P(match) = {p:.3}", 2.0 * p - 1.0),
+                Response::Match(p) => {
+                    format!("Score: {:.3}\nReason: P(match) = {p:.3}", 2.0 * p - 1.0)
+                }
                 Response::Regions(v) => v
                     .iter()
                     .enumerate()
-                    .map(|(k, (p, obj))| format!("Region ID: {}\nIdentified Object: {obj}\nScore: {:.3}", k + 1, 2.0 * p - 1.0))
+                    .map(|(k, (p, obj))| {
+                        format!(
+                            "Region ID: {}\nIdentified Object: {obj}\nScore: {:.3}",
+                            k + 1,
+                            2.0 * p - 1.0
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n---\n"),
             })
             .collect())
     }
 
-    fn yes_no_probabilities(&self, images: Tensor<B, 4>, questions: &[String]) -> Option<Result<Vec<(f32, f32)>>> {
+    fn yes_no_probabilities(
+        &self,
+        images: Tensor<B, 4>,
+        questions: &[String],
+    ) -> Option<Result<Vec<(f32, f32)>>> {
         Some(self.respond(images, questions, false).map(|rs| {
             rs.into_iter()
                 .map(|r| match r {

@@ -21,7 +21,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use super::model::{TinyUmm, mask_to_region};
 use crate::error::Result;
-use crate::flow::{noisy_latents, sample_timesteps, TimestepSampling};
+use crate::flow::{TimestepSampling, noisy_latents, sample_timesteps};
 use crate::image::PixelImage;
 use crate::model::UnifiedModel;
 use crate::train::learning_rate;
@@ -118,15 +118,28 @@ pub fn pretrain<B: AutodiffBackend>(
     let size = model.image_size();
     let train = split_prompts(Split::Train, 0);
     let mut by_cat: Vec<Vec<PromptSpec>> = Vec::new();
-    for cat in [Category::Single, Category::Color, Category::Shape, Category::Spatial, Category::Numeracy, Category::Complex] {
-        let v: Vec<PromptSpec> = train.iter().filter(|p| p.category() == cat).cloned().collect();
+    for cat in [
+        Category::Single,
+        Category::Color,
+        Category::Shape,
+        Category::Spatial,
+        Category::Numeracy,
+        Category::Complex,
+    ] {
+        let v: Vec<PromptSpec> = train
+            .iter()
+            .filter(|p| p.category() == cat)
+            .cloned()
+            .collect();
         if !v.is_empty() {
             by_cat.push(v);
         }
     }
     let nps = Np::all();
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    let mut optim = AdamWConfig::new().with_weight_decay(0.01).init::<B, TinyUmm<B>>();
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(0.01)
+        .init::<B, TinyUmm<B>>();
     let warmup = (config.steps / 20) as u64;
     let decay = crate::train::LrDecay::Cosine {
         total_steps: config.steps as u64,
@@ -135,7 +148,10 @@ pub fn pretrain<B: AutodiffBackend>(
     let start = Instant::now();
     let b = config.batch;
     for step in 0..config.steps {
-        if config.time_budget_s.is_some_and(|t| start.elapsed().as_secs_f64() > t) {
+        if config
+            .time_budget_s
+            .is_some_and(|t| start.elapsed().as_secs_f64() > t)
+        {
             tracing::info!(step, "pretraining time budget reached");
             break;
         }
@@ -145,18 +161,26 @@ pub fn pretrain<B: AutodiffBackend>(
         for _ in 0..b {
             let p = pick(&mut rng, &by_cat);
             gen_imgs.push(p.sample_scene(&mut rng, size).render(size));
-            gen_prompts.push(if rng.random_bool(0.1) { String::new() } else { p.text() });
+            gen_prompts.push(if rng.random_bool(0.1) {
+                String::new()
+            } else {
+                p.text()
+            });
         }
         let x0 = model.encode_images(PixelImage::to_tensor::<B>(&gen_imgs, device)?)?;
         let [_, n, c] = x0.dims();
         let t_host = sample_timesteps(&mut rng, b, TimestepSampling::default(), 1.0);
-        let eps_host: Vec<f32> = (0..b * n * c).map(|_| StandardNormal.sample(&mut rng)).collect();
+        let eps_host: Vec<f32> = (0..b * n * c)
+            .map(|_| StandardNormal.sample(&mut rng))
+            .collect();
         let eps = Tensor::<B, 3>::from_data(TensorData::new(eps_host, [b, n, c]), device);
         let t = Tensor::<B, 1>::from_data(TensorData::new(t_host.clone(), [b]), device);
         let x_t = noisy_latents(x0.clone(), eps.clone(), t.clone());
         let cond = model.condition(&gen_prompts)?;
         let v = model.velocity(x_t.clone(), t.clone(), &cond);
-        let gen_loss = (v.clone() - (eps.clone() - x0.clone())).powi_scalar(2).mean();
+        let gen_loss = (v.clone() - (eps.clone() - x0.clone()))
+            .powi_scalar(2)
+            .mean();
 
         // The generator's one-step denoised estimates, for imperfect understanding inputs.
         let x0_hat = (x_t.inner() - v.inner() * t.inner().reshape([b, 1, 1])).clamp(-1.0, 1.0);
@@ -172,26 +196,61 @@ pub fn pretrain<B: AutodiffBackend>(
                 let p = pick(&mut rng, &by_cat);
                 let yes = rng.random_bool(0.5);
                 let shown = if yes { p.clone() } else { p.corrupt(&mut rng) };
-                (shown.sample_scene(&mut rng, size).render(size), p.text(), yes)
+                (
+                    shown.sample_scene(&mut rng, size).render(size),
+                    p.text(),
+                    yes,
+                )
             } else if kind < 8 {
                 let p = pick(&mut rng, &by_cat);
                 let scene = p.sample_scene(&mut rng, size);
-                let Some(o) = scene.objects.choose(&mut rng).copied() else { continue };
+                let Some(o) = scene.objects.choose(&mut rng).copied() else {
+                    continue;
+                };
                 let r = o.radius + 1.0;
-                let bx = [(o.cx - r).max(0.0) as usize, (o.cy - r).max(0.0) as usize, ((o.cx + r) as usize).min(size), ((o.cy + r) as usize).min(size)];
+                let bx = [
+                    (o.cx - r).max(0.0) as usize,
+                    (o.cy - r).max(0.0) as usize,
+                    ((o.cx + r) as usize).min(size),
+                    ((o.cy + r) as usize).min(size),
+                ];
                 let img = mask_to_region(&scene.render(size), bx);
-                let np = Np { color: o.color, shape: o.shape };
+                let np = Np {
+                    color: o.color,
+                    shape: o.shape,
+                };
                 let yes = rng.random_bool(0.5);
-                let asked = if yes { np } else { *nps.iter().filter(|x| **x != np).collect::<Vec<_>>().choose(&mut rng).copied().unwrap_or(&np) };
+                let asked = if yes {
+                    np
+                } else {
+                    *nps.iter()
+                        .filter(|x| **x != np)
+                        .collect::<Vec<_>>()
+                        .choose(&mut rng)
+                        .copied()
+                        .unwrap_or(&np)
+                };
                 (img, asked.text(), yes)
             } else if kind < 9 {
                 // The generator's estimate of a render: its label is the render's prompt at low
                 // noise, "no" when the estimate came from mostly noise.
                 let yes = t_host[k] < 0.35;
-                (estimates[k].clone(), if gen_prompts[k].is_empty() { pick(&mut rng, &by_cat).text() } else { gen_prompts[k].clone() }, yes && !gen_prompts[k].is_empty())
+                (
+                    estimates[k].clone(),
+                    if gen_prompts[k].is_empty() {
+                        pick(&mut rng, &by_cat).text()
+                    } else {
+                        gen_prompts[k].clone()
+                    },
+                    yes && !gen_prompts[k].is_empty(),
+                )
             } else {
                 let p = pick(&mut rng, &by_cat);
-                let img = if rng.random_bool(0.5) { PixelImage::filled(size, size, [1.0; 3]) } else { noisy(&mut rng, &PixelImage::filled(size, size, [0.5; 3]), 2.0) };
+                let img = if rng.random_bool(0.5) {
+                    PixelImage::filled(size, size, [1.0; 3])
+                } else {
+                    noisy(&mut rng, &PixelImage::filled(size, size, [0.5; 3]), 2.0)
+                };
                 (img, p.text(), false)
             };
             let img = match rng.random_range(0..4) {
@@ -212,14 +271,31 @@ pub fn pretrain<B: AutodiffBackend>(
         let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(labels.clone(), [nb]), device);
         let log_p = burn::tensor::activation::log_softmax(logits.clone(), 1);
         let und_loss = log_p.gather(1, targets.reshape([nb, 1])).mean().neg();
-        let pred: Vec<i64> = logits.clone().inner().argmax(1).into_data().convert::<i64>().into_vec::<i64>().unwrap_or_default();
-        let correct = pred.iter().zip(&labels).filter(|(p, l)| **p == **l as i64).count();
+        let pred: Vec<i64> = logits
+            .clone()
+            .inner()
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .into_vec::<i64>()
+            .unwrap_or_default();
+        let correct = pred
+            .iter()
+            .zip(&labels)
+            .filter(|(p, l)| **p == **l as i64)
+            .count();
 
         let loss = gen_loss.clone() + und_loss.clone();
         let lr = learning_rate(config.lr, warmup, decay, step as u64);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(lr, model, grads);
-        let host = |t: Tensor<B, 1>| t.into_data().convert::<f32>().into_vec::<f32>().map(|v| v[0]).unwrap_or(f32::NAN);
+        let host = |t: Tensor<B, 1>| {
+            t.into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .map(|v| v[0])
+                .unwrap_or(f32::NAN)
+        };
         on_step(&PretrainReport {
             step: step + 1,
             generation_loss: host(gen_loss),

@@ -18,8 +18,28 @@ pub const UNK: &str = "[UNK]";
 
 /// Every word of the grammar.
 pub const WORDS: [&str; 22] = [
-    "a", "and", "left", "right", "of", "above", "below", "two", "three", "four", "red", "green", "blue", "yellow",
-    "circle", "square", "triangle", "circles", "squares", "triangles", "one", "zero",
+    "a",
+    "and",
+    "left",
+    "right",
+    "of",
+    "above",
+    "below",
+    "two",
+    "three",
+    "four",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "circle",
+    "square",
+    "triangle",
+    "circles",
+    "squares",
+    "triangles",
+    "one",
+    "zero",
 ];
 
 /// Builds the word-level tokenizer: `[PAD]` = 0, `[UNK]` = 1, then [`WORDS`].
@@ -62,7 +82,9 @@ pub fn encode(tok: &Tokenizer, prompt: &str, max_len: usize) -> Result<Vec<u32>>
             .get(i)
             .and_then(|&(a, b)| prompt.get(a..b))
             .unwrap_or("?");
-        return Err(SrumError::Model(format!("prompt `{prompt}`: word `{word}` is not in the vocabulary")));
+        return Err(SrumError::Model(format!(
+            "prompt `{prompt}`: word `{word}` is not in the vocabulary"
+        )));
     }
     if enc.get_ids().len() > max_len {
         return Err(SrumError::Model(format!(

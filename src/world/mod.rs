@@ -4,10 +4,14 @@
 //! Everything is deterministic for a seed, small enough for a laptop CPU (32x32 RGB), and scored
 //! exactly, so SRUM can be measured end to end without downloading anything.
 
+mod eval;
 mod grammar;
 mod oracle;
 mod scene;
 
+pub use eval::{
+    Agreement, evaluate_generation, self_oracle_agreement, spearman, understanding_accuracy,
+};
 pub use grammar::{Category, Np, PromptSpec, Relation, Split, all_prompts, split_prompts};
 pub use oracle::{Detection, Oracle, OracleReport};
 pub use scene::{Color, Object, Scene, Shape};

@@ -41,6 +41,10 @@ enum Command {
     ParseJudge(judge::ParseJudgeArgs),
     /// Pretrain the reference model (TinyUmm) on the synthetic world, both abilities jointly.
     Pretrain(world::PretrainArgs),
+    /// Generate one image per prompt line: DIR/00000.png, ... and DIR/manifest.jsonl.
+    Generate(world::GenerateArgs),
+    /// Score generations of the held-out prompts with the oracle; print the per-category table.
+    Eval(world::EvalArgs),
 }
 
 /// Resolves a file named in a record or manifest against its folder, refusing escapes
@@ -86,6 +90,8 @@ fn main() -> ExitCode {
         Command::Convert(a) => judge::run_convert(a),
         Command::ParseJudge(a) => judge::run_parse(a),
         Command::Pretrain(a) => world::run_pretrain(a),
+        Command::Generate(a) => world::run_generate(a),
+        Command::Eval(a) => world::run_eval(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e}");

@@ -9,16 +9,16 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
-use srum::flow::{EulerSampler, EulerSamplerConfig, Guidance, host_normal};
-use srum::image::PixelImage;
-use srum::model::UnifiedModel;
+use srum::flow::{EulerSampler, EulerSamplerConfig};
 use srum::tiny::{PretrainConfig, TinyUmm, TinyUmmConfig, build_tokenizer, pretrain};
 
 type Ad = Autodiff<Flex>;
 
 fn bar(len: u64, what: &str) -> ProgressBar {
-    let style = ProgressStyle::with_template(&format!("{what} {{bar:40}} {{pos}}/{{len}} [{{elapsed}} < {{eta}}] {{msg}}"))
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(&format!(
+        "{what} {{bar:40}} {{pos}}/{{len}} [{{elapsed}} < {{eta}}] {{msg}}"
+    ))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
     ProgressBar::new(len).with_style(style)
 }
 
@@ -54,7 +54,13 @@ pub struct PretrainArgs {
 }
 
 pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
-    if a.steps == 0 || a.batch == 0 || !(a.lr.is_finite() && a.lr > 0.0) || a.d_model == 0 || a.layers == 0 || a.d_model % 4 != 0 {
+    if a.steps == 0
+        || a.batch == 0
+        || !(a.lr.is_finite() && a.lr > 0.0)
+        || a.d_model == 0
+        || a.layers == 0
+        || a.d_model % 4 != 0
+    {
         return Err("--steps, --batch, --lr, --layers must be positive and --d-model a positive multiple of 4".into());
     }
     let device = Default::default();
@@ -83,9 +89,17 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
     let model = pretrain(model, &pc, &device, |r| {
         let k = 0.02;
         (g, u, acc) = if r.step == 1 {
-            (r.generation_loss, r.understanding_loss, r.understanding_accuracy)
+            (
+                r.generation_loss,
+                r.understanding_loss,
+                r.understanding_accuracy,
+            )
         } else {
-            (g + k * (r.generation_loss - g), u + k * (r.understanding_loss - u), acc + k * (r.understanding_accuracy - acc))
+            (
+                g + k * (r.generation_loss - g),
+                u + k * (r.understanding_loss - u),
+                acc + k * (r.understanding_accuracy - acc),
+            )
         };
         pb.set_position(r.step as u64);
         pb.set_message(format!("gen {g:.4} und {u:.4} acc {acc:.3}"));
@@ -96,12 +110,220 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
     })
     .map_err(|e| e.to_string())?;
     pb.finish();
-    model.valid().save_dir(&config, &a.out).map_err(|e| e.to_string())?;
+    model
+        .valid()
+        .save_dir(&config, &a.out)
+        .map_err(|e| e.to_string())?;
     eprintln!(
         "pretrained in {:.1} min (seed {}); smoothed losses: generation {g:.4}, understanding {u:.4}, train accuracy {acc:.3}; saved to {}",
         start.elapsed().as_secs_f64() / 60.0,
         a.seed,
         a.out.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// Model directory (model.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Prompts, one per line.
+    #[arg(long)]
+    prompts: PathBuf,
+    /// Output folder: 00000.png, ... and manifest.jsonl.
+    #[arg(long)]
+    out: PathBuf,
+    /// Seed of the noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Euler steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Classifier-free guidance weight.
+    #[arg(long, default_value_t = 4.0)]
+    guidance: f32,
+    /// Images per model call.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+}
+
+fn sampler(steps: usize, guidance: f32) -> Result<EulerSampler, String> {
+    let s = EulerSampler::new(EulerSamplerConfig {
+        steps,
+        guidance_scale: guidance,
+        ..Default::default()
+    });
+    s.config.validate().map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+pub fn run_generate(a: GenerateArgs) -> Result<ExitCode, String> {
+    let device = Default::default();
+    let (model, config) =
+        TinyUmm::<Flex>::load_dir(&a.checkpoint, &device).map_err(|e| e.to_string())?;
+    let file =
+        std::fs::File::open(&a.prompts).map_err(|e| format!("{}: {e}", a.prompts.display()))?;
+    let mut prompts = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| format!("{}: {e}", a.prompts.display()))?;
+        let p = line.trim();
+        if p.is_empty() {
+            continue;
+        }
+        // Check every prompt before any work: an unknown word is named with its line.
+        model
+            .text_batch(&[p.to_string()])
+            .map_err(|e| format!("{}:{}: {e}", a.prompts.display(), i + 1))?;
+        prompts.push(p.to_string());
+    }
+    if prompts.is_empty() {
+        return Err(format!("{}: no prompts", a.prompts.display()));
+    }
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    let sampler = sampler(a.steps, a.guidance)?;
+    let pb = bar(prompts.len() as u64, "generating");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
+    let mut manifest = String::new();
+    let size = config.image_size;
+    for (k, chunk) in prompts.chunks(a.batch_size.max(1)).enumerate() {
+        let imgs = srum::flow::generate(
+            &model,
+            chunk,
+            size,
+            size,
+            &sampler,
+            a.batch_size,
+            &mut rng,
+            &device,
+        )
+        .map_err(|e| e.to_string())?;
+        for (j, (img, p)) in imgs.iter().zip(chunk).enumerate() {
+            let index = k * a.batch_size.max(1) + j;
+            let file = format!("{index:05}.png");
+            let path = a.out.join(&file);
+            image::save_buffer(
+                &path,
+                &img.to_rgb8(),
+                size as u32,
+                size as u32,
+                image::ExtendedColorType::Rgb8,
+            )
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+            manifest.push_str(
+                &serde_json::json!({"index": index, "prompt": p, "file": file, "seed": a.seed})
+                    .to_string(),
+            );
+            manifest.push('\n');
+            pb.inc(1);
+        }
+    }
+    srum::train::write_file_atomic(&a.out.join("manifest.jsonl"), manifest.as_bytes())
+        .map_err(|e| e.to_string())?;
+    pb.finish_and_clear();
+    eprintln!("{} images written to {}", prompts.len(), a.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// Model directory.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Prompt split.
+    #[arg(long, default_value = "heldout", value_parser = ["heldout", "train"])]
+    split: String,
+    /// Prompts per category.
+    #[arg(long, default_value_t = 40)]
+    per_category: usize,
+    /// Images per prompt (seeds seed, seed+1, ...).
+    #[arg(long, default_value_t = 3)]
+    samples: usize,
+    /// Noise seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Euler steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Guidance weight.
+    #[arg(long, default_value_t = 4.0)]
+    guidance: f32,
+    /// Also measure understanding accuracy (this many pairs) and self/oracle agreement.
+    #[arg(long)]
+    understanding: Option<usize>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
+    use srum::world::{
+        Split, evaluate_generation, self_oracle_agreement, split_prompts, understanding_accuracy,
+    };
+    let device = Default::default();
+    let (model, config) =
+        TinyUmm::<Flex>::load_dir(&a.checkpoint, &device).map_err(|e| e.to_string())?;
+    let split = if a.split == "train" {
+        Split::Train
+    } else {
+        Split::Heldout
+    };
+    let mut prompts = split_prompts(split, a.per_category);
+    if split == Split::Train {
+        prompts.retain(|p| p.category() != srum::world::Category::Single);
+        let step = (prompts.len() / (5 * a.per_category.max(1))).max(1);
+        prompts = prompts.into_iter().step_by(step).collect();
+    }
+    let sampler = sampler(a.steps, a.guidance)?;
+    let size = config.image_size;
+    let pb = bar((prompts.len() * a.samples) as u64, "evaluating");
+    let start = Instant::now();
+    let (report, scores, images) = evaluate_generation(
+        &model,
+        &prompts,
+        size,
+        &sampler,
+        a.samples,
+        a.seed,
+        &device,
+        |n| pb.inc(n as u64),
+    )
+    .map_err(|e| e.to_string())?;
+    pb.finish_and_clear();
+    println!("{}", report.markdown(&a.checkpoint.display().to_string()));
+    let mut json = serde_json::json!({
+        "checkpoint": a.checkpoint, "split": a.split, "samples": a.samples, "seed": a.seed,
+        "steps": a.steps, "guidance": a.guidance, "generation": report, "images": scores.len(),
+        "seconds": start.elapsed().as_secs_f64(),
+    });
+    if let Some(n) = a.understanding {
+        let acc = understanding_accuracy(&model, &prompts, size, n, a.seed + 1000, &device)
+            .map_err(|e| e.to_string())?;
+        let texts: Vec<String> = (0..a.samples)
+            .flat_map(|_| prompts.iter().map(|p| p.text()))
+            .collect();
+        let oracle: Vec<f32> = scores.iter().map(|(_, s)| *s).collect();
+        let agree = self_oracle_agreement(&model, &images, &texts, &oracle, &device)
+            .map_err(|e| e.to_string())?;
+        println!(
+            "understanding accuracy ({n} pairs, half hard negatives): {:.1}%",
+            100.0 * acc
+        );
+        println!(
+            "self-judgement vs oracle, Spearman over {} generations: {:.3}",
+            agree.n, agree.spearman
+        );
+        json["understanding_accuracy"] = serde_json::json!(acc);
+        json["agreement"] = serde_json::json!(agree);
+    }
+    if let Some(p) = &a.json {
+        srum::train::write_file_atomic(
+            p,
+            serde_json::to_string_pretty(&json)
+                .map_err(|e| e.to_string())?
+                .as_bytes(),
+        )
+        .map_err(|e| e.to_string())?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,180 @@
+//! The reference model: tokenizer, shapes, answers the evaluator can parse, a few pretraining
+//! steps, and its checkpoint directory.
+
+mod common;
+
+use burn::module::AutodiffModule;
+use burn::tensor::Tensor;
+use common::*;
+use srum::image::PixelImage;
+use srum::judge::{GridProposer, SelfEvaluator, SelfEvaluatorConfig, parse_global};
+use srum::model::UnifiedModel;
+use srum::tiny::{
+    PretrainConfig, TinyUmm, TinyUmmConfig, build_tokenizer, encode, load_tokenizer, pretrain,
+};
+
+fn tiny_config() -> TinyUmmConfig {
+    TinyUmmConfig::new()
+        .with_d_model(16)
+        .with_n_heads(2)
+        .with_n_layers(1)
+        .with_d_ff(32)
+}
+
+#[test]
+fn tokenizer_round_trips_through_json_and_rejects_unknown_words() {
+    let tok = build_tokenizer().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    tok.save(&path, false).unwrap();
+    let loaded = load_tokenizer(&path).unwrap();
+    let ids = encode(&loaded, "a Red circle left of two blue squares", 16).unwrap();
+    assert_eq!(
+        ids,
+        encode(&tok, "a red circle left of two blue squares", 16).unwrap()
+    );
+    assert_eq!(ids.len(), 8);
+    let err = encode(&loaded, "a red dragon", 16).unwrap_err().to_string();
+    assert!(err.contains("`dragon`"), "{err}");
+    let err = encode(&loaded, &"a ".repeat(20), 16)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at most 16"), "{err}");
+    assert!(load_tokenizer(&dir.path().join("missing.json")).is_err());
+}
+
+#[test]
+fn shapes_and_latent_round_trip() {
+    let dev = device();
+    let model = tiny_config().init::<Cpu>(build_tokenizer().unwrap(), &dev);
+    let img = srum::world::PromptSpec::parse("a red circle")
+        .unwrap()
+        .sample_scene(&mut rand::rng(), 32)
+        .render(32);
+    let images = PixelImage::to_tensor::<Cpu>(&[img.clone(), img], &dev).unwrap();
+    let lat = model.encode_images(images.clone()).unwrap();
+    assert_eq!(lat.dims(), [2, 64, 48]);
+    assert_eq!(model.latent_grid(32, 32), (8, 8));
+    let back = model.decode_latents(lat.clone(), 32, 32).unwrap();
+    let diff: f32 = (back - images).abs().max().into_scalar();
+    assert!(diff < 1e-6);
+    let cond = model
+        .condition(&["a red circle".into(), "three blue squares".into()])
+        .unwrap();
+    let v = model.velocity(lat, Tensor::from_floats([0.2, 0.9], &dev), &cond);
+    assert_eq!(v.dims(), [2, 64, 48]);
+    assert!(model.condition(&["a red dragon".into()]).is_err());
+    assert!(
+        model
+            .encode_images(Tensor::zeros([1, 3, 16, 16], &dev))
+            .is_err()
+    );
+}
+
+#[test]
+fn answers_are_what_the_evaluator_parses() {
+    let dev = device();
+    let model = tiny_config().init::<Cpu>(build_tokenizer().unwrap(), &dev);
+    let prompts: Vec<String> = [
+        "a red circle left of a blue square",
+        "three green triangles",
+    ]
+    .map(String::from)
+    .to_vec();
+    let imgs: Vec<PixelImage> = prompts
+        .iter()
+        .map(|p| {
+            srum::world::PromptSpec::parse(p)
+                .unwrap()
+                .sample_scene(&mut rand::rng(), 32)
+                .render(32)
+        })
+        .collect();
+    let images = PixelImage::to_tensor::<Cpu>(&imgs, &dev).unwrap();
+    let ev = SelfEvaluator::new(
+        SelfEvaluatorConfig {
+            max_retries: 0,
+            ..Default::default()
+        },
+        GridProposer { rows: 2, cols: 2 },
+    )
+    .unwrap();
+    let out = ev.judge(&model, images.clone(), &prompts).unwrap();
+    for o in &out {
+        assert!(!o.global_defaulted, "{:?}", o.raw_global);
+        assert_eq!(o.judgement.regions.len(), 4, "{:?}", o.raw_regions);
+        assert!(
+            o.judgement
+                .regions
+                .iter()
+                .all(|r| r.object.starts_with("a "))
+        );
+    }
+    let a = model
+        .answer(
+            images.clone(),
+            &[
+                "Is there a red circle in the image?".into(),
+                "gibberish".into(),
+            ],
+        )
+        .unwrap();
+    assert!(parse_global(&a[0]).is_some(), "{}", a[0]);
+    assert!(
+        parse_global(&a[1]).is_none(),
+        "an unreadable question gets no score: {}",
+        a[1]
+    );
+    let p = model.yes_no_probabilities(
+        images,
+        &[
+            "Is the red circle left of the blue square?".into(),
+            "Does the region [0, 0, 16, 16] show a red circle?".into(),
+        ],
+    );
+    let p = p.unwrap().unwrap();
+    assert!(p.iter().all(|(y, n)| (y + n - 1.0).abs() < 1e-5));
+}
+
+#[test]
+fn a_few_pretraining_steps_and_the_checkpoint_directory() {
+    let dev = device();
+    let config = tiny_config();
+    let model = config.init::<CpuAd>(build_tokenizer().unwrap(), &dev);
+    let mut reports = Vec::new();
+    let pc = PretrainConfig {
+        steps: 3,
+        batch: 4,
+        lr: 1e-3,
+        seed: 1,
+        time_budget_s: None,
+    };
+    let model = pretrain(model, &pc, &dev, |r| reports.push(*r)).unwrap();
+    assert_eq!(reports.len(), 3);
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.generation_loss.is_finite() && r.understanding_loss.is_finite())
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let inner = model.valid();
+    inner.save_dir(&config, dir.path()).unwrap();
+    let (loaded, loaded_config) = TinyUmm::<Cpu>::load_dir(dir.path(), &dev).unwrap();
+    assert_eq!(loaded_config, config);
+    assert_eq!(weights(&inner), weights(&loaded));
+    // A checkpoint of another shape names the tensor that does not fit.
+    let other = TinyUmmConfig::new()
+        .with_d_model(8)
+        .with_n_heads(2)
+        .with_n_layers(1)
+        .with_d_ff(32);
+    std::fs::write(
+        dir.path().join("model.json"),
+        serde_json::to_vec(&serde_json::json!({"kind": "tiny-umm", "config": other})).unwrap(),
+    )
+    .unwrap();
+    let err = TinyUmm::<Cpu>::load_dir(dir.path(), &dev)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("checkpoint shape"), "{err}");
+}
