@@ -1,9 +1,11 @@
 //! Record files: what the self-evaluation writes (scorer format) and what the trainer reads
 //! (training format), both streamed line by line.
 
+mod dataset;
 mod records;
 mod scorer;
 
+pub use dataset::{DatasetStats, RewardDataset, RewardItem, contained_path};
 pub use records::{
     GLOBAL_OBJECT, JsonRecord, MAX_IMAGE_PIXELS, ReadStats, RecordReader, TrainingRecord,
     parse_training_record,

@@ -28,7 +28,8 @@ fn ckpt_err(path: &Path, message: impl Into<String>) -> SrumError {
 /// with parameter ids in the metadata (so optimizer state can be matched on resume).
 pub fn weights_to_safetensors<B: Backend, M: Module<B>>(module: &M) -> Result<Vec<u8>> {
     let params = collect_params(module);
-    let mut ids = HashMap::new();
+    // Ordered, so the same weights always give the same bytes.
+    let mut ids = std::collections::BTreeMap::new();
     let mut bufs = Vec::with_capacity(params.len());
     for p in params {
         let values = p

@@ -145,11 +145,41 @@ fn already_scored(out: &Path) -> Result<HashSet<String>, String> {
     Ok(done)
 }
 
+/// The `kind` in a model directory's `model.json`.
+pub fn model_kind(dir: &Path) -> Result<String, String> {
+    let p = dir.join("model.json");
+    let bytes = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let card: srum::toy::ModelCard = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{}: not a model card: {e}", p.display()))?;
+    Ok(card.kind)
+}
+
 pub fn run_judge(a: JudgeArgs) -> Result<ExitCode, String> {
     let device = Default::default();
-    let (model, config) =
-        ToyUmm::<Flex>::load_dir(&a.checkpoint, &device).map_err(|e| e.to_string())?;
-    let size = config.image_size;
+    match model_kind(&a.checkpoint)?.as_str() {
+        srum::toy::TOY_KIND => {
+            let (model, config) =
+                ToyUmm::<Flex>::load_dir(&a.checkpoint, &device).map_err(|e| e.to_string())?;
+            judge_with(a, &model, config.image_size)
+        }
+        srum::tiny::TINY_KIND => {
+            let (model, config) = srum::tiny::TinyUmm::<Flex>::load_dir(&a.checkpoint, &device)
+                .map_err(|e| e.to_string())?;
+            judge_with(a, &model, config.image_size)
+        }
+        k => Err(format!(
+            "{}: unknown model kind `{k}`",
+            a.checkpoint.join("model.json").display()
+        )),
+    }
+}
+
+fn judge_with<M: srum::model::UnifiedModel<Flex>>(
+    a: JudgeArgs,
+    model: &M,
+    size: usize,
+) -> Result<ExitCode, String> {
+    let device = Default::default();
     if a.batch_size == 0 {
         return Err("--batch-size must be at least 1".into());
     }
@@ -254,7 +284,7 @@ pub fn run_judge(a: JudgeArgs) -> Result<ExitCode, String> {
         let batch = PixelImage::to_tensor::<Flex>(&images, &device).map_err(|e| e.to_string())?;
         let prompts: Vec<String> = items.iter().map(|m| m.prompt.clone()).collect();
         let judged = evaluator
-            .judge(&model, batch, &prompts)
+            .judge(model, batch, &prompts)
             .map_err(|e| e.to_string())?;
         for (m, j) in items.iter().zip(judged) {
             let raw = [j.raw_global, j.raw_regions]

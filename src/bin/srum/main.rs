@@ -2,9 +2,9 @@
 
 mod judge;
 mod reward_map;
+mod train;
 mod world;
 
-use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -41,38 +41,15 @@ enum Command {
     ParseJudge(judge::ParseJudgeArgs),
     /// Pretrain the reference model (TinyUmm) on the synthetic world, both abilities jointly.
     Pretrain(world::PretrainArgs),
+    /// Reward-weighted training from records and images; `--resume` continues a run.
+    Train(train::TrainArgs),
     /// Generate one image per prompt line: DIR/00000.png, ... and DIR/manifest.jsonl.
     Generate(world::GenerateArgs),
     /// Score generations of the held-out prompts with the oracle; print the per-category table.
     Eval(world::EvalArgs),
 }
 
-/// Resolves a file named in a record or manifest against its folder, refusing escapes
-/// (absolute paths, `..`, and symlinks that lead outside the folder).
-pub fn contained_path(base: &Path, file: &str) -> Result<PathBuf, String> {
-    let rel = Path::new(file);
-    if file.is_empty()
-        || rel.is_absolute()
-        || rel
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        return Err(format!(
-            "path `{file}` leaves its folder `{}`",
-            base.display()
-        ));
-    }
-    let joined = base.join(rel);
-    if let (Ok(real), Ok(real_base)) = (joined.canonicalize(), base.canonicalize())
-        && !real.starts_with(&real_base)
-    {
-        return Err(format!(
-            "path `{file}` is a link leaving its folder `{}`",
-            base.display()
-        ));
-    }
-    Ok(joined)
-}
+pub use srum::data::contained_path;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -91,6 +68,7 @@ fn main() -> ExitCode {
         Command::ParseJudge(a) => judge::run_parse(a),
         Command::Pretrain(a) => world::run_pretrain(a),
         Command::Generate(a) => world::run_generate(a),
+        Command::Train(a) => train::run_train(a),
         Command::Eval(a) => world::run_eval(a),
     };
     result.unwrap_or_else(|e| {
