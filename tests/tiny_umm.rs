@@ -145,6 +145,7 @@ fn a_few_pretraining_steps_and_the_checkpoint_directory() {
     let pc = PretrainConfig {
         steps: 3,
         batch: 4,
+        understanding_batch: Some(6),
         lr: 1e-3,
         seed: 1,
         time_budget_s: None,

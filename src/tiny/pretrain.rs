@@ -32,8 +32,11 @@ use crate::world::{Category, Np, PromptSpec, Split, split_prompts};
 pub struct PretrainConfig {
     /// Optimizer steps.
     pub steps: usize,
-    /// Images per step for each ability.
+    /// Images per step for generation.
     pub batch: usize,
+    /// Image/question pairs per step for understanding (`None`: same as `batch`).
+    #[serde(default)]
+    pub understanding_batch: Option<usize>,
     /// Peak learning rate (warmup 5% then cosine to a tenth).
     pub lr: f64,
     /// Seed of data and noise.
@@ -47,6 +50,7 @@ impl Default for PretrainConfig {
         Self {
             steps: 4000,
             batch: 32,
+            understanding_batch: None,
             lr: 1e-3,
             seed: 0,
             time_budget_s: None,
@@ -231,7 +235,7 @@ pub fn pretrain<B: AutodiffBackend>(
                         .unwrap_or(&np)
                 };
                 (img, asked.text(), yes)
-            } else if kind < 9 {
+            } else if kind < 11 {
                 // The generator's estimate of a render: its label is the render's prompt at low
                 // noise, "no" when the estimate came from mostly noise.
                 let yes = t_host[k] < 0.35;

@@ -51,6 +51,12 @@ pub struct PretrainArgs {
     /// JSON lines of per-step losses.
     #[arg(long)]
     metrics: Option<PathBuf>,
+    /// Understanding pairs per step (default: --batch).
+    #[arg(long)]
+    understanding_batch: Option<usize>,
+    /// Continue from this model directory's weights instead of random ones (same architecture).
+    #[arg(long)]
+    init: Option<PathBuf>,
 }
 
 pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
@@ -71,10 +77,25 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         .with_d_ff(2 * a.d_model)
         .with_vocab(tokenizer.get_vocab_size(true));
     <Flex as burn::tensor::backend::Backend>::seed(&device, a.seed);
-    let model = config.init::<Ad>(tokenizer, &device);
+    let model = match &a.init {
+        Some(dir) => {
+            let (m, c) = TinyUmm::<Ad>::load_dir(dir, &device).map_err(|e| e.to_string())?;
+            if c != config {
+                return Err(format!(
+                    "--init {}: its config differs from the flags' (d_model {}, layers {})",
+                    dir.display(),
+                    c.d_model,
+                    c.n_layers
+                ));
+            }
+            m
+        }
+        None => config.init::<Ad>(tokenizer, &device),
+    };
     let pc = PretrainConfig {
         steps: a.steps,
         batch: a.batch,
+        understanding_batch: a.understanding_batch,
         lr: a.lr,
         seed: a.seed,
         time_budget_s: a.time_budget_min.map(|m| m * 60.0),
