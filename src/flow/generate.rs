@@ -8,13 +8,12 @@ use crate::error::Result;
 use crate::image::PixelImage;
 use crate::model::UnifiedModel;
 
-/// Generates one `width x height` image per prompt, in batches of `batch`. Noise comes from
+/// Generates one `(width, height)` image per prompt, in batches of `batch`. Noise comes from
 /// `rng`, so a seed gives the same images on every backend.
 pub fn generate<B: Backend, M: UnifiedModel<B>, R: Rng>(
     model: &M,
     prompts: &[String],
-    width: usize,
-    height: usize,
+    (width, height): (usize, usize),
     sampler: &EulerSampler,
     batch: usize,
     rng: &mut R,

@@ -13,8 +13,19 @@ use crate::image::PixelImage;
 use crate::judge::{GridProposer, SelfEvaluator, SelfEvaluatorConfig};
 use crate::model::UnifiedModel;
 
+/// What [`evaluate_generation`] returns.
+#[derive(Debug, Clone)]
+pub struct GenerationEval {
+    /// Per-category means.
+    pub report: OracleReport,
+    /// Every image's `(category, oracle score)`, in generation order.
+    pub scores: Vec<(Category, f32)>,
+    /// The generated images, in the same order.
+    pub images: Vec<PixelImage>,
+}
+
 /// Generates every prompt `samples` times (seeds `seed`, `seed + 1`, ...) and scores the images
-/// with the oracle. Returns the report and every `(category, score)`.
+/// with the oracle.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_generation<B: Backend, M: UnifiedModel<B>>(
     model: &M,
@@ -25,7 +36,7 @@ pub fn evaluate_generation<B: Backend, M: UnifiedModel<B>>(
     seed: u64,
     device: &B::Device,
     mut progress: impl FnMut(usize),
-) -> Result<(OracleReport, Vec<(Category, f32)>, Vec<PixelImage>)> {
+) -> Result<GenerationEval> {
     let oracle = Oracle::default();
     let texts: Vec<String> = prompts.iter().map(|p| p.text()).collect();
     let mut scores = Vec::new();
@@ -33,7 +44,7 @@ pub fn evaluate_generation<B: Backend, M: UnifiedModel<B>>(
     for s in 0..samples {
         let mut rng = ChaCha8Rng::seed_from_u64(seed + s as u64);
         for (chunk_p, chunk_t) in prompts.chunks(64).zip(texts.chunks(64)) {
-            let imgs = generate(model, chunk_t, size, size, sampler, 64, &mut rng, device)?;
+            let imgs = generate(model, chunk_t, (size, size), sampler, 64, &mut rng, device)?;
             for (p, img) in chunk_p.iter().zip(&imgs) {
                 scores.push((p.category(), oracle.score(img, p)));
             }
@@ -41,7 +52,11 @@ pub fn evaluate_generation<B: Backend, M: UnifiedModel<B>>(
             images.extend(imgs);
         }
     }
-    Ok((OracleReport::from_scores(&scores), scores, images))
+    Ok(GenerationEval {
+        report: OracleReport::from_scores(&scores),
+        scores,
+        images,
+    })
 }
 
 /// Understanding accuracy on `n` image/prompt pairs from `prompts`: half renders of the prompt
@@ -70,7 +85,7 @@ pub fn understanding_accuracy<B: Backend, M: UnifiedModel<B>>(
         let (mut imgs, mut texts, mut labels) = (Vec::new(), Vec::new(), Vec::new());
         for k in 0..m {
             let p = &prompts[(done + k) % prompts.len()];
-            let yes = (done + k) % 2 == 0;
+            let yes = (done + k).is_multiple_of(2);
             let shown = if yes { p.clone() } else { p.corrupt(&mut rng) };
             imgs.push(shown.sample_scene(&mut rng, size).render(size));
             texts.push(p.text());

@@ -65,7 +65,7 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         || !(a.lr.is_finite() && a.lr > 0.0)
         || a.d_model == 0
         || a.layers == 0
-        || a.d_model % 4 != 0
+        || !a.d_model.is_multiple_of(4)
     {
         return Err("--steps, --batch, --lr, --layers must be positive and --d-model a positive multiple of 4".into());
     }
@@ -211,8 +211,7 @@ pub fn run_generate(a: GenerateArgs) -> Result<ExitCode, String> {
         let imgs = srum::flow::generate(
             &model,
             chunk,
-            size,
-            size,
+            (size, size),
             &sampler,
             a.batch_size,
             &mut rng,
@@ -299,7 +298,11 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
     let size = config.image_size;
     let pb = bar((prompts.len() * a.samples) as u64, "evaluating");
     let start = Instant::now();
-    let (report, scores, images) = evaluate_generation(
+    let srum::world::GenerationEval {
+        report,
+        scores,
+        images,
+    } = evaluate_generation(
         &model,
         &prompts,
         size,
