@@ -85,8 +85,13 @@ fn judgements_flow_into_trainer_step() {
         .iter()
         .map(|o| composer.compose_latent(&o.judgement, (8, 8), grid).0)
         .collect();
-    // Regions change the map: it is not uniform.
-    assert!(maps[0].values.iter().any(|&v| v != maps[0].values[0]));
+    // A region with a positive score lifts its pixels above the base (the max rule): the map is
+    // uniform exactly when no region scored above 0.
+    for (o, m) in out.iter().zip(&maps) {
+        let lifted = o.judgement.regions.iter().any(|r| r.score > 0.0);
+        let uniform = m.values.iter().all(|&v| v == m.values[0]);
+        assert_eq!(lifted, !uniform, "{:?}", o.judgement);
+    }
     let latents = model.encode_images(images).unwrap();
     let batch = SrumBatch::from_maps(prompts, latents, &maps).unwrap();
     let mut trainer = Trainer::new(model, TrainerConfig::new().with_lr(1e-3), &dev).unwrap();
