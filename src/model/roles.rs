@@ -44,7 +44,7 @@ impl TrainableSet {
 
 /// Parameter roles by [`ParamId`]; unlisted parameters are [`ParamRole::Shared`].
 ///
-/// ```ignore
+/// ```text
 /// ParamRoles::default()
 ///     .with_module(ParamRole::Generation, &self.velocity_head)
 ///     .with_module(ParamRole::Understanding, &self.answer_head)

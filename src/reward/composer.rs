@@ -80,6 +80,18 @@ impl ComposeStats {
 }
 
 /// Composes a [`Judgement`] into a dense [`RewardMap`] (stage 2 of SRUM).
+///
+/// ```
+/// use srum::reward::{BBox, Judgement, RewardComposer, ScoredRegion};
+///
+/// let judgement = Judgement {
+///     global: Some(0.0), // neutral layout: factor (0 + 1) / 2
+///     regions: vec![ScoredRegion { bbox: BBox::new(0.0, 0.0, 2.0, 1.0), object: "a red circle".into(), score: 1.0 }],
+/// };
+/// let (map, stats) = RewardComposer::default().compose(&judgement, 4, 2);
+/// assert_eq!(map.values, vec![0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25]);
+/// assert_eq!(stats.regions_used, 1);
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RewardComposer {
     /// The rule in use.
