@@ -261,3 +261,41 @@ fn default_config_is_the_published_recipe() {
     assert_eq!(c.ema_decay, None);
     assert_eq!(c.trainable, TrainableSet::GenerationAndShared);
 }
+
+#[test]
+fn a_crash_mid_save_leaves_the_previous_checkpoint_usable() {
+    let dev = device();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let model = ToyUmmConfig::new().init::<CpuAd>(&dev);
+    let mut t = Trainer::new(model, fast_config(), &dev).unwrap();
+    t.step(toy_batch(0, 2, &dev)).unwrap();
+    t.save_checkpoint(&ckpt).unwrap();
+    let saved = weights(t.model());
+    // What a kill during the next save leaves: a half-written version folder.
+    let torn = ckpt.join("step-000000002.tmp");
+    std::fs::create_dir_all(&torn).unwrap();
+    std::fs::write(torn.join("model.safetensors"), b"half").unwrap();
+    let resumed = Trainer::resume(&ckpt, ToyUmmConfig::new().init::<CpuAd>(&dev), &dev).unwrap();
+    assert_eq!(weights(resumed.model()), saved);
+    assert_eq!(resumed.state().optimizer_steps, 1);
+    // The next save cleans up and moves LATEST.
+    t.step(toy_batch(1, 2, &dev)).unwrap();
+    t.save_checkpoint(&ckpt).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(ckpt.join("LATEST")).unwrap(),
+        "step-000000002"
+    );
+    let entries: Vec<_> = std::fs::read_dir(&ckpt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    // A LATEST naming something absent is an error, not a silent fresh start.
+    std::fs::write(ckpt.join("LATEST"), "step-000000009").unwrap();
+    let err = Trainer::resume(&ckpt, ToyUmmConfig::new().init::<CpuAd>(&dev), &dev)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("does not exist"), "{err}");
+}

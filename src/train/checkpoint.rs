@@ -1,9 +1,10 @@
 //! Weights in safetensors, and directories written atomically.
 //!
-//! A checkpoint directory holds `model.safetensors`, optionally `ema.safetensors`,
-//! `optimizer.mpk` (burn's named MessagePack record, full precision) and `trainer.json`
-//! (config, step counters, RNG seed). It is written to a temporary sibling directory, synced,
-//! then renamed into place, so a crash leaves either the old checkpoint or the new one.
+//! A checkpoint version holds `model.safetensors`, optionally `ema.safetensors` and
+//! `reference.safetensors`, `optimizer.mpk` (burn's named MessagePack record, full precision)
+//! and `trainer.json` (config, step counters, RNG seed). Versions live in
+//! `dir/step-NNNNNNNNN/`, and `dir/LATEST` names the newest complete one; see
+//! [`write_dir_atomic`] for why a crash at any point leaves a usable checkpoint.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -134,13 +135,22 @@ fn tmp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// Writes a directory atomically: `fill` populates a temporary sibling, which then replaces
-/// `dir` (the previous contents are removed only after the new directory is in place).
-pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| SrumError::io(parent, e))?;
-    }
-    let tmp = tmp_sibling(dir);
+/// Name of the pointer file inside a checkpoint directory.
+pub const LATEST: &str = "LATEST";
+
+/// Writes a new version of the checkpoint directory `dir`, crash-safe at every point.
+///
+/// `fill` populates `dir/<version>.tmp`; that folder is synced and renamed to `dir/<version>`,
+/// then `dir/LATEST` (written through a temporary file and a rename) is pointed at it, and only
+/// then are older versions removed. A crash leaves `LATEST` naming a complete version (or no
+/// `LATEST` at all, before the first one is done); leftover `.tmp` folders are ignored.
+pub fn write_dir_atomic(
+    dir: &Path,
+    version: &str,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| SrumError::io(dir, e))?;
+    let tmp = dir.join(format!("{version}.tmp"));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| SrumError::io(&tmp, e))?;
     }
@@ -149,20 +159,52 @@ pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> R
     if let Ok(d) = std::fs::File::open(&tmp) {
         let _ = d.sync_all();
     }
-    let old = dir.with_file_name(format!(
-        ".{}.old-{}",
-        dir.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let had_old = dir.exists();
-    if had_old {
-        std::fs::rename(dir, &old).map_err(|e| SrumError::io(dir, e))?;
+    let done = dir.join(version);
+    if done.exists() {
+        std::fs::remove_dir_all(&done).map_err(|e| SrumError::io(&done, e))?;
     }
-    std::fs::rename(&tmp, dir).map_err(|e| SrumError::io(dir, e))?;
-    if had_old {
-        std::fs::remove_dir_all(&old).map_err(|e| SrumError::io(&old, e))?;
+    std::fs::rename(&tmp, &done).map_err(|e| SrumError::io(&done, e))?;
+    write_file_atomic(&dir.join(LATEST), version.as_bytes())?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    for entry in std::fs::read_dir(dir)
+        .map_err(|e| SrumError::io(dir, e))?
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != version && name != LATEST && entry.path().is_dir() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
     Ok(())
+}
+
+/// The complete version `LATEST` points to inside a checkpoint directory written by
+/// [`write_dir_atomic`], or `dir` itself for a flat directory without `LATEST`.
+pub fn latest_version(dir: &Path) -> Result<PathBuf> {
+    let pointer = dir.join(LATEST);
+    match std::fs::read_to_string(&pointer) {
+        Ok(v) => {
+            let v = v.trim();
+            let rel = Path::new(v);
+            if v.is_empty()
+                || rel.components().count() != 1
+                || rel.is_absolute()
+                || v.contains("..")
+            {
+                return Err(ckpt_err(&pointer, format!("`{v}` is not a version name")));
+            }
+            let p = dir.join(v);
+            if !p.is_dir() {
+                return Err(ckpt_err(
+                    &pointer,
+                    format!("names `{v}`, which does not exist"),
+                ));
+            }
+            Ok(p)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(dir.to_path_buf()),
+        Err(e) => Err(SrumError::io(&pointer, e)),
+    }
 }

@@ -7,7 +7,9 @@ pub mod params;
 mod schedule;
 mod trainer;
 
-pub use checkpoint::{load_weights, save_weights, write_dir_atomic, write_file_atomic};
+pub use checkpoint::{
+    LATEST, latest_version, load_weights, save_weights, write_dir_atomic, write_file_atomic,
+};
 pub use config::TrainerConfig;
 pub use loss::{Constraint, LossTerms, flow_matching_loss, reward_weighted_loss, srum_loss};
 pub use schedule::{LrDecay, learning_rate};

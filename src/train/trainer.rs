@@ -13,7 +13,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{weights_from_safetensors, weights_to_safetensors, write_dir_atomic};
+use super::checkpoint::{
+    latest_version, weights_from_safetensors, weights_to_safetensors, write_dir_atomic,
+};
 use super::params::{ema_update, grad_norm, materialize, scale_grads};
 use super::{Constraint, TrainerConfig, learning_rate, srum_loss};
 use crate::error::{Result, SrumError};
@@ -481,7 +483,8 @@ where
             .as_ref()
             .map(weights_to_safetensors)
             .transpose()?;
-        write_dir_atomic(dir, |tmp| {
+        let version = format!("step-{:09}", self.state.optimizer_steps);
+        write_dir_atomic(dir, &version, |tmp| {
             let put = |name: &str, bytes: &[u8]| {
                 let p = tmp.join(name);
                 std::fs::write(&p, bytes).map_err(|e| SrumError::io(&p, e))?;
@@ -506,7 +509,7 @@ where
     /// model of the same architecture). Continuing from here gives, on a deterministic backend,
     /// the same weights bit for bit as never having stopped.
     pub fn resume(dir: impl AsRef<Path>, model: M, device: &B::Device) -> Result<Self> {
-        let dir = dir.as_ref();
+        let dir = &latest_version(dir.as_ref())?;
         let read = |name: &str| {
             let p = dir.join(name);
             std::fs::read(&p).map_err(|e| SrumError::io(&p, e))

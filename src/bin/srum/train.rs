@@ -113,7 +113,7 @@ pub fn run_train(a: TrainArgs) -> Result<ExitCode, String> {
     let ckpt = a.out.join("checkpoint");
     let metrics_path = a.out.join("metrics.jsonl");
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
-    let mut trainer = if a.resume && ckpt.join("trainer.json").exists() {
+    let mut trainer = if a.resume && ckpt.join(srum::train::LATEST).exists() {
         let t = Trainer::resume(&ckpt, model, &device).map_err(|e| e.to_string())?;
         // Metrics past the checkpoint were never committed: drop them.
         let done = t.state().optimizer_steps;
