@@ -203,6 +203,8 @@ fn non_finite_steps_are_skipped_then_stop() {
     let mut t = Trainer::new(model, fast_config().with_max_consecutive_skips(3), &dev).unwrap();
     t.step(toy_batch(0, 2, &dev)).unwrap();
     let good = weights(t.model());
+    let dir = tempfile::tempdir().unwrap();
+    t.save_checkpoint(dir.path().join("ckpt")).unwrap();
     let poisoned = || {
         let mut b = toy_batch::<CpuAd>(5, 2, &dev);
         let mut r = vec![1f32; 32];
@@ -223,6 +225,9 @@ fn non_finite_steps_are_skipped_then_stop() {
     let err = t.step(poisoned()).unwrap_err().to_string();
     assert!(err.contains("3 non-finite steps in a row"), "{err}");
     assert_eq!(weights(t.model()), good);
+    // The last good checkpoint is intact.
+    let back = Trainer::resume(dir.path().join("ckpt"), ToyUmmConfig::new().init::<CpuAd>(&dev), &dev).unwrap();
+    assert_eq!(weights(back.model()), good);
     // A good step afterwards still trains and resets the streak.
     assert!(t.step(toy_batch(6, 2, &dev)).unwrap().updated);
     assert_eq!(t.state().consecutive_skips, 0);
