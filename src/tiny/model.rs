@@ -118,6 +118,9 @@ pub struct TinyUmm<B: Backend> {
     ln_out: LayerNorm<B>,
     velocity_head: Linear<B>,
     answer_head: Linear<B>,
+    /// Understanding only: per-patch colour (4 + background) and shape (3 + background) of the
+    /// object under each patch; an auxiliary pretraining target that teaches object features.
+    patch_head: Linear<B>,
     image_size: usize,
     patch: usize,
     max_text: usize,
@@ -126,6 +129,10 @@ pub struct TinyUmm<B: Backend> {
 }
 
 const TIME_FEATURES: usize = 16;
+
+/// Outputs of the patch head: 5 colour logits (red, green, blue, yellow, background) then
+/// 4 shape logits (circle, square, triangle, background).
+pub const PATCH_CLASSES: usize = 9;
 
 impl TinyUmmConfig {
     /// Builds the model with random weights.
@@ -164,6 +171,7 @@ impl TinyUmmConfig {
                 .with_initializer(Initializer::Zeros)
                 .init(device),
             answer_head: LinearConfig::new(d, 2).init(device),
+            patch_head: LinearConfig::new(d, PATCH_CLASSES).init(device),
             image_size: self.image_size,
             patch: self.patch,
             max_text: self.max_text,
@@ -192,6 +200,11 @@ impl<B: Backend> TinyUmm<B> {
     /// Image side in pixels.
     pub fn image_size(&self) -> usize {
         self.image_size
+    }
+
+    /// Patch side in pixels.
+    pub fn patch_size(&self) -> usize {
+        self.patch
     }
 
     fn device(&self) -> B::Device {
@@ -250,11 +263,16 @@ impl<B: Backend> TinyUmm<B> {
     ///
     /// Shapes: `images`: `[b, 3, H, W]` in `[0, 1]`; returns `[b, 2]` (yes, no).
     pub fn understand(&self, images: Tensor<B, 4>, text: &TextBatch<B>) -> Result<Tensor<B, 2>> {
+        Ok(self.understand_with_patches(images, text)?.0)
+    }
+
+    /// [`TinyUmm::understand`] plus the patch head's logits `[b, patches, 9]`.
+    pub fn understand_with_patches(&self, images: Tensor<B, 4>, text: &TextBatch<B>) -> Result<(Tensor<B, 2>, Tensor<B, 3>)> {
         let latents = self.encode_images(images)?;
         let image = self.patch_in.forward(latents) + self.image_pos.val().unsqueeze_dim::<3>(0);
-        let (t, _) = self.run(self.embed_text(text), image, text.pad.clone());
+        let (t, i) = self.run(self.embed_text(text), image, text.pad.clone());
         let [b, _, d] = t.dims();
-        Ok(self.answer_head.forward(t.narrow(1, 0, 1).reshape([b, d])))
+        Ok((self.answer_head.forward(t.narrow(1, 0, 1).reshape([b, d])), self.patch_head.forward(i)))
     }
 
     /// `P(yes)` for each (image, prompt) pair, in chunks of 256.
@@ -589,5 +607,6 @@ impl<B: Backend> UnifiedModel<B> for TinyUmm<B> {
             .with_module(ParamRole::Generation, &self.time_in)
             .with_module(ParamRole::Generation, &self.velocity_head)
             .with_module(ParamRole::Understanding, &self.answer_head)
+            .with_module(ParamRole::Understanding, &self.patch_head)
     }
 }

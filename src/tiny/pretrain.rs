@@ -106,6 +106,45 @@ fn noisy<R: Rng>(rng: &mut R, img: &PixelImage, amount: f32) -> PixelImage {
     out
 }
 
+/// Per-patch colour and shape classes of the object covering most of each patch (background
+/// when no object covers a quarter of it), from the rendered scene. `region` keeps only pixels
+/// inside that box, as the region-masked image shows.
+fn patch_labels(scene: &crate::world::Scene, region: Option<[usize; 4]>, size: usize, patch: usize) -> (Vec<i32>, Vec<i32>) {
+    use crate::world::{Color, Shape};
+    let g = size / patch;
+    let (mut colors, mut shapes) = (Vec::with_capacity(g * g), Vec::with_capacity(g * g));
+    for py in 0..g {
+        for px in 0..g {
+            let mut best = (0usize, None);
+            for o in &scene.objects {
+                let mut n = 0;
+                for y in py * patch..(py + 1) * patch {
+                    for x in px * patch..(px + 1) * patch {
+                        let inside = region.is_none_or(|b| x >= b[0] && x < b[2] && y >= b[1] && y < b[3]);
+                        if inside && o.covers(x, y) {
+                            n += 1;
+                        }
+                    }
+                }
+                if n > best.0 {
+                    best = (n, Some(o));
+                }
+            }
+            match best {
+                (n, Some(o)) if n * 4 >= patch * patch => {
+                    colors.push(Color::ALL.iter().position(|c| *c == o.color).unwrap_or(0) as i32);
+                    shapes.push(Shape::ALL.iter().position(|s| *s == o.shape).unwrap_or(0) as i32);
+                }
+                _ => {
+                    colors.push(4);
+                    shapes.push(3);
+                }
+            }
+        }
+    }
+    (colors, shapes)
+}
+
 /// A training prompt, categories balanced.
 fn pick<'a, R: Rng>(rng: &mut R, by_cat: &'a [Vec<PromptSpec>]) -> &'a PromptSpec {
     let cat = &by_cat[rng.random_range(0..by_cat.len())];
@@ -173,7 +212,11 @@ pub fn pretrain<B: AutodiffBackend>(
         }
         let x0 = model.encode_images(PixelImage::to_tensor::<B>(&gen_imgs, device)?)?;
         let [_, n, c] = x0.dims();
-        let t_host = sample_timesteps(&mut rng, b, TimestepSampling::default(), 1.0);
+        // Half logit-normal, half uniform: the ends of the schedule (pure noise, nearly clean)
+        // are where sampling starts and finishes, and logit-normal alone rarely visits them.
+        let ln = sample_timesteps(&mut rng, b, TimestepSampling::default(), 1.0);
+        let un = sample_timesteps(&mut rng, b, TimestepSampling::Uniform, 1.0);
+        let t_host: Vec<f32> = (0..b).map(|i| if i % 2 == 0 { ln[i] } else { un[i] }).collect();
         let eps_host: Vec<f32> = (0..b * n * c)
             .map(|_| StandardNormal.sample(&mut rng))
             .collect();
@@ -190,22 +233,41 @@ pub fn pretrain<B: AutodiffBackend>(
         let x0_hat = (x_t.inner() - v.inner() * t.inner().reshape([b, 1, 1])).clamp(-1.0, 1.0);
         let estimates = PixelImage::from_tensor(model.valid().decode_latents(x0_hat, size, size)?)?;
 
-        // Understanding batch.
-        let mut und_imgs = Vec::with_capacity(b);
-        let mut und_prompts = Vec::with_capacity(b);
-        let mut labels = Vec::with_capacity(b);
-        for k in 0..b {
-            let kind = rng.random_range(0..10);
-            let (img, prompt, yes) = if kind < 5 {
+        // Understanding batch: whole-image matches and hard negatives (40%), missing-object and
+        // blob negatives (15%), single-object regions (25%), the generator's own estimates (10%),
+        // blank and noise images (10%).
+        let ub = config.understanding_batch.unwrap_or(b);
+        let patch = model.patch_size();
+        let n_patches = (size / patch).pow(2);
+        let mut und_imgs = Vec::with_capacity(ub);
+        let mut und_prompts = Vec::with_capacity(ub);
+        let mut labels = Vec::with_capacity(ub);
+        let mut patch_colors: Vec<i32> = Vec::with_capacity(ub * n_patches);
+        let mut patch_shapes: Vec<i32> = Vec::with_capacity(ub * n_patches);
+        for j in 0..ub {
+            let k = j % b;
+            let kind = rng.random_range(0..20);
+            let mut targets: Option<(Vec<i32>, Vec<i32>)> = None;
+            let (img, prompt, yes) = if kind < 8 {
                 let p = pick(&mut rng, &by_cat);
                 let yes = rng.random_bool(0.5);
                 let shown = if yes { p.clone() } else { p.corrupt(&mut rng) };
-                (
-                    shown.sample_scene(&mut rng, size).render(size),
-                    p.text(),
-                    yes,
-                )
-            } else if kind < 8 {
+                let scene = shown.sample_scene(&mut rng, size);
+                targets = Some(patch_labels(&scene, None, size, patch));
+                (scene.render(size), p.text(), yes)
+            } else if kind < 11 {
+                // A generation's typical failures: an object missing, or shapes smeared to blobs.
+                let p = pick(&mut rng, &by_cat);
+                let mut scene = p.sample_scene(&mut rng, size);
+                if scene.objects.len() > 1 && rng.random_bool(0.6) {
+                    let i = rng.random_range(0..scene.objects.len());
+                    scene.objects.remove(i);
+                    targets = Some(patch_labels(&scene, None, size, patch));
+                    (scene.render(size), p.text(), false)
+                } else {
+                    (blur(&blur(&blur(&scene.render(size)))), p.text(), false)
+                }
+            } else if kind < 16 {
                 let p = pick(&mut rng, &by_cat);
                 let scene = p.sample_scene(&mut rng, size);
                 let Some(o) = scene.objects.choose(&mut rng).copied() else {
@@ -218,39 +280,26 @@ pub fn pretrain<B: AutodiffBackend>(
                     ((o.cx + r) as usize).min(size),
                     ((o.cy + r) as usize).min(size),
                 ];
+                targets = Some(patch_labels(&scene, Some(bx), size, patch));
                 let img = mask_to_region(&scene.render(size), bx);
-                let np = Np {
-                    color: o.color,
-                    shape: o.shape,
-                };
+                let np = Np { color: o.color, shape: o.shape };
                 let yes = rng.random_bool(0.5);
                 let asked = if yes {
                     np
                 } else {
-                    *nps.iter()
-                        .filter(|x| **x != np)
-                        .collect::<Vec<_>>()
-                        .choose(&mut rng)
-                        .copied()
-                        .unwrap_or(&np)
+                    *nps.iter().filter(|x| **x != np).collect::<Vec<_>>().choose(&mut rng).copied().unwrap_or(&np)
                 };
                 (img, asked.text(), yes)
-            } else if kind < 11 {
-                // The generator's estimate of a render: its label is the render's prompt at low
-                // noise, "no" when the estimate came from mostly noise.
-                let yes = t_host[k] < 0.35;
-                (
-                    estimates[k].clone(),
-                    if gen_prompts[k].is_empty() {
-                        pick(&mut rng, &by_cat).text()
-                    } else {
-                        gen_prompts[k].clone()
-                    },
-                    yes && !gen_prompts[k].is_empty(),
-                )
+            } else if kind < 18 {
+                // The generator's estimate of a render: "yes" for its prompt at low noise only.
+                let yes = t_host[k] < 0.35 && !gen_prompts[k].is_empty();
+                let prompt = if gen_prompts[k].is_empty() { pick(&mut rng, &by_cat).text() } else { gen_prompts[k].clone() };
+                (estimates[k].clone(), prompt, yes)
             } else {
                 let p = pick(&mut rng, &by_cat);
-                let img = if rng.random_bool(0.5) {
+                let blank = rng.random_bool(0.5);
+                let img = if blank {
+                    targets = Some(patch_labels(&crate::world::Scene::default(), None, size, patch));
                     PixelImage::filled(size, size, [1.0; 3])
                 } else {
                     noisy(&mut rng, &PixelImage::filled(size, size, [0.5; 3]), 2.0)
@@ -265,13 +314,29 @@ pub fn pretrain<B: AutodiffBackend>(
                 1 => blur(&img),
                 _ => img,
             };
+            let (pc, ps) = targets.unwrap_or_else(|| (vec![-1; n_patches], vec![-1; n_patches]));
+            patch_colors.extend(pc);
+            patch_shapes.extend(ps);
             und_imgs.push(img);
             und_prompts.push(prompt);
             labels.push(if yes { 0i32 } else { 1 });
         }
         let nb = labels.len();
         let text = model.text_batch(&und_prompts)?;
-        let logits = model.understand(PixelImage::to_tensor::<B>(&und_imgs, device)?, &text)?;
+        let (logits, patch_logits) = model.understand_with_patches(PixelImage::to_tensor::<B>(&und_imgs, device)?, &text)?;
+        let patch_loss = {
+            let ce = |logits: Tensor<B, 3>, targets: Vec<i32>, classes: usize| {
+                let n = targets.len();
+                let mask: Vec<f32> = targets.iter().map(|&t| if t >= 0 { 1.0 } else { 0.0 }).collect();
+                let count = mask.iter().sum::<f32>().max(1.0);
+                let idx: Vec<i32> = targets.iter().map(|&t| t.max(0)).collect();
+                let log_p = burn::tensor::activation::log_softmax(logits.reshape([n, classes]), 1);
+                let picked = log_p.gather(1, Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [n, 1]), device));
+                let m = Tensor::<B, 2>::from_data(TensorData::new(mask, [n, 1]), device);
+                (picked * m).sum().div_scalar(count).neg()
+            };
+            ce(patch_logits.clone().narrow(2, 0, 5), patch_colors, 5) + ce(patch_logits.narrow(2, 5, 4), patch_shapes, 4)
+        };
         let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(labels.clone(), [nb]), device);
         let log_p = burn::tensor::activation::log_softmax(logits.clone(), 1);
         let und_loss = log_p.gather(1, targets.reshape([nb, 1])).mean().neg();
@@ -289,7 +354,7 @@ pub fn pretrain<B: AutodiffBackend>(
             .filter(|(p, l)| **p == **l as i64)
             .count();
 
-        let loss = gen_loss.clone() + und_loss.clone();
+        let loss = gen_loss.clone() + und_loss.clone() + patch_loss.mul_scalar(0.5);
         let lr = learning_rate(config.lr, warmup, decay, step as u64);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(lr, model, grads);
