@@ -226,7 +226,12 @@ fn non_finite_steps_are_skipped_then_stop() {
     assert!(err.contains("3 non-finite steps in a row"), "{err}");
     assert_eq!(weights(t.model()), good);
     // The last good checkpoint is intact.
-    let back = Trainer::resume(dir.path().join("ckpt"), ToyUmmConfig::new().init::<CpuAd>(&dev), &dev).unwrap();
+    let back = Trainer::resume(
+        dir.path().join("ckpt"),
+        ToyUmmConfig::new().init::<CpuAd>(&dev),
+        &dev,
+    )
+    .unwrap();
     assert_eq!(weights(back.model()), good);
     // A good step afterwards still trains and resets the streak.
     assert!(t.step(toy_batch(6, 2, &dev)).unwrap().updated);

@@ -267,12 +267,19 @@ impl<B: Backend> TinyUmm<B> {
     }
 
     /// [`TinyUmm::understand`] plus the patch head's logits `[b, patches, 9]`.
-    pub fn understand_with_patches(&self, images: Tensor<B, 4>, text: &TextBatch<B>) -> Result<(Tensor<B, 2>, Tensor<B, 3>)> {
+    pub fn understand_with_patches(
+        &self,
+        images: Tensor<B, 4>,
+        text: &TextBatch<B>,
+    ) -> Result<(Tensor<B, 2>, Tensor<B, 3>)> {
         let latents = self.encode_images(images)?;
         let image = self.patch_in.forward(latents) + self.image_pos.val().unsqueeze_dim::<3>(0);
         let (t, i) = self.run(self.embed_text(text), image, text.pad.clone());
         let [b, _, d] = t.dims();
-        Ok((self.answer_head.forward(t.narrow(1, 0, 1).reshape([b, d])), self.patch_head.forward(i)))
+        Ok((
+            self.answer_head.forward(t.narrow(1, 0, 1).reshape([b, d])),
+            self.patch_head.forward(i),
+        ))
     }
 
     /// `P(yes)` for each (image, prompt) pair, in chunks of 256.

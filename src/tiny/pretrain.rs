@@ -109,7 +109,12 @@ fn noisy<R: Rng>(rng: &mut R, img: &PixelImage, amount: f32) -> PixelImage {
 /// Per-patch colour and shape classes of the object covering most of each patch (background
 /// when no object covers a quarter of it), from the rendered scene. `region` keeps only pixels
 /// inside that box, as the region-masked image shows.
-fn patch_labels(scene: &crate::world::Scene, region: Option<[usize; 4]>, size: usize, patch: usize) -> (Vec<i32>, Vec<i32>) {
+fn patch_labels(
+    scene: &crate::world::Scene,
+    region: Option<[usize; 4]>,
+    size: usize,
+    patch: usize,
+) -> (Vec<i32>, Vec<i32>) {
     use crate::world::{Color, Shape};
     let g = size / patch;
     let (mut colors, mut shapes) = (Vec::with_capacity(g * g), Vec::with_capacity(g * g));
@@ -120,7 +125,8 @@ fn patch_labels(scene: &crate::world::Scene, region: Option<[usize; 4]>, size: u
                 let mut n = 0;
                 for y in py * patch..(py + 1) * patch {
                     for x in px * patch..(px + 1) * patch {
-                        let inside = region.is_none_or(|b| x >= b[0] && x < b[2] && y >= b[1] && y < b[3]);
+                        let inside =
+                            region.is_none_or(|b| x >= b[0] && x < b[2] && y >= b[1] && y < b[3]);
                         if inside && o.covers(x, y) {
                             n += 1;
                         }
@@ -216,7 +222,9 @@ pub fn pretrain<B: AutodiffBackend>(
         // are where sampling starts and finishes, and logit-normal alone rarely visits them.
         let ln = sample_timesteps(&mut rng, b, TimestepSampling::default(), 1.0);
         let un = sample_timesteps(&mut rng, b, TimestepSampling::Uniform, 1.0);
-        let t_host: Vec<f32> = (0..b).map(|i| if i % 2 == 0 { ln[i] } else { un[i] }).collect();
+        let t_host: Vec<f32> = (0..b)
+            .map(|i| if i % 2 == 0 { ln[i] } else { un[i] })
+            .collect();
         let eps_host: Vec<f32> = (0..b * n * c)
             .map(|_| StandardNormal.sample(&mut rng))
             .collect();
@@ -282,24 +290,41 @@ pub fn pretrain<B: AutodiffBackend>(
                 ];
                 targets = Some(patch_labels(&scene, Some(bx), size, patch));
                 let img = mask_to_region(&scene.render(size), bx);
-                let np = Np { color: o.color, shape: o.shape };
+                let np = Np {
+                    color: o.color,
+                    shape: o.shape,
+                };
                 let yes = rng.random_bool(0.5);
                 let asked = if yes {
                     np
                 } else {
-                    *nps.iter().filter(|x| **x != np).collect::<Vec<_>>().choose(&mut rng).copied().unwrap_or(&np)
+                    *nps.iter()
+                        .filter(|x| **x != np)
+                        .collect::<Vec<_>>()
+                        .choose(&mut rng)
+                        .copied()
+                        .unwrap_or(&np)
                 };
                 (img, asked.text(), yes)
             } else if kind < 18 {
                 // The generator's estimate of a render: "yes" for its prompt at low noise only.
                 let yes = t_host[k] < 0.35 && !gen_prompts[k].is_empty();
-                let prompt = if gen_prompts[k].is_empty() { pick(&mut rng, &by_cat).text() } else { gen_prompts[k].clone() };
+                let prompt = if gen_prompts[k].is_empty() {
+                    pick(&mut rng, &by_cat).text()
+                } else {
+                    gen_prompts[k].clone()
+                };
                 (estimates[k].clone(), prompt, yes)
             } else {
                 let p = pick(&mut rng, &by_cat);
                 let blank = rng.random_bool(0.5);
                 let img = if blank {
-                    targets = Some(patch_labels(&crate::world::Scene::default(), None, size, patch));
+                    targets = Some(patch_labels(
+                        &crate::world::Scene::default(),
+                        None,
+                        size,
+                        patch,
+                    ));
                     PixelImage::filled(size, size, [1.0; 3])
                 } else {
                     noisy(&mut rng, &PixelImage::filled(size, size, [0.5; 3]), 2.0)
@@ -323,19 +348,27 @@ pub fn pretrain<B: AutodiffBackend>(
         }
         let nb = labels.len();
         let text = model.text_batch(&und_prompts)?;
-        let (logits, patch_logits) = model.understand_with_patches(PixelImage::to_tensor::<B>(&und_imgs, device)?, &text)?;
+        let (logits, patch_logits) =
+            model.understand_with_patches(PixelImage::to_tensor::<B>(&und_imgs, device)?, &text)?;
         let patch_loss = {
             let ce = |logits: Tensor<B, 3>, targets: Vec<i32>, classes: usize| {
                 let n = targets.len();
-                let mask: Vec<f32> = targets.iter().map(|&t| if t >= 0 { 1.0 } else { 0.0 }).collect();
+                let mask: Vec<f32> = targets
+                    .iter()
+                    .map(|&t| if t >= 0 { 1.0 } else { 0.0 })
+                    .collect();
                 let count = mask.iter().sum::<f32>().max(1.0);
                 let idx: Vec<i32> = targets.iter().map(|&t| t.max(0)).collect();
                 let log_p = burn::tensor::activation::log_softmax(logits.reshape([n, classes]), 1);
-                let picked = log_p.gather(1, Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [n, 1]), device));
+                let picked = log_p.gather(
+                    1,
+                    Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [n, 1]), device),
+                );
                 let m = Tensor::<B, 2>::from_data(TensorData::new(mask, [n, 1]), device);
                 (picked * m).sum().div_scalar(count).neg()
             };
-            ce(patch_logits.clone().narrow(2, 0, 5), patch_colors, 5) + ce(patch_logits.narrow(2, 5, 4), patch_shapes, 4)
+            ce(patch_logits.clone().narrow(2, 0, 5), patch_colors, 5)
+                + ce(patch_logits.narrow(2, 5, 4), patch_shapes, 4)
         };
         let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(labels.clone(), [nb]), device);
         let log_p = burn::tensor::activation::log_softmax(logits.clone(), 1);
