@@ -104,3 +104,39 @@ impl PixelImage {
         )
     }
 }
+
+/// Pixels to latent tokens for models without a VAE: `2 x - 1`, cut into `patch x patch` patches,
+/// row-major over the patch grid.
+///
+/// Shapes: `images`: `[batch, 3, H, W]` in `[0, 1]` with `H`, `W` multiples of `patch`;
+/// returns `[batch, (H / patch) * (W / patch), 3 * patch^2]`.
+pub fn patchify<B: Backend>(images: Tensor<B, 4>, patch: usize) -> Tensor<B, 3> {
+    let [b, c, h, w] = images.dims();
+    let (gh, gw, p) = (h / patch, w / patch, patch);
+    images
+        .reshape([b, c, gh, p, gw, p])
+        .permute([0, 2, 4, 1, 3, 5])
+        .reshape([b, gh * gw, c * p * p])
+        .mul_scalar(2.0)
+        .sub_scalar(1.0)
+}
+
+/// The inverse of [`patchify`], clamped into `[0, 1]`.
+///
+/// Shapes: `latents`: `[batch, gh * gw, 3 * patch^2]`; returns `[batch, 3, gh * patch, gw * patch]`.
+pub fn unpatchify<B: Backend>(
+    latents: Tensor<B, 3>,
+    patch: usize,
+    gh: usize,
+    gw: usize,
+) -> Tensor<B, 4> {
+    let [b, _, _] = latents.dims();
+    let p = patch;
+    latents
+        .add_scalar(1.0)
+        .div_scalar(2.0)
+        .clamp(0.0, 1.0)
+        .reshape([b, gh, gw, 3, p, p])
+        .permute([0, 3, 1, 4, 2, 5])
+        .reshape([b, 3, gh * p, gw * p])
+}

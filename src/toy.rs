@@ -158,14 +158,7 @@ impl<B: Backend> UnifiedModel<B> for ToyUmm<B> {
 
     fn encode_images(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 3>> {
         self.check_images(&images)?;
-        let [b, _, _, _] = images.dims();
-        let (g, p) = (self.grid(), self.patch);
-        Ok(images
-            .reshape([b, 3, g, p, g, p])
-            .permute([0, 2, 4, 1, 3, 5])
-            .reshape([b, g * g, 3 * p * p])
-            .mul_scalar(2.0)
-            .sub_scalar(1.0))
+        Ok(crate::image::patchify(images, self.patch))
     }
 
     fn decode_latents(
@@ -174,7 +167,7 @@ impl<B: Backend> UnifiedModel<B> for ToyUmm<B> {
         width: usize,
         height: usize,
     ) -> Result<Tensor<B, 4>> {
-        let [b, n, c] = latents.dims();
+        let [_, n, c] = latents.dims();
         let (g, p) = (self.grid(), self.patch);
         if width != self.image_size || height != self.image_size || n != g * g || c != 3 * p * p {
             return Err(SrumError::Model(format!(
@@ -184,13 +177,7 @@ impl<B: Backend> UnifiedModel<B> for ToyUmm<B> {
                 s = self.image_size
             )));
         }
-        Ok(latents
-            .add_scalar(1.0)
-            .div_scalar(2.0)
-            .clamp(0.0, 1.0)
-            .reshape([b, g, g, 3, p, p])
-            .permute([0, 3, 1, 4, 2, 5])
-            .reshape([b, 3, g * p, g * p]))
+        Ok(crate::image::unpatchify(latents, p, g, g))
     }
 
     fn answer(&self, images: Tensor<B, 4>, questions: &[String]) -> Result<Vec<String>> {
@@ -328,29 +315,14 @@ impl<B: Backend> ToyUmm<B> {
     }
 }
 
-/// The `model.json` next to a model's weights: which model, and its config.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ModelCard {
-    /// Model kind, `"toy-umm"` here.
-    pub kind: String,
-    /// The model's config.
-    pub config: serde_json::Value,
-}
-
-/// Kind tag of [`ToyUmm`] in a [`ModelCard`].
+/// Kind tag of [`ToyUmm`] in a [`ModelCard`](crate::model::ModelCard).
 pub const TOY_KIND: &str = "toy-umm";
 
 impl<B: Backend> ToyUmm<B> {
     /// Writes `model.json` and `model.safetensors` into `dir` (created if missing).
     pub fn save_dir(&self, config: &ToyUmmConfig, dir: impl AsRef<std::path::Path>) -> Result<()> {
         let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|e| SrumError::io(dir, e))?;
-        let card = ModelCard {
-            kind: TOY_KIND.into(),
-            config: serde_json::to_value(config).map_err(|e| SrumError::Model(e.to_string()))?,
-        };
-        let json = serde_json::to_vec_pretty(&card).map_err(|e| SrumError::Model(e.to_string()))?;
-        crate::train::write_file_atomic(&dir.join("model.json"), &json)?;
+        crate::model::ModelCard::write(dir, TOY_KIND, config)?;
         crate::train::save_weights(self, dir.join("model.safetensors"))
     }
 
@@ -361,23 +333,7 @@ impl<B: Backend> ToyUmm<B> {
     ) -> Result<(Self, ToyUmmConfig)> {
         let dir = dir.as_ref();
         let card_path = dir.join("model.json");
-        let bytes = std::fs::read(&card_path).map_err(|e| SrumError::io(&card_path, e))?;
-        let card: ModelCard =
-            serde_json::from_slice(&bytes).map_err(|e| SrumError::Checkpoint {
-                path: card_path.clone(),
-                message: format!("not a model card: {e}"),
-            })?;
-        if card.kind != TOY_KIND {
-            return Err(SrumError::Checkpoint {
-                path: card_path,
-                message: format!("model kind `{}`, expected `{TOY_KIND}`", card.kind),
-            });
-        }
-        let config: ToyUmmConfig =
-            serde_json::from_value(card.config).map_err(|e| SrumError::Checkpoint {
-                path: card_path.clone(),
-                message: format!("bad config: {e}"),
-            })?;
+        let config: ToyUmmConfig = crate::model::ModelCard::read_config(dir, TOY_KIND)?;
         if config.patch == 0
             || config.image_size == 0
             || !config.image_size.is_multiple_of(config.patch)

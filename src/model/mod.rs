@@ -6,7 +6,10 @@
 //! parameters the model declares as trainable for generation (see [`ParamRoles`]); everything
 //! declared [`ParamRole::Understanding`] is bit-for-bit untouched, weight decay included.
 
+mod card;
 mod roles;
+
+pub use card::ModelCard;
 
 pub use roles::{ParamRole, ParamRoles, TrainableSet};
 

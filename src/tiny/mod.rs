@@ -15,7 +15,7 @@ use std::path::Path;
 use burn::tensor::backend::Backend;
 
 use crate::error::{Result, SrumError};
-use crate::toy::ModelCard;
+use crate::model::ModelCard;
 
 /// Kind tag of [`TinyUmm`] in a [`ModelCard`].
 pub const TINY_KIND: &str = "tiny-umm";
@@ -24,13 +24,7 @@ impl<B: Backend> TinyUmm<B> {
     /// Writes `model.json`, `model.safetensors` and `tokenizer.json` into `dir`.
     pub fn save_dir(&self, config: &TinyUmmConfig, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|e| SrumError::io(dir, e))?;
-        let card = ModelCard {
-            kind: TINY_KIND.into(),
-            config: serde_json::to_value(config).map_err(|e| SrumError::Model(e.to_string()))?,
-        };
-        let json = serde_json::to_vec_pretty(&card).map_err(|e| SrumError::Model(e.to_string()))?;
-        crate::train::write_file_atomic(&dir.join("model.json"), &json)?;
+        ModelCard::write(dir, TINY_KIND, config)?;
         let tok = self
             .tokenizer()
             .to_string(true)
@@ -43,21 +37,11 @@ impl<B: Backend> TinyUmm<B> {
     pub fn load_dir(dir: impl AsRef<Path>, device: &B::Device) -> Result<(Self, TinyUmmConfig)> {
         let dir = dir.as_ref();
         let card_path = dir.join("model.json");
-        let bytes = std::fs::read(&card_path).map_err(|e| SrumError::io(&card_path, e))?;
         let bad = |message: String| SrumError::Checkpoint {
             path: card_path.clone(),
             message,
         };
-        let card: ModelCard =
-            serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a model card: {e}")))?;
-        if card.kind != TINY_KIND {
-            return Err(bad(format!(
-                "model kind `{}`, expected `{TINY_KIND}`",
-                card.kind
-            )));
-        }
-        let config: TinyUmmConfig =
-            serde_json::from_value(card.config).map_err(|e| bad(format!("bad config: {e}")))?;
+        let config: TinyUmmConfig = ModelCard::read_config(dir, TINY_KIND)?;
         if config.patch == 0
             || config.image_size == 0
             || !config.image_size.is_multiple_of(config.patch)

@@ -531,13 +531,7 @@ impl<B: Backend> UnifiedModel<B> for TinyUmm<B> {
                 "TinyUmm takes [batch, 3, {s}, {s}] images, got [{b}, {c}, {h}, {w}]"
             )));
         }
-        let (g, p) = (s / self.patch, self.patch);
-        Ok(images
-            .reshape([b, 3, g, p, g, p])
-            .permute([0, 2, 4, 1, 3, 5])
-            .reshape([b, g * g, 3 * p * p])
-            .mul_scalar(2.0)
-            .sub_scalar(1.0))
+        Ok(crate::image::patchify(images, self.patch))
     }
 
     fn decode_latents(
@@ -546,7 +540,7 @@ impl<B: Backend> UnifiedModel<B> for TinyUmm<B> {
         width: usize,
         height: usize,
     ) -> Result<Tensor<B, 4>> {
-        let [b, n, c] = latents.dims();
+        let [_, n, c] = latents.dims();
         let (s, p) = (self.image_size, self.patch);
         let g = s / p;
         if width != s || height != s || n != g * g || c != 3 * p * p {
@@ -556,13 +550,7 @@ impl<B: Backend> UnifiedModel<B> for TinyUmm<B> {
                 3 * p * p
             )));
         }
-        Ok(latents
-            .add_scalar(1.0)
-            .div_scalar(2.0)
-            .clamp(0.0, 1.0)
-            .reshape([b, g, g, 3, p, p])
-            .permute([0, 3, 1, 4, 2, 5])
-            .reshape([b, 3, s, s]))
+        Ok(crate::image::unpatchify(latents, p, g, g))
     }
 
     fn answer(&self, images: Tensor<B, 4>, questions: &[String]) -> Result<Vec<String>> {

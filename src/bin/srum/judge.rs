@@ -147,11 +147,9 @@ fn already_scored(out: &Path) -> Result<HashSet<String>, String> {
 
 /// The `kind` in a model directory's `model.json`.
 pub fn model_kind(dir: &Path) -> Result<String, String> {
-    let p = dir.join("model.json");
-    let bytes = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-    let card: srum::toy::ModelCard = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{}: not a model card: {e}", p.display()))?;
-    Ok(card.kind)
+    srum::model::ModelCard::read(dir)
+        .map(|c| c.kind)
+        .map_err(|e| e.to_string())
 }
 
 pub fn run_judge(a: JudgeArgs) -> Result<ExitCode, String> {
