@@ -183,19 +183,23 @@ impl<P: RegionProposer> SelfEvaluator<P> {
         let all: Vec<usize> = (0..b).collect();
         let whole = BBox::new(0.0, 0.0, w as f64, h as f64);
 
-        if cfg.global {
+        // One whole-image score per image from `template`, retried until it parses.
+        let ask_score = |template: &str, retries: &mut [usize]| {
             let qs: Vec<String> = prompts
                 .iter()
-                .map(|p| JudgeTemplates::render(&t.global, p, &[], w, h))
+                .map(|p| JudgeTemplates::render(template, p, &[], w, h))
                 .collect();
-            let answers = self.ask(
+            self.ask(
                 model,
                 &images,
                 &qs,
                 all.clone(),
                 |_, a| parse_global(a).is_some(),
-                &mut retries,
-            )?;
+                retries,
+            )
+        };
+        if cfg.global {
+            let answers = ask_score(&t.global, &mut retries)?;
             for (o, a) in out.iter_mut().zip(answers) {
                 let parsed = a.as_deref().and_then(parse_global);
                 o.global_defaulted = parsed.is_none();
@@ -206,18 +210,7 @@ impl<P: RegionProposer> SelfEvaluator<P> {
         }
 
         if cfg.sample_level_only {
-            let qs: Vec<String> = prompts
-                .iter()
-                .map(|p| JudgeTemplates::render(&t.sample, p, &[], w, h))
-                .collect();
-            let answers = self.ask(
-                model,
-                &images,
-                &qs,
-                all.clone(),
-                |_, a| parse_global(a).is_some(),
-                &mut retries,
-            )?;
+            let answers = ask_score(&t.sample, &mut retries)?;
             for (o, a) in out.iter_mut().zip(answers) {
                 if let Some(s) = a.as_deref().and_then(parse_global) {
                     o.judgement.regions.push(ScoredRegion {
