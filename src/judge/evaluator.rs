@@ -234,20 +234,25 @@ impl<P: RegionProposer> SelfEvaluator<P> {
                     v
                 })
                 .collect();
-            if cfg.filter_relevance {
+            // Asks `template` about each image's boxes, retried until some region parses.
+            let ask_regions = |template: &str, boxes: &[Vec<BBox>], retries: &mut [usize]| {
                 let todo: Vec<usize> = (0..b).filter(|&i| !boxes[i].is_empty()).collect();
                 let qs: Vec<String> = (0..b)
-                    .map(|i| JudgeTemplates::render(&t.relevance, &prompts[i], &boxes[i], w, h))
+                    .map(|i| JudgeTemplates::render(template, &prompts[i], &boxes[i], w, h))
                     .collect();
                 let n: Vec<usize> = boxes.iter().map(Vec::len).collect();
-                let answers = self.ask(
+                self.ask(
                     model,
                     &images,
                     &qs,
                     todo,
                     |i, a| !parse_regions(a, Some(n[i])).is_empty(),
-                    &mut retries,
-                )?;
+                    retries,
+                )
+            };
+            if cfg.filter_relevance {
+                let n: Vec<usize> = boxes.iter().map(Vec::len).collect();
+                let answers = ask_regions(&t.relevance, &boxes, &mut retries)?;
                 for (i, a) in answers.into_iter().enumerate() {
                     let Some(a) = a else { continue };
                     let verdicts = parse_regions(&a, Some(n[i]));
@@ -267,19 +272,8 @@ impl<P: RegionProposer> SelfEvaluator<P> {
                         .collect();
                 }
             }
-            let todo: Vec<usize> = (0..b).filter(|&i| !boxes[i].is_empty()).collect();
-            let qs: Vec<String> = (0..b)
-                .map(|i| JudgeTemplates::render(&t.regions, &prompts[i], &boxes[i], w, h))
-                .collect();
             let n: Vec<usize> = boxes.iter().map(Vec::len).collect();
-            let answers = self.ask(
-                model,
-                &images,
-                &qs,
-                todo,
-                |i, a| !parse_regions(a, Some(n[i])).is_empty(),
-                &mut retries,
-            )?;
+            let answers = ask_regions(&t.regions, &boxes, &mut retries)?;
             for (i, a) in answers.into_iter().enumerate() {
                 if let Some(a) = &a {
                     for (id, r) in parse_regions(a, Some(n[i])) {
