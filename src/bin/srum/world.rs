@@ -155,6 +155,16 @@ pub struct GenerateArgs {
     /// Output folder: 00000.png, ... and manifest.jsonl.
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Images per model call.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+}
+
+/// Noise and sampler flags shared by `generate` and `eval`.
+#[derive(clap::Args)]
+pub struct SamplingArgs {
     /// Seed of the noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -164,19 +174,18 @@ pub struct GenerateArgs {
     /// Classifier-free guidance weight.
     #[arg(long, default_value_t = 4.0)]
     guidance: f32,
-    /// Images per model call.
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
 }
 
-fn sampler(steps: usize, guidance: f32) -> Result<EulerSampler, String> {
-    let s = EulerSampler::new(EulerSamplerConfig {
-        steps,
-        guidance_scale: guidance,
-        ..Default::default()
-    });
-    s.config.validate().map_err(|e| e.to_string())?;
-    Ok(s)
+impl SamplingArgs {
+    fn sampler(&self) -> Result<EulerSampler, String> {
+        let s = EulerSampler::new(EulerSamplerConfig {
+            steps: self.steps,
+            guidance_scale: self.guidance,
+            ..Default::default()
+        });
+        s.config.validate().map_err(|e| e.to_string())?;
+        Ok(s)
+    }
 }
 
 pub fn run_generate(a: GenerateArgs) -> Result<ExitCode, String> {
@@ -202,9 +211,9 @@ pub fn run_generate(a: GenerateArgs) -> Result<ExitCode, String> {
         return Err(format!("{}: no prompts", a.prompts.display()));
     }
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
-    let sampler = sampler(a.steps, a.guidance)?;
+    let sampler = a.sampling.sampler()?;
     let pb = bar(prompts.len() as u64, "generating");
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.sampling.seed);
     let mut manifest = String::new();
     let size = config.image_size;
     for (k, chunk) in prompts.chunks(a.batch_size.max(1)).enumerate() {
@@ -231,7 +240,7 @@ pub fn run_generate(a: GenerateArgs) -> Result<ExitCode, String> {
             )
             .map_err(|e| format!("{}: {e}", path.display()))?;
             manifest.push_str(
-                &serde_json::json!({"index": index, "prompt": p, "file": file, "seed": a.seed})
+                &serde_json::json!({"index": index, "prompt": p, "file": file, "seed": a.sampling.seed})
                     .to_string(),
             );
             manifest.push('\n');
@@ -259,15 +268,8 @@ pub struct EvalArgs {
     /// Images per prompt (seeds seed, seed+1, ...).
     #[arg(long, default_value_t = 3)]
     samples: usize,
-    /// Noise seed.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Euler steps.
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
-    /// Guidance weight.
-    #[arg(long, default_value_t = 4.0)]
-    guidance: f32,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Also measure understanding accuracy (this many pairs) and self/oracle agreement.
     #[arg(long)]
     understanding: Option<usize>,
@@ -294,7 +296,7 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
         let step = (prompts.len() / (5 * a.per_category.max(1))).max(1);
         prompts = prompts.into_iter().step_by(step).collect();
     }
-    let sampler = sampler(a.steps, a.guidance)?;
+    let sampler = a.sampling.sampler()?;
     let size = config.image_size;
     let pb = bar((prompts.len() * a.samples) as u64, "evaluating");
     let start = Instant::now();
@@ -308,7 +310,7 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
         size,
         &sampler,
         a.samples,
-        a.seed,
+        a.sampling.seed,
         &device,
         |n| pb.inc(n as u64),
     )
@@ -316,13 +318,14 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
     pb.finish_and_clear();
     println!("{}", report.markdown(&a.checkpoint.display().to_string()));
     let mut json = serde_json::json!({
-        "checkpoint": a.checkpoint, "split": a.split, "samples": a.samples, "seed": a.seed,
-        "steps": a.steps, "guidance": a.guidance, "generation": report, "images": scores.len(),
+        "checkpoint": a.checkpoint, "split": a.split, "samples": a.samples, "seed": a.sampling.seed,
+        "steps": a.sampling.steps, "guidance": a.sampling.guidance, "generation": report, "images": scores.len(),
         "seconds": start.elapsed().as_secs_f64(),
     });
     if let Some(n) = a.understanding {
-        let acc = understanding_accuracy(&model, &prompts, size, n, a.seed + 1000, &device)
-            .map_err(|e| e.to_string())?;
+        let acc =
+            understanding_accuracy(&model, &prompts, size, n, a.sampling.seed + 1000, &device)
+                .map_err(|e| e.to_string())?;
         let texts: Vec<String> = (0..a.samples)
             .flat_map(|_| prompts.iter().map(|p| p.text()))
             .collect();
