@@ -282,8 +282,27 @@ impl<B: Backend> TinyUmm<B> {
         ))
     }
 
-    /// `P(yes)` for each (image, prompt) pair, in chunks of 256.
+    /// `P(yes)` for each (image, prompt) pair: the product of the network's answers for the
+    /// prompt's [`atoms`] (a compound prompt holds when each of its parts does).
     pub fn match_probability(&self, images: &[PixelImage], prompts: &[String]) -> Result<Vec<f32>> {
+        let (mut imgs, mut texts, mut owner) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, (img, p)) in images.iter().zip(prompts).enumerate() {
+            for a in atoms(p) {
+                imgs.push(img.clone());
+                texts.push(a);
+                owner.push(i);
+            }
+        }
+        let p = self.atom_probability(&imgs, &texts)?;
+        let mut out = vec![1f32; prompts.len()];
+        for (k, i) in owner.into_iter().enumerate() {
+            out[i] *= p[k];
+        }
+        Ok(out)
+    }
+
+    /// The network's `P(yes)` for each (image, statement) pair, one forward pass per chunk of 256.
+    pub fn atom_probability(&self, images: &[PixelImage], prompts: &[String]) -> Result<Vec<f32>> {
         let mut out = Vec::with_capacity(prompts.len());
         for (imgs, ps) in images.chunks(256).zip(prompts.chunks(256)) {
             let text = self.text_batch(ps)?;
@@ -297,6 +316,28 @@ impl<B: Backend> TinyUmm<B> {
             out.extend(p);
         }
         Ok(out)
+    }
+}
+
+/// The atomic statements the network judges for a prompt of the world's grammar: each object
+/// ("a red circle": at least one is there), each count ("three red circles": exactly three),
+/// each relation ("a red circle left of a blue square": it holds between them). A prompt outside
+/// the grammar is its own single statement.
+///
+/// This is how the model reads a question, not a look at the image: the split uses the prompt's
+/// words alone, and every probability comes from the network.
+pub fn atoms(prompt: &str) -> Vec<String> {
+    let Ok(spec) = PromptSpec::parse(prompt) else {
+        return vec![prompt.to_string()];
+    };
+    let rel = |a: &Np, r: &crate::world::Relation, b: &Np| {
+        PromptSpec::Relation(*a, *r, *b).text()
+    };
+    match &spec {
+        PromptSpec::Objects(nps) => nps.iter().map(|n| n.text()).collect(),
+        PromptSpec::Count(..) => vec![spec.text()],
+        PromptSpec::Relation(a, r, b) => vec![a.text(), b.text(), rel(a, r, b)],
+        PromptSpec::Complex(a, r, b, c) => vec![a.text(), b.text(), rel(a, r, b), c.text()],
     }
 }
 

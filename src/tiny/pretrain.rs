@@ -25,7 +25,7 @@ use crate::flow::{TimestepSampling, noisy_latents, sample_timesteps};
 use crate::image::PixelImage;
 use crate::model::UnifiedModel;
 use crate::train::learning_rate;
-use crate::world::{Category, Np, PromptSpec, Split, split_prompts};
+use crate::world::{Category, Np, PromptSpec, Relation, Split, split_prompts};
 
 /// Pretraining settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -184,6 +184,15 @@ pub fn pretrain<B: AutodiffBackend>(
             by_cat.push(v);
         }
     }
+    // The relation and complex prompts, for relation statements.
+    let rel_cats: Vec<Vec<PromptSpec>> = by_cat
+        .iter()
+        .filter(|v| {
+            v.first()
+                .is_some_and(|p| matches!(p.category(), Category::Spatial | Category::Complex))
+        })
+        .cloned()
+        .collect();
     let nps = Np::all();
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut optim = AdamWConfig::new()
@@ -207,9 +216,14 @@ pub fn pretrain<B: AutodiffBackend>(
         // Generation batch.
         let mut gen_prompts = Vec::with_capacity(b);
         let mut gen_imgs = Vec::with_capacity(b);
+        let mut gen_specs = Vec::with_capacity(b);
+        let mut gen_scenes = Vec::with_capacity(b);
         for _ in 0..b {
             let p = pick(&mut rng, &by_cat);
-            gen_imgs.push(p.sample_scene(&mut rng, size).render(size));
+            let scene = p.sample_scene(&mut rng, size);
+            gen_imgs.push(scene.render(size));
+            gen_scenes.push(scene);
+            gen_specs.push(p.clone());
             gen_prompts.push(if rng.random_bool(0.1) {
                 String::new()
             } else {
@@ -241,9 +255,11 @@ pub fn pretrain<B: AutodiffBackend>(
         let x0_hat = (x_t.inner() - v.inner() * t.inner().reshape([b, 1, 1])).clamp(-1.0, 1.0);
         let estimates = PixelImage::from_tensor(model.valid().decode_latents(x0_hat, size, size)?)?;
 
-        // Understanding batch: whole-image matches and hard negatives (40%), missing-object and
-        // blob negatives (15%), single-object regions (25%), the generator's own estimates (10%),
-        // blank and noise images (10%).
+        // Understanding batch, on the atomic statements the model judges (see
+        // `tiny::model::atoms`): object presence with hard negatives (35%), exact counts off by
+        // one (15%), relations flipped or swapped (20%), single-object regions (10%), the
+        // generator's own estimates (10%), blank and noise images (10%). Labels are the truth
+        // of the statement in the scene that was rendered.
         let ub = config.understanding_batch.unwrap_or(b);
         let patch = model.patch_size();
         let n_patches = (size / patch).pow(2);
@@ -256,25 +272,71 @@ pub fn pretrain<B: AutodiffBackend>(
             let k = j % b;
             let kind = rng.random_range(0..20);
             let mut targets: Option<(Vec<i32>, Vec<i32>)> = None;
-            let (img, prompt, yes) = if kind < 8 {
+            let (img, prompt, yes) = if kind < 7 {
                 let p = pick(&mut rng, &by_cat);
-                let yes = rng.random_bool(0.5);
-                let shown = if yes { p.clone() } else { p.corrupt(&mut rng) };
-                let scene = shown.sample_scene(&mut rng, size);
-                targets = Some(patch_labels(&scene, None, size, patch));
-                (scene.render(size), p.text(), yes)
-            } else if kind < 11 {
-                // A generation's typical failures: an object missing, or shapes smeared to blobs.
-                let p = pick(&mut rng, &by_cat);
-                let mut scene = p.sample_scene(&mut rng, size);
-                if scene.objects.len() > 1 && rng.random_bool(0.6) {
+                let shown = if rng.random_bool(0.5) {
+                    p.clone()
+                } else {
+                    p.corrupt(&mut rng)
+                };
+                let mut scene = shown.sample_scene(&mut rng, size);
+                if scene.objects.len() > 1 && rng.random_bool(0.2) {
                     let i = rng.random_range(0..scene.objects.len());
                     scene.objects.remove(i);
-                    targets = Some(patch_labels(&scene, None, size, patch));
-                    (scene.render(size), p.text(), false)
-                } else {
-                    (blur(&blur(&blur(&scene.render(size)))), p.text(), false)
                 }
+                let asked = if rng.random_bool(0.7) {
+                    *p.nps().choose(&mut rng).unwrap_or(&nps[0])
+                } else {
+                    let o = scene.objects.choose(&mut rng).copied();
+                    let np = o.map_or(nps[0], |o| Np {
+                        color: o.color,
+                        shape: o.shape,
+                    });
+                    match PromptSpec::Objects(vec![np]).corrupt(&mut rng) {
+                        PromptSpec::Objects(v) if rng.random_bool(0.7) => v[0],
+                        _ => np,
+                    }
+                };
+                let spec = PromptSpec::Objects(vec![asked]);
+                targets = Some(patch_labels(&scene, None, size, patch));
+                (scene.render(size), spec.text(), spec.holds_in(&scene))
+            } else if kind < 10 {
+                let n = rng.random_range(2..=4usize);
+                let np = *nps.choose(&mut rng).unwrap_or(&nps[0]);
+                let shown_n = match rng.random_range(0..4) {
+                    0 => n - 1,
+                    1 => n + 1,
+                    _ => n,
+                };
+                let shown = if shown_n == 1 {
+                    PromptSpec::Objects(vec![np])
+                } else {
+                    PromptSpec::Count(shown_n, np)
+                };
+                let scene = shown.sample_scene(&mut rng, size);
+                let spec = PromptSpec::Count(n, np);
+                targets = Some(patch_labels(&scene, None, size, patch));
+                (scene.render(size), spec.text(), spec.holds_in(&scene))
+            } else if kind < 14 {
+                let (a, r, b2, c) = match pick(&mut rng, &rel_cats) {
+                    PromptSpec::Relation(a, r, b) => (*a, *r, *b, None),
+                    PromptSpec::Complex(a, r, b, c) => (*a, *r, *b, Some(*c)),
+                    _ => continue,
+                };
+                let shown_r = if rng.random_bool(0.5) {
+                    r
+                } else {
+                    *Relation::ALL.choose(&mut rng).unwrap_or(&r)
+                };
+                let shown = match (rng.random_bool(0.2), c) {
+                    (true, _) => PromptSpec::Relation(b2, shown_r, a),
+                    (false, Some(c)) => PromptSpec::Complex(a, shown_r, b2, c),
+                    (false, None) => PromptSpec::Relation(a, shown_r, b2),
+                };
+                let scene = shown.sample_scene(&mut rng, size);
+                let spec = PromptSpec::Relation(a, r, b2);
+                targets = Some(patch_labels(&scene, None, size, patch));
+                (scene.render(size), spec.text(), spec.holds_in(&scene))
             } else if kind < 16 {
                 let p = pick(&mut rng, &by_cat);
                 let scene = p.sample_scene(&mut rng, size);
@@ -307,16 +369,29 @@ pub fn pretrain<B: AutodiffBackend>(
                 };
                 (img, asked.text(), yes)
             } else if kind < 18 {
-                // The generator's estimate of a render: "yes" for its prompt at low noise only.
-                let yes = t_host[k] < 0.35 && !gen_prompts[k].is_empty();
-                let prompt = if gen_prompts[k].is_empty() {
-                    pick(&mut rng, &by_cat).text()
+                // The generator's estimate of a render: nearly clean estimates are judged by
+                // the rendered scene's truth, blurred ones (high noise) show nothing.
+                let t = t_host[k];
+                let atom = gen_specs[k]
+                    .nps()
+                    .choose(&mut rng)
+                    .map(|n| PromptSpec::Objects(vec![*n]))
+                    .unwrap_or_else(|| PromptSpec::Objects(vec![nps[0]]));
+                if t < 0.25 {
+                    targets = Some(patch_labels(&gen_scenes[k], None, size, patch));
+                    (
+                        estimates[k].clone(),
+                        atom.text(),
+                        atom.holds_in(&gen_scenes[k]),
+                    )
+                } else if t > 0.7 {
+                    (estimates[k].clone(), atom.text(), false)
                 } else {
-                    gen_prompts[k].clone()
-                };
-                (estimates[k].clone(), prompt, yes)
+                    continue;
+                }
             } else {
                 let p = pick(&mut rng, &by_cat);
+                let asked = *p.nps().choose(&mut rng).unwrap_or(&nps[0]);
                 let blank = rng.random_bool(0.5);
                 let img = if blank {
                     targets = Some(patch_labels(
@@ -329,7 +404,7 @@ pub fn pretrain<B: AutodiffBackend>(
                 } else {
                     noisy(&mut rng, &PixelImage::filled(size, size, [0.5; 3]), 2.0)
                 };
-                (img, p.text(), false)
+                (img, asked.text(), false)
             };
             let img = match rng.random_range(0..4) {
                 0 => {

@@ -243,6 +243,34 @@ impl PromptSpec {
         }
     }
 
+    /// Whether `scene` satisfies the prompt: each object present (a count exactly), and the
+    /// relation holding between some instance of its subject and of its object.
+    pub fn holds_in(&self, scene: &Scene) -> bool {
+        let count = |np: &Np| {
+            scene
+                .objects
+                .iter()
+                .filter(|o| o.color == np.color && o.shape == np.shape)
+                .count()
+        };
+        let related = |a: &Np, r: &Relation, b: &Np| {
+            let is = |o: &&Object, n: &Np| o.color == n.color && o.shape == n.shape;
+            scene.objects.iter().filter(|o| is(o, a)).any(|x| {
+                scene
+                    .objects
+                    .iter()
+                    .filter(|o| is(o, b))
+                    .any(|y| !std::ptr::eq(x, y) && r.holds((x.cx, x.cy), (y.cx, y.cy)))
+            })
+        };
+        match self {
+            PromptSpec::Objects(nps) => nps.iter().all(|n| count(n) >= 1),
+            PromptSpec::Count(n, np) => count(np) == *n,
+            PromptSpec::Relation(a, r, b) => related(a, r, b),
+            PromptSpec::Complex(a, r, b, c) => related(a, r, b) && count(c) >= 1,
+        }
+    }
+
     /// A random scene that satisfies the prompt on a `size x size` canvas.
     pub fn sample_scene<R: Rng>(&self, rng: &mut R, size: usize) -> Scene {
         let s = size as f32;

@@ -48,6 +48,9 @@ pub struct PretrainArgs {
     /// Blocks.
     #[arg(long, default_value_t = 4)]
     layers: usize,
+    /// Patch side in pixels (a latent token is one patch); must divide the 32-pixel image.
+    #[arg(long, default_value_t = 4)]
+    patch: usize,
     /// JSON lines of per-step losses.
     #[arg(long)]
     metrics: Option<PathBuf>,
@@ -66,14 +69,17 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         || a.d_model == 0
         || a.layers == 0
         || !a.d_model.is_multiple_of(4)
+        || a.patch == 0
+        || !32usize.is_multiple_of(a.patch)
     {
-        return Err("--steps, --batch, --lr, --layers must be positive and --d-model a positive multiple of 4".into());
+        return Err("--steps, --batch, --lr, --layers must be positive, --d-model a positive multiple of 4 and --patch a divisor of 32".into());
     }
     let device = Default::default();
     let tokenizer = build_tokenizer().map_err(|e| e.to_string())?;
     let config = TinyUmmConfig::new()
         .with_d_model(a.d_model)
         .with_n_layers(a.layers)
+        .with_patch(a.patch)
         .with_d_ff(2 * a.d_model)
         .with_vocab(tokenizer.get_vocab_size(true));
     <Flex as burn::tensor::backend::Backend>::seed(&device, a.seed);
@@ -82,10 +88,11 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
             let (m, c) = TinyUmm::<Ad>::load_dir(dir, &device).map_err(|e| e.to_string())?;
             if c != config {
                 return Err(format!(
-                    "--init {}: its config differs from the flags' (d_model {}, layers {})",
+                    "--init {}: its config differs from the flags' (d_model {}, layers {}, patch {})",
                     dir.display(),
                     c.d_model,
-                    c.n_layers
+                    c.n_layers,
+                    c.patch
                 ));
             }
             m

@@ -1,0 +1,301 @@
+//! Our side of the side-by-side comparison with the PyTorch peer (`benches/reference/`), run by
+//! `scripts/bench_vs_pytorch.sh` and `scripts/gpu_check.sh`.
+//!
+//! `peer --model DIR --json OUT [--dump FILE] [--iters K] [--device cpu|cuda]`
+//!
+//! Writes the timings of the operations the peer also times (same JSON schema as
+//! `benches/reference/peer.py`) and, with `--dump`, one forward pass's inputs and outputs so the
+//! peer can prove it computes the same thing. Threads: `RAYON_NUM_THREADS`, set by the script.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use burn::backend::Autodiff;
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use safetensors::tensor::{Dtype, TensorView};
+use srum::flow::{EulerSampler, EulerSamplerConfig, generate};
+use srum::image::PixelImage;
+use srum::model::UnifiedModel;
+use srum::reward::{BBox, Judgement, RewardComposer, RewardComposerConfig, ScoredRegion};
+use srum::tiny::TinyUmm;
+use srum::train::{Constraint, SrumBatch, Trainer, TrainerConfig};
+use srum::world::{Split, split_prompts};
+
+struct Args {
+    model: PathBuf,
+    json: PathBuf,
+    dump: Option<PathBuf>,
+    iters: usize,
+    device: String,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut kv: HashMap<String, String> = HashMap::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        // cargo bench passes `--bench`; it takes no value.
+        if k == "--bench" {
+            continue;
+        }
+        let v = it.next().ok_or(format!("{k} needs a value"))?;
+        kv.insert(k.trim_start_matches("--").to_string(), v);
+    }
+    let need = |k: &str| kv.get(k).cloned().ok_or(format!("--{k} is required"));
+    Ok(Args {
+        model: need("model")?.into(),
+        json: need("json")?.into(),
+        dump: kv.get("dump").map(PathBuf::from),
+        iters: match kv.get("iters") {
+            Some(v) => v.parse().map_err(|_| format!("--iters {v}: not a number"))?,
+            None => 5,
+        },
+        device: kv.get("device").cloned().unwrap_or_else(|| "cpu".into()),
+    })
+}
+
+/// Median seconds of `iters` runs after one warm-up run.
+fn time<F: FnMut() -> Result<(), String>>(iters: usize, mut f: F) -> Result<f64, String> {
+    f()?;
+    let mut v = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let s = Instant::now();
+        f()?;
+        v.push(s.elapsed().as_secs_f64());
+    }
+    v.sort_by(f64::total_cmp);
+    Ok(v[v.len() / 2])
+}
+
+fn normal<B: Backend>(rng: &mut ChaCha8Rng, shape: [usize; 3], device: &B::Device) -> Tensor<B, 3> {
+    srum::flow::host_normal::<B, _, 3>(rng, shape, device)
+}
+
+fn host(t: Tensor<impl Backend, 3>) -> Result<Vec<f32>, String> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| format!("{e:?}"))
+}
+
+fn run<B: AutodiffBackend>(a: &Args, device: &B::Device, name: &str) -> Result<(), String> {
+    let (model, config) = TinyUmm::<B>::load_dir(&a.model, device).map_err(|e| e.to_string())?;
+    let size = config.image_size;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let prompts: Vec<String> = split_prompts(Split::Train, 0)
+        .iter()
+        .map(|p| p.text())
+        .collect();
+    let pick = |rng: &mut ChaCha8Rng, n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| prompts[rng.random_range(0..prompts.len())].clone())
+            .collect()
+    };
+    let n = model.latent_grid(size, size);
+    let (n, c) = (n.0 * n.1, model.latent_channels());
+    let inner = model.valid();
+    let inner_device = device.clone();
+
+    if let Some(path) = &a.dump {
+        let b = 8;
+        let ps = pick(&mut rng, b);
+        let x_t = normal::<B::InnerBackend>(&mut rng, [b, n, c], &inner_device);
+        let t_host: Vec<f32> = (0..b).map(|_| rng.random_range(0.0..1.0)).collect();
+        let t = Tensor::from_data(TensorData::new(t_host.clone(), [b]), &inner_device);
+        let text = inner.text_batch(&ps).map_err(|e| e.to_string())?;
+        let scenes: Vec<PixelImage> = ps
+            .iter()
+            .map(|p| {
+                srum::world::PromptSpec::parse(p)
+                    .map(|s| s.sample_scene(&mut rng, size).render(size))
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<_, _>>()?;
+        let images = PixelImage::to_tensor::<B::InnerBackend>(&scenes, &inner_device)
+            .map_err(|e| e.to_string())?;
+        let v = inner.velocity(x_t.clone(), t, &text);
+        let logits = inner
+            .understand(images.clone(), &text)
+            .map_err(|e| e.to_string())?;
+        let f32s = |t: TensorData| t.convert::<f32>().into_vec::<f32>().map_err(|e| format!("{e:?}"));
+        let ids: Vec<i64> = text
+            .ids
+            .clone()
+            .into_data()
+            .convert::<i64>()
+            .into_vec::<i64>()
+            .map_err(|e| format!("{e:?}"))?;
+        let pad: Vec<u8> = text
+            .pad
+            .clone()
+            .into_data()
+            .into_vec::<bool>()
+            .map_err(|e| format!("{e:?}"))?
+            .into_iter()
+            .map(u8::from)
+            .collect();
+        let m = ids.len() / b;
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
+            ("x_t", Dtype::F32, vec![b, n, c], bytes(&host(x_t)?)),
+            ("t", Dtype::F32, vec![b], bytes(&t_host)),
+            (
+                "ids",
+                Dtype::I64,
+                vec![b, m],
+                ids.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
+            ("pad", Dtype::U8, vec![b, m + 1], pad),
+            (
+                "images",
+                Dtype::F32,
+                vec![b, 3, size, size],
+                bytes(&f32s(images.into_data())?),
+            ),
+            ("velocity", Dtype::F32, vec![b, n, c], bytes(&host(v)?)),
+            (
+                "logits",
+                Dtype::F32,
+                vec![b, 2],
+                bytes(&f32s(logits.into_data())?),
+            ),
+        ];
+        let views: Vec<(String, TensorView)> = tensors
+            .iter()
+            .map(|(k, d, s, data)| {
+                TensorView::new(*d, s.clone(), data)
+                    .map(|v| (k.to_string(), v))
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<_, _>>()?;
+        safetensors::serialize_to_file(views, None, path).map_err(|e| e.to_string())?;
+    }
+
+    let mut ops = serde_json::Map::new();
+    let mut record = |op: &str, seconds: f64, items: usize| {
+        eprintln!("{op}: {seconds:.4} s ({items} items)");
+        ops.insert(
+            op.to_string(),
+            serde_json::json!({"seconds": seconds, "items": items}),
+        );
+    };
+
+    for (op, constraint) in [
+        ("train_step_anchor", Constraint::Anchor),
+        ("train_step_reference", Constraint::ReferenceModel),
+    ] {
+        let b = 32;
+        let cfg = TrainerConfig {
+            constraint,
+            ..TrainerConfig::default()
+        };
+        let mut trainer = Trainer::new(model.clone(), cfg, device).map_err(|e| e.to_string())?;
+        let latents = normal::<B>(&mut rng, [b, n, c], device);
+        let reward_host: Vec<f32> = (0..b * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let batch = SrumBatch {
+            prompts: pick(&mut rng, b),
+            latents,
+            anchor: None,
+            reward: Tensor::from_data(TensorData::new(reward_host, [b, n]), device),
+        };
+        let s = time(a.iters, || {
+            trainer
+                .step(batch.clone())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })?;
+        record(op, s, b);
+    }
+
+    let sampler = EulerSampler::new(EulerSamplerConfig::default());
+    let ps = pick(&mut rng, 64);
+    let s = time(a.iters.min(3), || {
+        let mut r = ChaCha8Rng::seed_from_u64(1);
+        generate(
+            &inner,
+            &ps,
+            (size, size),
+            &sampler,
+            64,
+            &mut r,
+            &inner_device,
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    })?;
+    record("sample", s, 64);
+
+    let imgs: Vec<PixelImage> = (0..64)
+        .map(|_| PixelImage::filled(size, size, [1.0; 3]))
+        .collect();
+    let images = PixelImage::to_tensor::<B::InnerBackend>(&imgs, &inner_device)
+        .map_err(|e| e.to_string())?;
+    let text = inner.text_batch(&ps).map_err(|e| e.to_string())?;
+    let s = time(a.iters, || {
+        let l = inner
+            .understand(images.clone(), &text)
+            .map_err(|e| e.to_string())?;
+        l.into_data();
+        Ok(())
+    })?;
+    record("understand", s, 64);
+
+    let composer = RewardComposer::new(RewardComposerConfig::default());
+    for side in [512usize, 1024] {
+        let f = side as f64;
+        let judgement = Judgement {
+            global: Some(0.3),
+            regions: (0..5)
+                .map(|k| ScoredRegion {
+                    bbox: BBox::new(
+                        0.1 * f * k as f64,
+                        0.05 * f * k as f64,
+                        0.1 * f * k as f64 + 0.4 * f,
+                        0.05 * f * k as f64 + 0.5 * f,
+                    ),
+                    object: format!("object {k}"),
+                    score: 0.4 * k as f32 - 0.8,
+                })
+                .collect(),
+        };
+        let s = time(a.iters * 4, || {
+            let (map, _) = composer.compose(&judgement, side, side);
+            std::hint::black_box(map);
+            Ok(())
+        })?;
+        record(&format!("reward_map_{side}"), s, 1);
+    }
+
+    let out = serde_json::json!({
+        "implementation": "srum (burn 0.21)",
+        "device": name,
+        "threads": std::env::var("RAYON_NUM_THREADS").ok(),
+        "ops": ops,
+    });
+    std::fs::write(&a.json, serde_json::to_string_pretty(&out).unwrap_or_default())
+        .map_err(|e| format!("{}: {e}", a.json.display()))
+}
+
+fn main() -> ExitCode {
+    let result = parse_args().and_then(|a| match a.device.as_str() {
+        "cpu" => run::<Autodiff<burn::backend::Flex>>(&a, &Default::default(), "cpu (burn flex)"),
+        #[cfg(feature = "cuda")]
+        "cuda" => run::<Autodiff<burn::backend::Cuda>>(&a, &Default::default(), "cuda (burn cuda)"),
+        other => Err(format!(
+            "--device {other}: this build has cpu{}",
+            if cfg!(feature = "cuda") { " and cuda" } else { "" }
+        )),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
