@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The comparison of bench_vs_pytorch.sh on a CUDA GPU, for a machine with Python and PyTorch
+# (CUDA build) but no Rust: our peer is built elsewhere with
+#   cargo bench --bench peer --no-run --features cuda
+# and its executable carried over.
+#
+#   scripts/gpu_check.sh PEER_EXE [MODEL_DIR]    (default assets/tiny-umm)
+#   env: PYTHON (default python3), ITERS (default 5), OUT (where the JSONs go; default a temp dir)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exe=${1:?usage: scripts/gpu_check.sh PEER_EXE [MODEL_DIR]}
+model=${2:-assets/tiny-umm}
+py=${PYTHON:-python3}
+iters=${ITERS:-5}
+out=${OUT:-$(mktemp -d)}  # the device runner brings $OUT back
+
+$py -c 'import numpy, torch; assert torch.cuda.is_available(), "PyTorch sees no CUDA GPU"'
+"$exe" --device cuda --model "$model" --threads "$(nproc)" --iters "$iters" \
+  --json "$out/ours.json" --dump "$out/dump.safetensors"
+$py benches/reference/peer.py --device cuda --model "$model" --threads "$(nproc)" \
+  --iters "$iters" --json "$out/pytorch.json" --dump "$out/dump.safetensors"
+$py benches/reference/table.py "$out/ours.json" "$out/pytorch.json" \
+  --machine "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -n1)"
