@@ -35,6 +35,9 @@ pub enum SrumError {
     /// Tensors or inputs of incompatible shapes.
     #[error("shape mismatch: {0}")]
     Shape(String),
+    /// Input data had nothing usable; the message names the file and the first problems.
+    #[error("{0}")]
+    Data(String),
     /// A checkpoint could not be saved or restored.
     #[error("checkpoint {path}: {message}")]
     Checkpoint {

@@ -15,6 +15,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(c.lambda >= 0.0 && c.lambda.is_finite());
         assert!(c.grad_accum_steps >= 1);
     }
+    // The CLI's reader: partial JSON merged onto the defaults, validated inside.
+    if let Ok(c) = TrainerConfig::from_json_partial(data) {
+        assert!(c.lr > 0.0 && c.lr.is_finite());
+        assert!(c.lambda >= 0.0 && c.lambda.is_finite());
+    }
     if let Ok(t) = serde_json::from_slice::<JudgeTemplates>(data)
         && t.validate().is_ok()
     {

@@ -7,7 +7,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::records::{RecordReader, TrainingRecord};
+use super::records::{ReadStats, RecordReader, TrainingRecord};
 use crate::error::{Result, SrumError};
 use crate::image::PixelImage;
 use crate::reward::{ComposeStats, RewardComposer, RewardMap};
@@ -60,6 +60,8 @@ pub struct DatasetStats {
     pub skipped: Vec<String>,
     /// Composer repairs over all items.
     pub compose: ComposeStats,
+    /// What the record reader repaired or dropped (bad lines, regions without score or box).
+    pub records: ReadStats,
 }
 
 /// The items, in file order.
@@ -69,21 +71,36 @@ pub struct RewardDataset {
     pub items: Vec<RewardItem>,
 }
 
-fn load_image(path: &Path, size: (usize, usize)) -> std::result::Result<PixelImage, String> {
-    let img = image::open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .to_rgb8();
-    if (img.width() as usize, img.height() as usize) != size {
-        return Err(format!(
-            "{}: {}x{} image, expected {}x{}",
-            path.display(),
-            img.width(),
-            img.height(),
-            size.0,
-            size.1
-        ));
+/// Loads an 8-bit RGB image that must be `size = (W, H)`: the size is checked from the header
+/// before anything is decoded, and any other channel layout is refused rather than converted,
+/// since it means the file is not what the pipeline wrote.
+pub fn load_rgb_image(path: &Path, size: (usize, usize)) -> std::result::Result<PixelImage, String> {
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| at(&e))?
+        .with_guessed_format()
+        .map_err(|e| at(&e))?;
+    let (w, h) = reader.into_dimensions().map_err(|e| at(&e))?;
+    if (w as usize, h as usize) != size {
+        return Err(at(&format!(
+            "{w}x{h} image, expected {}x{}",
+            size.0, size.1
+        )));
     }
-    PixelImage::from_rgb8(size.0, size.1, img.as_raw()).map_err(|e| e.to_string())
+    let img = image::ImageReader::open(path)
+        .map_err(|e| at(&e))?
+        .with_guessed_format()
+        .map_err(|e| at(&e))?
+        .decode()
+        .map_err(|e| at(&e))?;
+    let image::DynamicImage::ImageRgb8(rgb) = img else {
+        return Err(at(&format!(
+            "{:?} image with {} channel(s); expected 8-bit RGB (3 channels)",
+            img.color(),
+            img.color().channel_count()
+        )));
+    };
+    PixelImage::from_rgb8(size.0, size.1, rgb.as_raw()).map_err(|e| at(&e))
 }
 
 impl RewardDataset {
@@ -99,7 +116,8 @@ impl RewardDataset {
     ) -> Result<(Self, DatasetStats)> {
         let mut stats = DatasetStats::default();
         let mut items = Vec::new();
-        for item in RecordReader::<_, TrainingRecord>::open(records)? {
+        let mut reader = RecordReader::<_, TrainingRecord>::open(records)?;
+        for item in reader.by_ref() {
             let (line, rec) = match item {
                 Ok(r) => r,
                 Err(e) => {
@@ -109,7 +127,7 @@ impl RewardDataset {
             };
             let at = |m: String| format!("{}:{line}: {m}", records.display());
             let image = match contained_path(images, &rec.bad_image_file)
-                .and_then(|p| load_image(&p, image_size))
+                .and_then(|p| load_rgb_image(&p, image_size))
             {
                 Ok(i) => i,
                 Err(e) => {
@@ -119,7 +137,7 @@ impl RewardDataset {
             };
             let anchor = if rec.good_image_file != rec.bad_image_file {
                 match contained_path(images, &rec.good_image_file)
-                    .and_then(|p| load_image(&p, image_size))
+                    .and_then(|p| load_rgb_image(&p, image_size))
                 {
                     Ok(i) => Some(i),
                     Err(e) => {
@@ -140,12 +158,19 @@ impl RewardDataset {
             });
         }
         stats.items = items.len();
+        stats.records = reader.stats();
         if items.is_empty() {
-            return Err(SrumError::Record {
-                path: records.to_path_buf(),
-                line: 0,
-                message: format!("no usable record ({} skipped)", stats.skipped.len()),
-            });
+            let mut why: Vec<String> = stats.skipped.iter().take(5).cloned().collect();
+            if stats.skipped.len() > 5 {
+                why.push(format!("and {} more", stats.skipped.len() - 5));
+            }
+            return Err(SrumError::Data(format!(
+                "{}: no usable record ({} skipped){}{}",
+                records.display(),
+                stats.skipped.len(),
+                if why.is_empty() { "" } else { ":\n  " },
+                why.join("\n  ")
+            )));
         }
         Ok((Self { items }, stats))
     }

@@ -5,7 +5,7 @@ mod dataset;
 mod records;
 mod scorer;
 
-pub use dataset::{DatasetStats, RewardDataset, RewardItem, contained_path};
+pub use dataset::{DatasetStats, RewardDataset, RewardItem, contained_path, load_rgb_image};
 pub use records::{
     GLOBAL_OBJECT, JsonRecord, MAX_IMAGE_PIXELS, ReadStats, RecordReader, TrainingRecord,
     parse_training_record,

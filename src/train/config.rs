@@ -73,6 +73,36 @@ impl Default for TrainerConfig {
 }
 
 impl TrainerConfig {
+    /// Reads settings from JSON that names only the fields it changes; the rest keep their
+    /// defaults (the published recipe). An unknown field is an error naming it, so a typo never
+    /// silently leaves a default in place. The result is validated.
+    pub fn from_json_partial(bytes: &[u8]) -> Result<Self> {
+        let given: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| SrumError::Data(e.to_string()))?;
+        let serde_json::Value::Object(given) = given else {
+            return Err(SrumError::Data("must be a JSON object".into()));
+        };
+        let mut merged = serde_json::to_value(Self::default())
+            .map_err(|e| SrumError::Training(format!("default config: {e}")))?;
+        let serde_json::Value::Object(fields) = &mut merged else {
+            return Err(SrumError::Training("default config is not an object".into()));
+        };
+        for (k, v) in given {
+            if !fields.contains_key(&k) {
+                let known: Vec<&str> = fields.keys().map(String::as_str).collect();
+                return Err(SrumError::Data(format!(
+                    "unknown field `{k}`; known fields: {}",
+                    known.join(", ")
+                )));
+            }
+            fields.insert(k, v);
+        }
+        let config: Self =
+            serde_json::from_value(merged).map_err(|e| SrumError::Data(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Rejects impossible values, naming the field.
     pub fn validate(&self) -> Result<()> {
         let pos = |ok: bool, field: &'static str, v: String| {

@@ -250,20 +250,8 @@ fn judge_with<M: srum::model::UnifiedModel<Flex>>(
         let mut images = Vec::new();
         let mut items = Vec::new();
         for (line, m) in chunk {
-            let img = crate::contained_path(&a.images, &m.file).and_then(|p| {
-                let img = image::open(&p)
-                    .map_err(|e| format!("{}: {e}", p.display()))?
-                    .to_rgb8();
-                if img.width() as usize != size || img.height() as usize != size {
-                    return Err(format!(
-                        "{}: {}x{} image, the model takes {size}x{size}",
-                        p.display(),
-                        img.width(),
-                        img.height()
-                    ));
-                }
-                PixelImage::from_rgb8(size, size, img.as_raw()).map_err(|e| e.to_string())
-            });
+            let img = crate::contained_path(&a.images, &m.file)
+                .and_then(|p| srum::data::load_rgb_image(&p, (size, size)));
             match img {
                 Ok(img) => {
                     images.push(img);

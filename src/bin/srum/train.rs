@@ -70,8 +70,7 @@ fn config(a: &TrainArgs) -> Result<TrainerConfig, String> {
     let mut c = match &a.config {
         Some(p) => {
             let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            serde_json::from_slice::<TrainerConfig>(&bytes)
-                .map_err(|e| format!("{}: {e}", p.display()))?
+            TrainerConfig::from_json_partial(&bytes).map_err(|e| format!("{}: {e}", p.display()))?
         }
         None => TrainerConfig::default(),
     };
@@ -147,10 +146,19 @@ pub fn run_train(a: TrainArgs) -> Result<ExitCode, String> {
     for s in &stats.skipped {
         eprintln!("warning: {s} (skipped)");
     }
+    let (r, c) = (&stats.records, &stats.compose);
     eprintln!(
-        "{} training items, {} skipped",
+        "{} training items, {} skipped; records: {} bad lines, regions dropped ({} without score, \
+         {} with a bad bbox); scores: {} clamped into [-1, 1], {} non-finite dropped; \
+         {} boxes empty or outside the image",
         stats.items,
-        stats.skipped.len()
+        stats.skipped.len(),
+        r.bad_lines,
+        r.regions_without_score,
+        r.regions_bad_bbox,
+        c.clamped_scores,
+        c.non_finite_scores,
+        c.invalid_boxes,
     );
     let seed = trainer.config().seed;
     let mut metrics = std::fs::OpenOptions::new()
