@@ -7,9 +7,11 @@
 mod composer;
 mod heatmap;
 mod judgement;
+mod picture;
 mod resize;
 
 pub use composer::{Combine, ComposeStats, RewardComposer, RewardComposerConfig, RewardMode};
 pub use heatmap::heat_colour;
 pub use judgement::{BBox, Judgement, ScoredRegion};
+pub use picture::reward_picture;
 pub use resize::{RewardMap, resize_bilinear};

@@ -1,5 +1,6 @@
 //! `srum`: the command-line face of the library. Each subcommand is a thin layer over it.
 
+mod demo;
 mod judge;
 mod reward_map;
 mod train;
@@ -47,6 +48,9 @@ enum Command {
     Generate(world::GenerateArgs),
     /// Score generations of the held-out prompts with the oracle; print the per-category table.
     Eval(world::EvalArgs),
+    /// The whole loop on the shipped model: evaluate, roll out, self-judge, train, evaluate
+    /// again; prints the before/after table per category.
+    Demo(demo::DemoArgs),
 }
 
 pub use srum::data::contained_path;
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => world::run_generate(a),
         Command::Train(a) => train::run_train(a),
         Command::Eval(a) => world::run_eval(a),
+        Command::Demo(a) => demo::run_demo(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e}");

@@ -14,7 +14,7 @@ use srum::tiny::{PretrainConfig, TinyUmm, TinyUmmConfig, build_tokenizer, pretra
 
 type Ad = Autodiff<Flex>;
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub fn bar(len: u64, what: &str) -> ProgressBar {
     let style = ProgressStyle::with_template(&format!(
         "{what} {{bar:40}} {{pos}}/{{len}} [{{elapsed}} < {{eta}}] {{msg}}"
     ))
@@ -174,7 +174,7 @@ pub struct GenerateArgs {
 pub struct SamplingArgs {
     /// Seed of the noise.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub seed: u64,
     /// Euler steps.
     #[arg(long, default_value_t = 20)]
     steps: usize,
@@ -184,7 +184,7 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    fn sampler(&self) -> Result<EulerSampler, String> {
+    pub fn sampler(&self) -> Result<EulerSampler, String> {
         let s = EulerSampler::new(EulerSamplerConfig {
             steps: self.steps,
             guidance_scale: self.guidance,
