@@ -130,16 +130,13 @@ fn run<B: AutodiffBackend>(a: &Args, device: &B::Device, name: &str) -> Result<(
             .convert::<i64>()
             .into_vec::<i64>()
             .map_err(|e| format!("{e:?}"))?;
-        let pad: Vec<u8> = text
-            .pad
-            .clone()
-            .into_data()
-            .into_vec::<bool>()
-            .map_err(|e| format!("{e:?}"))?
-            .into_iter()
-            .map(u8::from)
-            .collect();
+        // The padding mask, rebuilt from the ids (slot 0 is `[CLS]`, `[PAD]` is id 0): bool
+        // tensors read back differently per backend (u8 on CUDA).
         let m = ids.len() / b;
+        let pad: Vec<u8> = ids
+            .chunks(m)
+            .flat_map(|row| std::iter::once(0u8).chain(row.iter().map(|&t| u8::from(t == 0))))
+            .collect();
         let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
             ("x_t", Dtype::F32, vec![b, n, c], bytes(&host(x_t)?)),

@@ -5,7 +5,8 @@
 # and its executable carried over.
 #
 #   scripts/gpu_check.sh PEER_EXE [MODEL_DIR]    (default assets/tiny-umm)
-#   env: PYTHON (default python3), ITERS (default 5), OUT (where the JSONs go; default a temp dir)
+#   env: PYTHON (default python3), ITERS (default 5), OUT (where the JSONs go; default a temp dir),
+#        TOLERANCE (equivalence bound, default 1e-4), PEER_ARGS (more peer.py flags, e.g. --tf32)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exe=${1:?usage: scripts/gpu_check.sh PEER_EXE [MODEL_DIR]}
@@ -18,6 +19,7 @@ $py -c 'import numpy, torch; assert torch.cuda.is_available(), "PyTorch sees no 
 "$exe" --device cuda --model "$model" --threads "$(nproc)" --iters "$iters" \
   --json "$out/ours.json" --dump "$out/dump.safetensors"
 $py benches/reference/peer.py --device cuda --model "$model" --threads "$(nproc)" \
-  --iters "$iters" --json "$out/pytorch.json" --dump "$out/dump.safetensors"
+  --iters "$iters" --json "$out/pytorch.json" --dump "$out/dump.safetensors" \
+  --tolerance "${TOLERANCE:-1e-4}" ${PEER_ARGS:-}
 $py benches/reference/table.py "$out/ours.json" "$out/pytorch.json" \
   --machine "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -n1)"

@@ -1,7 +1,9 @@
-//! Both SRUM stages in miniature on the toy model: the generator samples images, the model's own
-//! understanding scores them, the scores become reward maps, and `Trainer::step` learns from them.
+//! Embedding `srum` in your own loop, without the CLI: both SRUM stages in miniature on the toy
+//! model. The generator samples images, `SelfEvaluator` has the model's own understanding score
+//! them, `RewardComposer` turns the scores into reward maps, and `Trainer::step` learns from
+//! them. Swap `ToyUmm` for your `UnifiedModel` implementation and keep the loop.
 //!
-//! `cargo run --example train_toy`
+//! `cargo run --example custom_pipeline`
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
