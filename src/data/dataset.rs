@@ -74,7 +74,10 @@ pub struct RewardDataset {
 /// Loads an 8-bit RGB image that must be `size = (W, H)`: the size is checked from the header
 /// before anything is decoded, and any other channel layout is refused rather than converted,
 /// since it means the file is not what the pipeline wrote.
-pub fn load_rgb_image(path: &Path, size: (usize, usize)) -> std::result::Result<PixelImage, String> {
+pub fn load_rgb_image(
+    path: &Path,
+    size: (usize, usize),
+) -> std::result::Result<PixelImage, String> {
     let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let reader = image::ImageReader::open(path)
         .map_err(|e| at(&e))?

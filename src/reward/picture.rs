@@ -25,9 +25,17 @@ pub fn reward_picture(
     let mut out = vec![255u8; width * ph * 3];
     let full = map.resize(ih, iw);
     let lo = full.values.iter().copied().fold(f32::INFINITY, f32::min);
-    let hi = full.values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let hi = full
+        .values
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
     // Signed maps are in [-1, 1]; unsigned ones in [0, 1].
-    let (lo, hi) = if lo < 0.0 { (-1.0, 1.0) } else { (0.0, hi.max(1.0)) };
+    let (lo, hi) = if lo < 0.0 {
+        (-1.0, 1.0)
+    } else {
+        (0.0, hi.max(1.0))
+    };
     let pixel = |x: usize, y: usize| -> [u8; 3] {
         let i = (y * iw + x) * 3;
         [0, 1, 2].map(|c| (image.data[i + c].clamp(0.0, 1.0) * 255.0).round() as u8)
@@ -50,7 +58,12 @@ pub fn reward_picture(
             continue;
         };
         let colour = heat_colour((r.score.clamp(-1.0, 1.0) + 1.0) / 2.0);
-        let (x0, y0, x1, y1) = (x0 * scale, y0 * scale, (x1 * scale).max(1) - 1, (y1 * scale).max(1) - 1);
+        let (x0, y0, x1, y1) = (
+            x0 * scale,
+            y0 * scale,
+            (x1 * scale).max(1) - 1,
+            (y1 * scale).max(1) - 1,
+        );
         let mut put = |x: usize, y: usize| {
             if x < pw && y < ph {
                 let o = (y * width + pw + GAP + x) * 3;
@@ -92,7 +105,7 @@ mod tests {
         // Panel 1 is the white image; panel 2 has the box corner in the +1 colour.
         assert_eq!(at(0, 0), &[255, 255, 255]);
         assert_eq!(at(16 + GAP + 4, 4), &heat_colour(1.0));
-        assert_eq!(at(16 + GAP + 0, 0), &[255, 255, 255]);
+        assert_eq!(at(16 + GAP, 0), &[255, 255, 255]);
         // Panel 3 blends white with the heat colour of 0.5.
         let c = heat_colour(0.5);
         assert_eq!(at(2 * (16 + GAP), 0)[0], ((255 + c[0] as u16) / 2) as u8);

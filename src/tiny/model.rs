@@ -282,8 +282,9 @@ impl<B: Backend> TinyUmm<B> {
         ))
     }
 
-    /// `P(yes)` for each (image, prompt) pair: the product of the network's answers for the
-    /// prompt's [`atoms`] (a compound prompt holds when each of its parts does).
+    /// `P(yes)` for each (image, prompt) pair: the least of the network's answers for the
+    /// prompt's [`atoms`] (a compound prompt holds when each of its parts does; the minimum is
+    /// that "and" without the product's bias against prompts with more parts).
     pub fn match_probability(&self, images: &[PixelImage], prompts: &[String]) -> Result<Vec<f32>> {
         let (mut imgs, mut texts, mut owner) = (Vec::new(), Vec::new(), Vec::new());
         for (i, (img, p)) in images.iter().zip(prompts).enumerate() {
@@ -296,7 +297,7 @@ impl<B: Backend> TinyUmm<B> {
         let p = self.atom_probability(&imgs, &texts)?;
         let mut out = vec![1f32; prompts.len()];
         for (k, i) in owner.into_iter().enumerate() {
-            out[i] *= p[k];
+            out[i] = out[i].min(p[k]);
         }
         Ok(out)
     }
@@ -330,9 +331,7 @@ pub fn atoms(prompt: &str) -> Vec<String> {
     let Ok(spec) = PromptSpec::parse(prompt) else {
         return vec![prompt.to_string()];
     };
-    let rel = |a: &Np, r: &crate::world::Relation, b: &Np| {
-        PromptSpec::Relation(*a, *r, *b).text()
-    };
+    let rel = |a: &Np, r: &crate::world::Relation, b: &Np| PromptSpec::Relation(*a, *r, *b).text();
     match &spec {
         PromptSpec::Objects(nps) => nps.iter().map(|n| n.text()).collect(),
         PromptSpec::Count(..) => vec![spec.text()],

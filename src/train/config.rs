@@ -85,7 +85,9 @@ impl TrainerConfig {
         let mut merged = serde_json::to_value(Self::default())
             .map_err(|e| SrumError::Training(format!("default config: {e}")))?;
         let serde_json::Value::Object(fields) = &mut merged else {
-            return Err(SrumError::Training("default config is not an object".into()));
+            return Err(SrumError::Training(
+                "default config is not an object".into(),
+            ));
         };
         for (k, v) in given {
             if !fields.contains_key(&k) {

@@ -59,6 +59,21 @@ pub fn evaluate_generation<B: Backend, M: UnifiedModel<B>>(
     })
 }
 
+/// Understanding accuracy, overall and broken down.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnderstandingReport {
+    /// Fraction answered correctly.
+    pub accuracy: f32,
+    /// Fraction of matching pairs answered yes.
+    pub yes_accuracy: f32,
+    /// Fraction of hard negatives answered no.
+    pub no_accuracy: f32,
+    /// Accuracy per prompt category.
+    pub per_category: std::collections::BTreeMap<String, f32>,
+    /// Pairs asked.
+    pub n: usize,
+}
+
 /// Understanding accuracy on `n` image/prompt pairs from `prompts`: half renders of the prompt
 /// (answer should be yes, global self-score > 0), half renders of a hard negative (no).
 pub fn understanding_accuracy<B: Backend, M: UnifiedModel<B>>(
@@ -69,6 +84,18 @@ pub fn understanding_accuracy<B: Backend, M: UnifiedModel<B>>(
     seed: u64,
     device: &B::Device,
 ) -> Result<f32> {
+    Ok(understanding_report(model, prompts, size, n, seed, device)?.accuracy)
+}
+
+/// [`understanding_accuracy`] with its breakdown by label and category.
+pub fn understanding_report<B: Backend, M: UnifiedModel<B>>(
+    model: &M,
+    prompts: &[PromptSpec],
+    size: usize,
+    n: usize,
+    seed: u64,
+    device: &B::Device,
+) -> Result<UnderstandingReport> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let evaluator = SelfEvaluator::new(
         SelfEvaluatorConfig {
@@ -78,29 +105,46 @@ pub fn understanding_accuracy<B: Backend, M: UnifiedModel<B>>(
         },
         GridProposer { rows: 1, cols: 1 },
     )?;
-    let mut correct = 0usize;
+    // (correct, asked) per label and per category.
+    let (mut yes, mut no) = ((0usize, 0usize), (0usize, 0usize));
+    let mut cats: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
     let mut done = 0usize;
     while done < n {
         let m = (n - done).min(64);
         let (mut imgs, mut texts, mut labels) = (Vec::new(), Vec::new(), Vec::new());
         for k in 0..m {
             let p = &prompts[(done + k) % prompts.len()];
-            let yes = (done + k).is_multiple_of(2);
-            let shown = if yes { p.clone() } else { p.corrupt(&mut rng) };
+            let is_yes = (done + k).is_multiple_of(2);
+            let shown = if is_yes {
+                p.clone()
+            } else {
+                p.corrupt(&mut rng)
+            };
             imgs.push(shown.sample_scene(&mut rng, size).render(size));
             texts.push(p.text());
-            labels.push(yes);
+            labels.push((is_yes, p.category().name().to_string()));
         }
         let out = evaluator.judge(model, PixelImage::to_tensor::<B>(&imgs, device)?, &texts)?;
-        for (o, yes) in out.iter().zip(labels) {
+        for (o, (is_yes, cat)) in out.iter().zip(labels) {
             let said_yes = o.judgement.global.unwrap_or(0.0) > 0.0;
-            if said_yes == yes && !o.global_defaulted {
-                correct += 1;
-            }
+            let ok = usize::from(said_yes == is_yes && !o.global_defaulted);
+            let tally = if is_yes { &mut yes } else { &mut no };
+            tally.0 += ok;
+            tally.1 += 1;
+            let c = cats.entry(cat).or_default();
+            c.0 += ok;
+            c.1 += 1;
         }
         done += m;
     }
-    Ok(correct as f32 / n.max(1) as f32)
+    let frac = |(c, a): (usize, usize)| c as f32 / a.max(1) as f32;
+    Ok(UnderstandingReport {
+        accuracy: frac((yes.0 + no.0, yes.1 + no.1)),
+        yes_accuracy: frac(yes),
+        no_accuracy: frac(no),
+        per_category: cats.into_iter().map(|(k, v)| (k, frac(v))).collect(),
+        n,
+    })
 }
 
 /// Spearman rank correlation (average ranks for ties).

@@ -10,8 +10,8 @@ mod oracle;
 mod scene;
 
 pub use eval::{
-    Agreement, GenerationEval, evaluate_generation, self_oracle_agreement, spearman,
-    understanding_accuracy,
+    Agreement, GenerationEval, UnderstandingReport, evaluate_generation, self_oracle_agreement,
+    spearman, understanding_accuracy, understanding_report,
 };
 pub use grammar::{Category, Np, PromptSpec, Relation, Split, all_prompts, split_prompts};
 pub use oracle::{Detection, Oracle, OracleReport};

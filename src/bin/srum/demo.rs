@@ -30,7 +30,7 @@ pub struct DemoArgs {
     /// Model directory to start from.
     #[arg(long, default_value = "assets/tiny-umm")]
     checkpoint: PathBuf,
-    /// Output folder: rollout/ (images, manifest), pictures/ (reward pictures), metrics.jsonl,
+    /// Output folder: rollout/ (images, one manifest per round), pictures/ (reward pictures), metrics.jsonl,
     /// model/ (the trained model), results.json.
     #[arg(long, default_value = "demo-out")]
     out: PathBuf,
@@ -40,7 +40,11 @@ pub struct DemoArgs {
     /// Candidates generated per prompt.
     #[arg(long, default_value_t = 4)]
     candidates: usize,
-    /// Optimizer steps of reward-weighted training.
+    /// Rounds of rollout, self-judgement and training, each starting from the last round's
+    /// model (the paper does one).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Optimizer steps of reward-weighted training per round.
     #[arg(long, default_value_t = 200)]
     train_steps: usize,
     /// Images per optimizer step.
@@ -69,17 +73,26 @@ pub struct DemoArgs {
 }
 
 fn save_png(path: &std::path::Path, w: usize, h: usize, rgb: &[u8]) -> Result<(), String> {
-    image::save_buffer(path, rgb, w as u32, h as u32, image::ExtendedColorType::Rgb8)
-        .map_err(|e| format!("{}: {e}", path.display()))
+    image::save_buffer(
+        path,
+        rgb,
+        w as u32,
+        h as u32,
+        image::ExtendedColorType::Rgb8,
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
-    if a.prompts == 0 || a.candidates == 0 || a.train_steps == 0 || a.batch == 0 {
-        return Err("--prompts, --candidates, --train-steps and --batch must be at least 1".into());
+    if a.prompts == 0 || a.candidates == 0 || a.train_steps == 0 || a.batch == 0 || a.rounds == 0 {
+        return Err(
+            "--prompts, --candidates, --rounds, --train-steps and --batch must be at least 1"
+                .into(),
+        );
     }
     let start = Instant::now();
     let device = Default::default();
-    let (model, config) =
+    let (mut model, config) =
         TinyUmm::<Ad>::load_dir(&a.checkpoint, &device).map_err(|e| e.to_string())?;
     let size = config.image_size;
     let grid = model.latent_grid(size, size);
@@ -91,33 +104,33 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
             .map_err(|e| format!("{}: {e}", a.out.join(sub).display()))?;
     }
 
-    let evaluate = |m: &TinyUmm<Flex>, label: &str| -> Result<(OracleReport, Option<f32>), String> {
-        let pb = bar((heldout.len() * a.samples) as u64, label);
-        let ev = evaluate_generation(
-            m,
-            &heldout,
-            size,
-            &sampler,
-            a.samples,
-            eval_seed,
-            &device,
-            |n| pb.inc(n as u64),
-        )
-        .map_err(|e| e.to_string())?;
-        pb.finish_and_clear();
-        let und = if a.understanding > 0 {
-            Some(
-                understanding_accuracy(m, &heldout, size, a.understanding, eval_seed, &device)
-                    .map_err(|e| e.to_string())?,
+    let evaluate =
+        |m: &TinyUmm<Flex>, label: &str| -> Result<(OracleReport, Option<f32>), String> {
+            let pb = bar((heldout.len() * a.samples) as u64, label);
+            let ev = evaluate_generation(
+                m,
+                &heldout,
+                size,
+                &sampler,
+                a.samples,
+                eval_seed,
+                &device,
+                |n| pb.inc(n as u64),
             )
-        } else {
-            None
+            .map_err(|e| e.to_string())?;
+            pb.finish_and_clear();
+            let und = if a.understanding > 0 {
+                Some(
+                    understanding_accuracy(m, &heldout, size, a.understanding, eval_seed, &device)
+                        .map_err(|e| e.to_string())?,
+                )
+            } else {
+                None
+            };
+            Ok((ev.report, und))
         };
-        Ok((ev.report, und))
-    };
     let (before, und_before) = evaluate(&model.valid(), "evaluating (before)")?;
 
-    // Stage 1: rollout and self-judgement. The judge sees pixels and prompts only.
     let mut train: Vec<String> = split_prompts(Split::Train, 0)
         .into_iter()
         .filter(|p| p.category() != Category::Single)
@@ -126,112 +139,145 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(a.sampling.seed);
     train.shuffle(&mut rng);
     train.truncate(a.prompts);
-    let rollout_prompts: Vec<String> = train
-        .iter()
-        .flat_map(|p| std::iter::repeat_n(p.clone(), a.candidates))
-        .collect();
-    let inner = model.valid();
-    let pb = bar(rollout_prompts.len() as u64, "rollout");
-    let mut images = Vec::with_capacity(rollout_prompts.len());
-    for chunk in rollout_prompts.chunks(64) {
-        let imgs = srum::flow::generate(&inner, chunk, (size, size), &sampler, 64, &mut rng, &device)
-            .map_err(|e| e.to_string())?;
-        pb.inc(imgs.len() as u64);
-        images.extend(imgs);
-    }
-    pb.finish_and_clear();
-    let evaluator = SelfEvaluator::new(SelfEvaluatorConfig::default(), ConnectedComponents::default())
+    let mut metrics = String::new();
+    for round in 0..a.rounds {
+        // Stage 1: rollout and self-judgement. The judge sees pixels and prompts only.
+        let rollout_prompts: Vec<String> = train
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.clone(), a.candidates))
+            .collect();
+        let inner = model.valid();
+        let pb = bar(
+            rollout_prompts.len() as u64,
+            &format!("round {}: rollout", round + 1),
+        );
+        let mut images = Vec::with_capacity(rollout_prompts.len());
+        for chunk in rollout_prompts.chunks(64) {
+            let imgs =
+                srum::flow::generate(&inner, chunk, (size, size), &sampler, 64, &mut rng, &device)
+                    .map_err(|e| e.to_string())?;
+            pb.inc(imgs.len() as u64);
+            images.extend(imgs);
+        }
+        pb.finish_and_clear();
+        let evaluator = SelfEvaluator::new(
+            SelfEvaluatorConfig::default(),
+            ConnectedComponents::default(),
+        )
         .map_err(|e| e.to_string())?;
-    let composer = RewardComposer::new(RewardComposerConfig {
-        mode: match a.reward.as_str() {
-            "global" => RewardMode::GlobalOnly,
-            "local" => RewardMode::LocalOnly,
-            _ => RewardMode::Dual,
-        },
-        ..Default::default()
-    });
-    let pb = bar(images.len() as u64, "self-judging");
-    let (mut maps, mut manifest, mut mean_reward) = (Vec::new(), String::new(), 0f64);
-    for (k, (imgs, ps)) in images.chunks(64).zip(rollout_prompts.chunks(64)).enumerate() {
-        let out = evaluator
-            .judge(&inner, PixelImage::to_tensor::<Flex>(imgs, &device).map_err(|e| e.to_string())?, ps)
-            .map_err(|e| e.to_string())?;
-        for (j, o) in out.iter().enumerate() {
-            let i = k * 64 + j;
-            let (map, _) = composer.compose_latent(&o.judgement, (size, size), grid);
-            mean_reward += map.mean() as f64;
-            let file = format!("{i:05}.png");
-            save_png(&a.out.join("rollout").join(&file), size, size, &imgs[j].to_rgb8())?;
-            manifest.push_str(
+        let composer = RewardComposer::new(RewardComposerConfig {
+            mode: match a.reward.as_str() {
+                "global" => RewardMode::GlobalOnly,
+                "local" => RewardMode::LocalOnly,
+                _ => RewardMode::Dual,
+            },
+            ..Default::default()
+        });
+        let pb = bar(
+            images.len() as u64,
+            &format!("round {}: self-judging", round + 1),
+        );
+        let (mut maps, mut manifest, mut mean_reward) = (Vec::new(), String::new(), 0f64);
+        for (k, (imgs, ps)) in images
+            .chunks(64)
+            .zip(rollout_prompts.chunks(64))
+            .enumerate()
+        {
+            let out = evaluator
+                .judge(
+                    &inner,
+                    PixelImage::to_tensor::<Flex>(imgs, &device).map_err(|e| e.to_string())?,
+                    ps,
+                )
+                .map_err(|e| e.to_string())?;
+            for (j, o) in out.iter().enumerate() {
+                let i = k * 64 + j;
+                let (map, _) = composer.compose_latent(&o.judgement, (size, size), grid);
+                mean_reward += map.mean() as f64;
+                let file = format!("r{}-{i:05}.png", round + 1);
+                save_png(
+                    &a.out.join("rollout").join(&file),
+                    size,
+                    size,
+                    &imgs[j].to_rgb8(),
+                )?;
+                manifest.push_str(
                 &serde_json::json!({"index": i, "prompt": ps[j], "file": file, "judgement": o.judgement})
                     .to_string(),
             );
-            manifest.push('\n');
-            if i < a.pictures {
-                let (w, h, rgb) = reward_picture(&imgs[j], &o.judgement, &map, 8);
-                save_png(&a.out.join("pictures").join(&file), w, h, &rgb)?;
+                manifest.push('\n');
+                if i < a.pictures {
+                    let (w, h, rgb) = reward_picture(&imgs[j], &o.judgement, &map, 8);
+                    save_png(&a.out.join("pictures").join(&file), w, h, &rgb)?;
+                }
+                maps.push(map);
             }
-            maps.push(map);
+            pb.inc(imgs.len() as u64);
         }
-        pb.inc(imgs.len() as u64);
-    }
-    pb.finish_and_clear();
-    srum::train::write_file_atomic(&a.out.join("rollout/manifest.jsonl"), manifest.as_bytes())
-        .map_err(|e| e.to_string())?;
-    eprintln!(
-        "rollout: {} images of {} prompts, mean reward {:.3}",
-        images.len(),
-        train.len(),
-        mean_reward / images.len().max(1) as f64
-    );
+        pb.finish_and_clear();
+        let manifest_path = a.out.join(format!("rollout/manifest-r{}.jsonl", round + 1));
+        srum::train::write_file_atomic(&manifest_path, manifest.as_bytes())
+            .map_err(|e| e.to_string())?;
+        eprintln!(
+            "round {}: {} images of {} prompts, mean reward {:.3}",
+            round + 1,
+            images.len(),
+            train.len(),
+            mean_reward / images.len().max(1) as f64
+        );
 
-    // Stage 2: reward-weighted training.
-    let tc = TrainerConfig {
-        lr: a.lr,
-        warmup_steps: (a.train_steps / 10) as u64,
-        seed: a.sampling.seed,
-        ..TrainerConfig::default()
-    };
-    let mut trainer = Trainer::new(model, tc, &device).map_err(|e| e.to_string())?;
-    let mut order: Vec<usize> = Vec::new();
-    let mut metrics = String::new();
-    let pb = bar(a.train_steps as u64, "training");
-    for _ in 0..a.train_steps {
-        let mut idx = Vec::with_capacity(a.batch);
-        while idx.len() < a.batch {
-            if order.is_empty() {
-                order = (0..images.len()).collect();
-                order.shuffle(&mut rng);
+        // Stage 2: reward-weighted training.
+        let tc = TrainerConfig {
+            lr: a.lr,
+            warmup_steps: (a.train_steps / 10) as u64,
+            seed: a.sampling.seed + round as u64,
+            ..TrainerConfig::default()
+        };
+        let mut trainer = Trainer::new(model, tc, &device).map_err(|e| e.to_string())?;
+        let mut order: Vec<usize> = Vec::new();
+        let pb = bar(
+            a.train_steps as u64,
+            &format!("round {}: training", round + 1),
+        );
+        for _ in 0..a.train_steps {
+            let mut idx = Vec::with_capacity(a.batch);
+            while idx.len() < a.batch {
+                if order.is_empty() {
+                    order = (0..images.len()).collect();
+                    order.shuffle(&mut rng);
+                }
+                idx.extend(order.pop());
             }
-            idx.extend(order.pop());
+            let imgs: Vec<PixelImage> = idx.iter().map(|&i| images[i].clone()).collect();
+            let ms: Vec<RewardMap> = idx.iter().map(|&i| maps[i].clone()).collect();
+            let ps: Vec<String> = idx.iter().map(|&i| rollout_prompts[i].clone()).collect();
+            let latents = trainer
+                .model()
+                .valid()
+                .encode_images(PixelImage::to_tensor(&imgs, &device).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+            let batch = SrumBatch::from_maps(ps, Tensor::from_inner(latents), &ms)
+                .map_err(|e| e.to_string())?;
+            let report = trainer.step(batch).map_err(|e| e.to_string())?;
+            let mut line = serde_json::to_value(&report).map_err(|e| e.to_string())?;
+            line["round"] = serde_json::json!(round + 1);
+            metrics.push_str(&line.to_string());
+            metrics.push('\n');
+            pb.inc(1);
         }
-        let imgs: Vec<PixelImage> = idx.iter().map(|&i| images[i].clone()).collect();
-        let ms: Vec<RewardMap> = idx.iter().map(|&i| maps[i].clone()).collect();
-        let ps: Vec<String> = idx.iter().map(|&i| rollout_prompts[i].clone()).collect();
-        let latents = trainer
-            .model()
-            .valid()
-            .encode_images(PixelImage::to_tensor(&imgs, &device).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-        let batch = SrumBatch::from_maps(ps, Tensor::from_inner(latents), &ms)
-            .map_err(|e| e.to_string())?;
-        let report = trainer.step(batch).map_err(|e| e.to_string())?;
-        metrics.push_str(&serde_json::to_string(&report).map_err(|e| e.to_string())?);
-        metrics.push('\n');
-        pb.inc(1);
+        pb.finish_and_clear();
+        model = trainer.into_model();
     }
-    pb.finish_and_clear();
     srum::train::write_file_atomic(&a.out.join("metrics.jsonl"), metrics.as_bytes())
         .map_err(|e| e.to_string())?;
-    let trained = trainer.into_model();
+    let trained = model;
     trained
         .save_dir(&config, a.out.join("model"))
         .map_err(|e| e.to_string())?;
 
     let (after, und_after) = evaluate(&trained.valid(), "evaluating (after)")?;
-    let mut table = String::from(
-        "| held-out category | before | after | change |\n|---|---:|---:|---:|\n",
-    );
+    let mut table =
+        String::from("| held-out category | before | after | change |\n|---|---:|---:|---:|\n");
     for (cat, (b, _)) in &before.categories {
         let x = after.categories.get(cat).map_or(f32::NAN, |v| v.0);
         table.push_str(&format!("| {cat} | {b:.2} | {x:.2} | {:+.2} |\n", x - b));
@@ -253,7 +299,7 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
     println!("{table}");
     let results = serde_json::json!({
         "checkpoint": a.checkpoint, "reward": a.reward, "prompts": train.len(),
-        "candidates": a.candidates, "train_steps": a.train_steps, "batch": a.batch, "lr": a.lr,
+        "candidates": a.candidates, "rounds": a.rounds, "train_steps": a.train_steps, "batch": a.batch, "lr": a.lr,
         "seed": a.sampling.seed, "eval_seed": eval_seed, "per_category": a.per_category,
         "samples": a.samples, "before": before, "after": after,
         "understanding_before": und_before, "understanding_after": und_after,

@@ -287,7 +287,7 @@ pub struct EvalArgs {
 
 pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
     use srum::world::{
-        Split, evaluate_generation, self_oracle_agreement, split_prompts, understanding_accuracy,
+        Split, evaluate_generation, self_oracle_agreement, split_prompts, understanding_report,
     };
     let device = Default::default();
     let (model, config) =
@@ -330,9 +330,9 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
         "seconds": start.elapsed().as_secs_f64(),
     });
     if let Some(n) = a.understanding {
-        let acc =
-            understanding_accuracy(&model, &prompts, size, n, a.sampling.seed + 1000, &device)
-                .map_err(|e| e.to_string())?;
+        let und = understanding_report(&model, &prompts, size, n, a.sampling.seed + 1000, &device)
+            .map_err(|e| e.to_string())?;
+        let acc = und.accuracy;
         let texts: Vec<String> = (0..a.samples)
             .flat_map(|_| prompts.iter().map(|p| p.text()))
             .collect();
@@ -340,14 +340,22 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
         let agree = self_oracle_agreement(&model, &images, &texts, &oracle, &device)
             .map_err(|e| e.to_string())?;
         println!(
-            "understanding accuracy ({n} pairs, half hard negatives): {:.1}%",
-            100.0 * acc
+            "understanding accuracy ({n} pairs, half hard negatives): {:.1}% (yes {:.1}%, no {:.1}%; {})",
+            100.0 * acc,
+            100.0 * und.yes_accuracy,
+            100.0 * und.no_accuracy,
+            und.per_category
+                .iter()
+                .map(|(k, v)| format!("{k} {:.1}%", 100.0 * v))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         println!(
             "self-judgement vs oracle, Spearman over {} generations: {:.3}",
             agree.n, agree.spearman
         );
         json["understanding_accuracy"] = serde_json::json!(acc);
+        json["understanding"] = serde_json::json!(und);
         json["agreement"] = serde_json::json!(agree);
     }
     if let Some(p) = &a.json {
