@@ -48,7 +48,11 @@ fn run_case(name: &str) -> Result<(), String> {
     }
     let want_ok = case.exit == "ok";
     if out.status.success() != want_ok {
-        problems.push(format!("exit {:?}, expected {}", out.status.code(), case.exit));
+        problems.push(format!(
+            "exit {:?}, expected {}",
+            out.status.code(),
+            case.exit
+        ));
     }
     for p in &case.phrases {
         if !stderr.contains(p.as_str()) {
@@ -58,7 +62,10 @@ fn run_case(name: &str) -> Result<(), String> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(format!("{name}: {}\n--- stderr:\n{stderr}", problems.join("; ")))
+        Err(format!(
+            "{name}: {}\n--- stderr:\n{stderr}",
+            problems.join("; ")
+        ))
     }
 }
 
