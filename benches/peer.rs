@@ -52,7 +52,9 @@ fn parse_args() -> Result<Args, String> {
         json: need("json")?.into(),
         dump: kv.get("dump").map(PathBuf::from),
         iters: match kv.get("iters") {
-            Some(v) => v.parse().map_err(|_| format!("--iters {v}: not a number"))?,
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("--iters {v}: not a number"))?,
             None => 5,
         },
         device: kv.get("device").cloned().unwrap_or_else(|| "cpu".into()),
@@ -122,7 +124,11 @@ fn run<B: AutodiffBackend>(a: &Args, device: &B::Device, name: &str) -> Result<(
         let logits = inner
             .understand(images.clone(), &text)
             .map_err(|e| e.to_string())?;
-        let f32s = |t: TensorData| t.convert::<f32>().into_vec::<f32>().map_err(|e| format!("{e:?}"));
+        let f32s = |t: TensorData| {
+            t.convert::<f32>()
+                .into_vec::<f32>()
+                .map_err(|e| format!("{e:?}"))
+        };
         let ids: Vec<i64> = text
             .ids
             .clone()
@@ -274,8 +280,11 @@ fn run<B: AutodiffBackend>(a: &Args, device: &B::Device, name: &str) -> Result<(
         "threads": std::env::var("RAYON_NUM_THREADS").ok(),
         "ops": ops,
     });
-    std::fs::write(&a.json, serde_json::to_string_pretty(&out).unwrap_or_default())
-        .map_err(|e| format!("{}: {e}", a.json.display()))
+    std::fs::write(
+        &a.json,
+        serde_json::to_string_pretty(&out).unwrap_or_default(),
+    )
+    .map_err(|e| format!("{}: {e}", a.json.display()))
 }
 
 fn main() -> ExitCode {
@@ -285,7 +294,11 @@ fn main() -> ExitCode {
         "cuda" => run::<Autodiff<burn::backend::Cuda>>(&a, &Default::default(), "cuda (burn cuda)"),
         other => Err(format!(
             "--device {other}: this build has cpu{}",
-            if cfg!(feature = "cuda") { " and cuda" } else { "" }
+            if cfg!(feature = "cuda") {
+                " and cuda"
+            } else {
+                ""
+            }
         )),
     });
     match result {
