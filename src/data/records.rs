@@ -19,6 +19,10 @@ use crate::reward::{BBox, Judgement, ScoredRegion};
 /// map. Sizes come from untrusted files, so they are checked before anything is allocated.
 pub const MAX_IMAGE_PIXELS: usize = 1 << 26;
 
+/// Longest record line read (16 MiB); a longer one is skipped, and named, without being held
+/// in memory.
+pub const MAX_LINE_BYTES: usize = 1 << 24;
+
 /// The `object` name that marks the global layout entry in `vlm_rewards`.
 pub const GLOBAL_OBJECT: &str = "global_layout_reward";
 
@@ -173,6 +177,8 @@ pub struct RecordReader<R, T = TrainingRecord> {
     line_no: usize,
     buf: String,
     stats: ReadStats,
+    /// Set after an I/O error other than bad UTF-8: reading further would repeat it forever.
+    failed: bool,
     _record: std::marker::PhantomData<T>,
 }
 
@@ -194,6 +200,7 @@ impl<R: BufRead, T: JsonRecord> RecordReader<R, T> {
             line_no: 0,
             buf: String::new(),
             stats: ReadStats::default(),
+            failed: false,
             _record: std::marker::PhantomData,
         }
     }
@@ -204,18 +211,59 @@ impl<R: BufRead, T: JsonRecord> RecordReader<R, T> {
     }
 }
 
+/// Consumes input up to and including the next newline (or the end).
+fn skip_line<R: BufRead>(source: &mut R) -> std::io::Result<()> {
+    loop {
+        let chunk = source.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                source.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = chunk.len();
+                source.consume(n);
+            }
+        }
+    }
+}
+
 impl<R: BufRead, T: JsonRecord> Iterator for RecordReader<R, T> {
     type Item = Result<(usize, T)>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        use std::io::Read;
+        if self.failed {
+            return None;
+        }
         loop {
             self.buf.clear();
             self.line_no += 1;
-            match self.source.read_line(&mut self.buf) {
+            let limit = MAX_LINE_BYTES as u64 + 1;
+            match (&mut self.source).take(limit).read_line(&mut self.buf) {
                 Ok(0) => return None,
+                Ok(n) if n as u64 == limit && !self.buf.ends_with('\n') => {
+                    // Skip the rest of the over-long line in chunks.
+                    let skipped = skip_line(&mut self.source);
+                    self.stats.bad_lines += 1;
+                    if skipped.is_err() {
+                        self.failed = true;
+                    }
+                    return Some(Err(SrumError::Record {
+                        path: self.path.clone(),
+                        line: self.line_no,
+                        message: format!("line longer than {MAX_LINE_BYTES} bytes (skipped)"),
+                    }));
+                }
                 Ok(_) => {}
                 Err(e) => {
                     self.stats.bad_lines += 1;
+                    if e.kind() != std::io::ErrorKind::InvalidData {
+                        self.failed = true;
+                    }
                     return Some(Err(SrumError::Record {
                         path: self.path.clone(),
                         line: self.line_no,
@@ -242,5 +290,37 @@ impl<R: BufRead, T: JsonRecord> Iterator for RecordReader<R, T> {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"bad_image_file": "a.png", "good_image_file": "a.png", "prompt": "p", "vlm_rewards": []}"#;
+
+    #[test]
+    fn an_over_long_line_is_skipped_and_reading_goes_on() {
+        let text = format!("{}\n{GOOD}\n", "x".repeat(MAX_LINE_BYTES + 10));
+        let mut r = RecordReader::<_, TrainingRecord>::new(text.as_bytes(), Path::new("big.jsonl"));
+        let first = r.next().expect("an item");
+        assert!(
+            first
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("big.jsonl:1: line longer than")),
+            "{first:?}"
+        );
+        assert!(matches!(r.next(), Some(Ok((2, _)))));
+        assert!(r.next().is_none());
+        assert_eq!(r.stats().bad_lines, 1);
+    }
+
+    #[test]
+    fn a_read_error_ends_the_stream_instead_of_repeating() {
+        let dir = std::env::temp_dir();
+        let r = RecordReader::<_, TrainingRecord>::open(&dir).expect("a directory opens");
+        let items: Vec<_> = r.take(5).collect();
+        assert_eq!(items.len(), 1, "one error, then the end");
+        assert!(items[0].is_err());
     }
 }

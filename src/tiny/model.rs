@@ -286,6 +286,13 @@ impl<B: Backend> TinyUmm<B> {
     /// prompt's [`atoms`] (a compound prompt holds when each of its parts does; the minimum is
     /// that "and" without the product's bias against prompts with more parts).
     pub fn match_probability(&self, images: &[PixelImage], prompts: &[String]) -> Result<Vec<f32>> {
+        if images.len() != prompts.len() {
+            return Err(SrumError::Shape(format!(
+                "{} prompts for {} images",
+                prompts.len(),
+                images.len()
+            )));
+        }
         let (mut imgs, mut texts, mut owner) = (Vec::new(), Vec::new(), Vec::new());
         for (i, (img, p)) in images.iter().zip(prompts).enumerate() {
             for a in atoms(p) {

@@ -193,6 +193,11 @@ pub fn pretrain<B: AutodiffBackend>(
         })
         .cloned()
         .collect();
+    let count_prompts: Vec<PromptSpec> = train
+        .iter()
+        .filter(|p| p.category() == Category::Numeracy)
+        .cloned()
+        .collect();
     let nps = Np::all();
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut optim = AdamWConfig::new()
@@ -301,11 +306,15 @@ pub fn pretrain<B: AutodiffBackend>(
                 targets = Some(patch_labels(&scene, None, size, patch));
                 (scene.render(size), spec.text(), spec.holds_in(&scene))
             } else if kind < 10 {
-                let n = rng.random_range(2..=4usize);
-                let np = *nps.choose(&mut rng).unwrap_or(&nps[0]);
+                // Training-split counts only: held-out (n, object) pairs are never asked.
+                let Some(PromptSpec::Count(n, np)) = count_prompts.choose(&mut rng).cloned() else {
+                    continue;
+                };
+                // Off by one, never 5: five objects rarely fit on the canvas.
                 let shown_n = match rng.random_range(0..4) {
                     0 => n - 1,
-                    1 => n + 1,
+                    1 if n < 4 => n + 1,
+                    1 => n - 1,
                     _ => n,
                 };
                 let shown = if shown_n == 1 {

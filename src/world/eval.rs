@@ -74,8 +74,9 @@ pub struct UnderstandingReport {
     pub n: usize,
 }
 
-/// Understanding accuracy on `n` image/prompt pairs from `prompts`: half renders of the prompt
-/// (answer should be yes, global self-score > 0), half renders of a hard negative (no).
+/// Understanding accuracy on `n` image/prompt pairs from `prompts`: half renders of the prompt,
+/// half renders of a hard negative; the right answer is the prompt's truth in the scene shown
+/// (yes: global self-score > 0).
 pub fn understanding_accuracy<B: Backend, M: UnifiedModel<B>>(
     model: &M,
     prompts: &[PromptSpec],
@@ -96,6 +97,11 @@ pub fn understanding_report<B: Backend, M: UnifiedModel<B>>(
     seed: u64,
     device: &B::Device,
 ) -> Result<UnderstandingReport> {
+    if prompts.is_empty() {
+        return Err(crate::error::SrumError::Shape(
+            "understanding accuracy needs at least one prompt".into(),
+        ));
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let evaluator = SelfEvaluator::new(
         SelfEvaluatorConfig {
@@ -114,13 +120,16 @@ pub fn understanding_report<B: Backend, M: UnifiedModel<B>>(
         let (mut imgs, mut texts, mut labels) = (Vec::new(), Vec::new(), Vec::new());
         for k in 0..m {
             let p = &prompts[(done + k) % prompts.len()];
-            let is_yes = (done + k).is_multiple_of(2);
-            let shown = if is_yes {
+            let shown = if (done + k).is_multiple_of(2) {
                 p.clone()
             } else {
                 p.corrupt(&mut rng)
             };
-            imgs.push(shown.sample_scene(&mut rng, size).render(size));
+            let scene = shown.sample_scene(&mut rng, size);
+            // The truth of the prompt in the scene shown: a corruption can still satisfy it
+            // (swapping the colours of two circles gives the same picture).
+            let is_yes = p.holds_in(&scene);
+            imgs.push(scene.render(size));
             texts.push(p.text());
             labels.push((is_yes, p.category().name().to_string()));
         }

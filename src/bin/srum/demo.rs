@@ -84,9 +84,17 @@ fn save_png(path: &std::path::Path, w: usize, h: usize, rgb: &[u8]) -> Result<()
 }
 
 pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
-    if a.prompts == 0 || a.candidates == 0 || a.train_steps == 0 || a.batch == 0 || a.rounds == 0 {
+    if a.prompts == 0
+        || a.candidates == 0
+        || a.train_steps == 0
+        || a.batch == 0
+        || a.rounds == 0
+        || a.per_category == 0
+        || a.samples == 0
+    {
         return Err(
-            "--prompts, --candidates, --rounds, --train-steps and --batch must be at least 1"
+            "--prompts, --candidates, --rounds, --train-steps, --batch, --per-category \
+                    and --samples must be at least 1"
                 .into(),
         );
     }
@@ -98,7 +106,7 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
     let grid = model.latent_grid(size, size);
     let sampler = a.sampling.sampler()?;
     let heldout = split_prompts(Split::Heldout, a.per_category);
-    let eval_seed = a.sampling.seed + 10_000;
+    let eval_seed = a.sampling.seed.wrapping_add(10_000);
     for sub in ["rollout", "pictures"] {
         std::fs::create_dir_all(a.out.join(sub))
             .map_err(|e| format!("{}: {e}", a.out.join(sub).display()))?;
@@ -230,7 +238,7 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
         let tc = TrainerConfig {
             lr: a.lr,
             warmup_steps: (a.train_steps / 10) as u64,
-            seed: a.sampling.seed + round as u64,
+            seed: a.sampling.seed.wrapping_add(round as u64),
             ..TrainerConfig::default()
         };
         let mut trainer = Trainer::new(model, tc, &device).map_err(|e| e.to_string())?;

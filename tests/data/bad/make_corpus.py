@@ -121,15 +121,16 @@ case("prompt_absurd_length", gen("{case}/prompts.txt"), "fail", ["prompts.txt:1:
      {"prompts.txt": " ".join(["a red square and"] * 2000) + " a red square\n"})
 case("prompts_empty", gen("{case}/prompts.txt"), "fail", ["no prompts"], {"prompts.txt": ""})
 case("config_negative_lr", train("{good}/records.jsonl", extra=["--config", "{case}/c.json"]),
-     "fail", ["lr"], {"c.json": json.dumps({"lr": -1.0})})
+     "fail", ["c.json: invalid config field `lr`: must be > 0, got -1"],
+     {"c.json": json.dumps({"lr": -1.0})})
 case("config_unknown_field", train("{good}/records.jsonl", extra=["--config", "{case}/c.json"]),
      "fail", ["c.json", "unknown field `learning_rate`"], {"c.json": json.dumps({"learning_rate": 0.1})})
 case("config_zero_steps", train("{good}/records.jsonl")[:-4] + ["--steps", "0"], "fail",
-     ["steps"])
+     ["--steps, --batch and --save-every must be at least 1"])
 case("config_lambda_nan", train("{good}/records.jsonl", extra=["--lambda", "NaN"]), "fail",
-     ["lambda"])
+     ["invalid config field `lambda`: must be finite and >= 0, got NaN"])
 case("config_not_json", train("{good}/records.jsonl", extra=["--config", "{case}/c.json"]),
-     "fail", ["c.json"], {"c.json": "lr = 0.1\n"})
+     "fail", ["c.json: expected value at line 1 column 1"], {"c.json": "lr = 0.1\n"})
 
 # Checkpoints: a model folder with the shipped tokenizer and a broken part.
 MODEL = os.path.join(HERE, "..", "..", "..", "assets", "tiny-umm")
@@ -154,17 +155,17 @@ def other_width(card):
     return json.dumps(c)
 
 
-model_case("checkpoint_other_config", ["model.safetensors", "shape"], card=other_width,
+model_case("checkpoint_other_config", ["tensor `blocks.2.text_up.weight`: checkpoint shape [64, 128], model shape [32, 64]"], card=other_width,
            note="weights of one size, card of another: each mismatched tensor is named")
-model_case("safetensors_truncated_header", ["model.safetensors"], weights=lambda b: b[:5])
-model_case("safetensors_oversized_header", ["model.safetensors", "header"],
+model_case("safetensors_truncated_header", ["model.safetensors: not a safetensors file: header too small"], weights=lambda b: b[:5])
+model_case("safetensors_oversized_header", ["model.safetensors: not a safetensors file: header too large"],
            weights=lambda b: struct.pack("<Q", 1 << 60) + b[8:],
            note="a header length of 2^60 must be refused before anything is allocated")
-model_case("safetensors_garbage_header", ["model.safetensors", "header"],
+model_case("safetensors_garbage_header", ["model.safetensors: not a safetensors file: invalid JSON in header"],
            weights=lambda b: struct.pack("<Q", 64) + b"{" * 64 + b[8:])
-model_case("safetensors_truncated_data", ["model.safetensors"],
+model_case("safetensors_truncated_data", ["model.safetensors: not a safetensors file: incomplete metadata"],
            weights=lambda b: b[: len(b) - 1000])
-model_case("model_json_broken", ["model.json"], card=lambda c: c[: len(c) // 2])
+model_case("model_json_broken", ["model.json: not a model card"], card=lambda c: c[: len(c) // 2])
 
 conv = ["convert", "--in", "{case}/scores.jsonl", "--out", "{tmp}/train.jsonl"]
 case("convert_mixed", conv, "ok", ["scores.jsonl:2:", "scores.jsonl:3: field `image_file`"],
