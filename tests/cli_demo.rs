@@ -77,3 +77,38 @@ fn demo_runs_every_stage_and_prints_the_table() {
     assert_eq!(results["rounds"], 2);
     assert!(results["after"]["overall"].as_f64().is_some());
 }
+
+#[test]
+fn rollout_writes_k_candidates_that_judge_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = tmp.path().join("rollout");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-umm");
+    let srum = || Command::new(env!("CARGO_BIN_EXE_srum"));
+    let o = srum()
+        .args(["rollout", "--checkpoint", model.to_str().unwrap(), "--out"])
+        .arg(&imgs)
+        .args(["--candidates", "3", "--limit", "2", "--steps", "2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let manifest = std::fs::read_to_string(imgs.join("manifest.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = manifest
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 6, "two prompts, three candidates each");
+    assert_eq!(rows[0]["prompt"], rows[2]["prompt"]);
+    assert_ne!(rows[2]["prompt"], rows[3]["prompt"]);
+    let scores = tmp.path().join("scores.jsonl");
+    let o = srum()
+        .args(["judge", "--checkpoint", model.to_str().unwrap(), "--images"])
+        .arg(&imgs)
+        .arg("--prompts")
+        .arg(imgs.join("manifest.jsonl"))
+        .arg("--out")
+        .arg(&scores)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&scores).unwrap().lines().count(), 6);
+}

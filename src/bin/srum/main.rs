@@ -46,6 +46,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Generate one image per prompt line: DIR/00000.png, ... and DIR/manifest.jsonl.
     Generate(world::GenerateArgs),
+    /// Stage 1 rollout: K candidates per prompt (default: the training split), PNGs and a
+    /// manifest that `srum judge --prompts` reads.
+    Rollout(world::RolloutArgs),
     /// Score generations of the held-out prompts with the oracle; print the per-category table.
     Eval(world::EvalArgs),
     /// The whole loop on the shipped model: evaluate, roll out, self-judge, train, evaluate
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Train(a) => train::run_train(a),
         Command::Eval(a) => world::run_eval(a),
         Command::Demo(a) => demo::run_demo(a),
+        Command::Rollout(a) => world::run_rollout(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e}");

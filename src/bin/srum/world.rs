@@ -199,45 +199,117 @@ pub fn run_generate(a: GenerateArgs) -> Result<ExitCode, String> {
     let device = Default::default();
     let (model, config) =
         TinyUmm::<Flex>::load_dir(&a.checkpoint, &device).map_err(|e| e.to_string())?;
-    let file =
-        std::fs::File::open(&a.prompts).map_err(|e| format!("{}: {e}", a.prompts.display()))?;
+    // Every prompt is checked before any work: an unknown word is named with its line.
+    let prompts = read_prompts(&model, &a.prompts)?;
+    if prompts.is_empty() {
+        return Err(format!("{}: no prompts", a.prompts.display()));
+    }
+    write_generations(&model, &config, &prompts, &a.out, &a.sampling, a.batch_size)
+}
+
+#[derive(clap::Args)]
+pub struct RolloutArgs {
+    /// Model directory (model.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Output folder: 00000.png, ... and manifest.jsonl (the input of `srum judge --prompts`).
+    #[arg(long)]
+    out: PathBuf,
+    /// Candidates generated per prompt.
+    #[arg(long, default_value_t = 4)]
+    candidates: usize,
+    /// Prompts, one per line (default: the world's training split, single objects left out).
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Use only this many prompts (the first ones).
+    #[arg(long)]
+    limit: Option<usize>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Images per model call.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+}
+
+/// Stage 1's rollout: every prompt `--candidates` times, each with its own noise.
+pub fn run_rollout(a: RolloutArgs) -> Result<ExitCode, String> {
+    if a.candidates == 0 {
+        return Err("--candidates must be at least 1".into());
+    }
+    let device = Default::default();
+    let (model, config) =
+        TinyUmm::<Flex>::load_dir(&a.checkpoint, &device).map_err(|e| e.to_string())?;
+    let mut prompts = match &a.prompts {
+        Some(path) => read_prompts(&model, path)?,
+        None => srum::world::split_prompts(srum::world::Split::Train, 0)
+            .into_iter()
+            .filter(|p| p.category() != srum::world::Category::Single)
+            .map(|p| p.text())
+            .collect(),
+    };
+    if let Some(n) = a.limit {
+        prompts.truncate(n);
+    }
+    if prompts.is_empty() {
+        return Err("no prompts to roll out".into());
+    }
+    let all: Vec<String> = prompts
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(p.clone(), a.candidates))
+        .collect();
+    write_generations(&model, &config, &all, &a.out, &a.sampling, a.batch_size)
+}
+
+/// Prompts from a file, one per line, each checked against the tokenizer (named by line).
+fn read_prompts(model: &TinyUmm<Flex>, path: &std::path::Path) -> Result<Vec<String>, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut prompts = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| format!("{}: {e}", a.prompts.display()))?;
+        let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
         let p = line.trim();
         if p.is_empty() {
             continue;
         }
-        // Check every prompt before any work: an unknown word is named with its line.
         model
             .text_batch(&[p.to_string()])
-            .map_err(|e| format!("{}:{}: {e}", a.prompts.display(), i + 1))?;
+            .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
         prompts.push(p.to_string());
     }
-    if prompts.is_empty() {
-        return Err(format!("{}: no prompts", a.prompts.display()));
-    }
-    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
-    let sampler = a.sampling.sampler()?;
+    Ok(prompts)
+}
+
+/// Generates one image per entry of `prompts` into `out` (PNG files and `manifest.jsonl`).
+fn write_generations(
+    model: &TinyUmm<Flex>,
+    config: &TinyUmmConfig,
+    prompts: &[String],
+    out: &std::path::Path,
+    sampling: &SamplingArgs,
+    batch_size: usize,
+) -> Result<ExitCode, String> {
+    let device = Default::default();
+    let batch = batch_size.max(1);
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let sampler = sampling.sampler()?;
     let pb = bar(prompts.len() as u64, "generating");
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.sampling.seed);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(sampling.seed);
     let mut manifest = String::new();
     let size = config.image_size;
-    for (k, chunk) in prompts.chunks(a.batch_size.max(1)).enumerate() {
+    for (k, chunk) in prompts.chunks(batch).enumerate() {
         let imgs = srum::flow::generate(
-            &model,
+            model,
             chunk,
             (size, size),
             &sampler,
-            a.batch_size,
+            batch,
             &mut rng,
             &device,
         )
         .map_err(|e| e.to_string())?;
         for (j, (img, p)) in imgs.iter().zip(chunk).enumerate() {
-            let index = k * a.batch_size.max(1) + j;
+            let index = k * batch + j;
             let file = format!("{index:05}.png");
-            let path = a.out.join(&file);
+            let path = out.join(&file);
             image::save_buffer(
                 &path,
                 &img.to_rgb8(),
@@ -247,17 +319,17 @@ pub fn run_generate(a: GenerateArgs) -> Result<ExitCode, String> {
             )
             .map_err(|e| format!("{}: {e}", path.display()))?;
             manifest.push_str(
-                &serde_json::json!({"index": index, "prompt": p, "file": file, "seed": a.sampling.seed})
+                &serde_json::json!({"index": index, "prompt": p, "file": file, "seed": sampling.seed})
                     .to_string(),
             );
             manifest.push('\n');
             pb.inc(1);
         }
     }
-    srum::train::write_file_atomic(&a.out.join("manifest.jsonl"), manifest.as_bytes())
+    srum::train::write_file_atomic(&out.join("manifest.jsonl"), manifest.as_bytes())
         .map_err(|e| e.to_string())?;
     pb.finish_and_clear();
-    eprintln!("{} images written to {}", prompts.len(), a.out.display());
+    eprintln!("{} images written to {}", prompts.len(), out.display());
     Ok(ExitCode::SUCCESS)
 }
 
