@@ -1,7 +1,8 @@
 //! Our side of the side-by-side comparison with the PyTorch peer (`benches/reference/`), run by
 //! `scripts/bench_vs_pytorch.sh` and `scripts/gpu_check.sh`.
 //!
-//! `peer --model DIR --json OUT [--dump FILE] [--iters K] [--device cpu|cuda]`
+//! `peer --model DIR --json OUT [--dump FILE] [--iters K] [--device cpu|cuda]`, or
+//! `peer --probe`: each basic op on this build's GPU backend (CPU without one) against flex.
 //!
 //! Writes the timings of the operations the peer also times (same JSON schema as
 //! `benches/reference/peer.py`) and, with `--dump`, one forward pass's inputs and outputs so the
@@ -287,7 +288,65 @@ fn run<B: AutodiffBackend>(a: &Args, device: &B::Device, name: &str) -> Result<(
     .map_err(|e| format!("{}: {e}", a.json.display()))
 }
 
+/// Each basic op of the model on `device`, on fixed host data: matmul, batched matmul, softmax,
+/// GELU, a LayerNorm-style normalisation, sum. Compared with flex to find which op loses
+/// precision on a backend.
+fn probe_ops<B: Backend>(device: &B::Device) -> Result<Vec<(&'static str, Vec<f32>)>, String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let a = normal::<B>(&mut rng, [1, 512, 64], device).reshape([512, 64]);
+    let w = normal::<B>(&mut rng, [1, 64, 192], device).reshape([64, 192]);
+    let q = normal::<B>(&mut rng, [32, 81, 16], device);
+    let k = normal::<B>(&mut rng, [32, 81, 16], device);
+    let x = normal::<B>(&mut rng, [8, 81, 64], device);
+    let host2 = |t: Tensor<B, 2>| host(t.unsqueeze::<3>());
+    Ok(vec![
+        ("matmul [512,64]x[64,192]", host2(a.clone().matmul(w))?),
+        ("batched matmul q k^T", host(q.matmul(k.swap_dims(1, 2)))?),
+        (
+            "softmax",
+            host(burn::tensor::activation::softmax(x.clone(), 2))?,
+        ),
+        ("gelu", host(burn::tensor::activation::gelu(x.clone()))?),
+        (
+            "normalise (x - mean) / sqrt(var + 1e-5)",
+            host({
+                let (var, mean) = x.clone().var_mean_bias(2);
+                (x.clone() - mean) / (var + 1e-5).sqrt()
+            })?,
+        ),
+        ("sum over 64", host(x.sum_dim(2))?),
+    ])
+}
+
+fn probe<B: Backend>(device: &B::Device) -> Result<(), String> {
+    let ours = probe_ops::<B>(device)?;
+    let cpu = probe_ops::<burn::backend::Flex>(&Default::default())?;
+    for ((name, a), (_, b)) in ours.iter().zip(&cpu) {
+        let diff = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+        println!("{name}: max abs diff vs flex {diff:.2e} (max |value| {scale:.2e})");
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "--probe") {
+        #[cfg(feature = "cuda")]
+        let r = probe::<burn::backend::Cuda>(&Default::default());
+        #[cfg(not(feature = "cuda"))]
+        let r = probe::<burn::backend::Flex>(&Default::default());
+        return match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = parse_args().and_then(|a| match a.device.as_str() {
         "cpu" => run::<Autodiff<burn::backend::Flex>>(&a, &Default::default(), "cpu (burn flex)"),
         #[cfg(feature = "cuda")]
