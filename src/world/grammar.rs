@@ -460,6 +460,16 @@ pub fn all_prompts() -> Vec<PromptSpec> {
     out
 }
 
+/// The prompts SRUM rolls out: the training split's benchmark prompts (single objects left out,
+/// as they are no compositional test), in grammar order.
+pub fn rollout_prompts() -> Vec<String> {
+    split_prompts(Split::Train, 0)
+        .into_iter()
+        .filter(|p| p.category() != Category::Single)
+        .map(|p| p.text())
+        .collect()
+}
+
 /// Which prompts a split holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

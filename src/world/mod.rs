@@ -13,6 +13,8 @@ pub use eval::{
     Agreement, GenerationEval, UnderstandingReport, evaluate_generation, self_oracle_agreement,
     spearman, understanding_accuracy, understanding_report,
 };
-pub use grammar::{Category, Np, PromptSpec, Relation, Split, all_prompts, split_prompts};
+pub use grammar::{
+    Category, Np, PromptSpec, Relation, Split, all_prompts, rollout_prompts, split_prompts,
+};
 pub use oracle::{Detection, Oracle, OracleReport};
 pub use scene::{Color, Object, Scene, Shape};

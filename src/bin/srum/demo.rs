@@ -18,7 +18,7 @@ use srum::reward::{RewardComposer, RewardComposerConfig, RewardMap, RewardMode, 
 use srum::tiny::TinyUmm;
 use srum::train::{SrumBatch, Trainer, TrainerConfig};
 use srum::world::{
-    Category, OracleReport, Split, evaluate_generation, split_prompts, understanding_accuracy,
+    OracleReport, Split, evaluate_generation, split_prompts, understanding_accuracy,
 };
 
 use crate::world::{SamplingArgs, bar};
@@ -139,11 +139,7 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
         };
     let (before, und_before) = evaluate(&model.valid(), "evaluating (before)")?;
 
-    let mut train: Vec<String> = split_prompts(Split::Train, 0)
-        .into_iter()
-        .filter(|p| p.category() != Category::Single)
-        .map(|p| p.text())
-        .collect();
+    let mut train = srum::world::rollout_prompts();
     let mut rng = ChaCha8Rng::seed_from_u64(a.sampling.seed);
     train.shuffle(&mut rng);
     train.truncate(a.prompts);

@@ -241,11 +241,7 @@ pub fn run_rollout(a: RolloutArgs) -> Result<ExitCode, String> {
         TinyUmm::<Flex>::load_dir(&a.checkpoint, &device).map_err(|e| e.to_string())?;
     let mut prompts = match &a.prompts {
         Some(path) => read_prompts(&model, path)?,
-        None => srum::world::split_prompts(srum::world::Split::Train, 0)
-            .into_iter()
-            .filter(|p| p.category() != srum::world::Category::Single)
-            .map(|p| p.text())
-            .collect(),
+        None => srum::world::rollout_prompts(),
     };
     if let Some(n) = a.limit {
         prompts.truncate(n);
