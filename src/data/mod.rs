@@ -4,6 +4,7 @@
 mod dataset;
 mod records;
 mod scorer;
+mod shard;
 
 pub use dataset::{DatasetStats, RewardDataset, RewardItem, contained_path, load_rgb_image};
 pub use records::{
@@ -14,3 +15,4 @@ pub use scorer::{
     ConvertStats, ScorerGlobal, ScorerReader, ScorerRecord, ScorerRegion, convert_file,
     convert_line,
 };
+pub use shard::{Shard, SourcedLine, merge_manifests, merge_records, read_json_lines};

@@ -1,7 +1,9 @@
 //! Text-to-image with any [`UnifiedModel`]: noise, guided Euler sampling, decoding.
 
-use burn::tensor::backend::Backend;
-use rand::Rng;
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
 
 use super::{EulerSampler, Guidance, host_normal};
 use crate::error::Result;
@@ -21,10 +23,61 @@ pub fn generate<B: Backend, M: UnifiedModel<B>, R: Rng>(
 ) -> Result<Vec<PixelImage>> {
     let (h, w) = model.latent_grid(width, height);
     let c = model.latent_channels();
+    generate_with(model, prompts, (width, height), sampler, batch, |b| {
+        host_normal::<B, _, 3>(rng, [b, h * w, c], device)
+    })
+}
+
+/// The noise generator of image number `index` of a run seeded with `seed`: a ChaCha stream
+/// of its own, so an image does not depend on which other images share its batch, its
+/// shard or its machine.
+pub fn image_rng(seed: u64, index: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(index);
+    rng
+}
+
+/// Like [`generate`], but image `i` of `prompts` gets the noise of [`image_rng`]`(seed,
+/// first_index + i)`. Splitting a run into shards (`first_index` = the shard's start) gives
+/// the same images as running it whole.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_indexed<B: Backend, M: UnifiedModel<B>>(
+    model: &M,
+    prompts: &[String],
+    (width, height): (usize, usize),
+    sampler: &EulerSampler,
+    batch: usize,
+    seed: u64,
+    first_index: u64,
+    device: &B::Device,
+) -> Result<Vec<PixelImage>> {
+    let (h, w) = model.latent_grid(width, height);
+    let c = model.latent_channels();
+    let mut next = first_index;
+    generate_with(model, prompts, (width, height), sampler, batch, |b| {
+        let mut values = Vec::with_capacity(b * h * w * c);
+        for _ in 0..b {
+            let mut rng = image_rng(seed, next);
+            next += 1;
+            values.extend((0..h * w * c).map(|_| -> f32 { StandardNormal.sample(&mut rng) }));
+        }
+        Tensor::from_data(TensorData::new(values, [b, h * w, c]), device)
+    })
+}
+
+/// Batches of `batch` prompts, each started from the noise `noise(b)` returns.
+fn generate_with<B: Backend, M: UnifiedModel<B>>(
+    model: &M,
+    prompts: &[String],
+    (width, height): (usize, usize),
+    sampler: &EulerSampler,
+    batch: usize,
+    mut noise: impl FnMut(usize) -> Tensor<B, 3>,
+) -> Result<Vec<PixelImage>> {
     let mut out = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(batch.max(1)) {
         let b = chunk.len();
-        let noise = host_normal::<B, _, 3>(rng, [b, h * w, c], device);
+        let noise = noise(b);
         let cond = model.condition(chunk)?;
         let uncond = model.unconditional(b)?;
         let latents = sampler.sample(noise, |x, t, g| {

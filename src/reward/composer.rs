@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::resize::axis_weights;
 use super::{Judgement, RewardMap};
 
 /// Which scores enter the map.
@@ -128,84 +129,183 @@ impl RewardComposer {
         })
     }
 
+    /// Checks the judgement's scores and boxes once, for an image of `width x height`.
+    fn prepare(
+        &self,
+        judgement: &Judgement,
+        width: usize,
+        height: usize,
+    ) -> (Regions, ComposeStats) {
+        let cfg = &self.config;
+        let mut stats = ComposeStats::default();
+        let mut boxes = Vec::new();
+        if cfg.mode != RewardMode::GlobalOnly {
+            for region in &judgement.regions {
+                let Some(score) = self.sanitize(region.score, &mut stats) else {
+                    continue;
+                };
+                let Some(b) = region.bbox.pixel_bounds(width, height) else {
+                    stats.invalid_boxes += 1;
+                    tracing::debug!(bbox = ?region.bbox, "invalid region box skipped");
+                    continue;
+                };
+                stats.regions_used += 1;
+                boxes.push((b, unit(score)));
+            }
+        }
+        let factor = if cfg.mode != RewardMode::LocalOnly {
+            let g = judgement
+                .global
+                .and_then(|g| self.sanitize(g, &mut stats))
+                .unwrap_or(0.0);
+            Some(unit(g))
+        } else {
+            None
+        };
+        let regions = Regions {
+            boxes,
+            base: cfg.base,
+            combine: cfg.combine,
+            factor,
+            signed: cfg.signed,
+        };
+        (regions, stats)
+    }
+
     /// The map at image resolution (`height x width` pixels) and what was skipped.
+    ///
+    /// The map is constant between box edges, so each band of rows between two horizontal
+    /// edges is computed once, as runs between vertical edges, and copied down the band: every
+    /// pixel is written once, with the same float operations as the pixel-by-pixel rule.
     pub fn compose(
         &self,
         judgement: &Judgement,
         width: usize,
         height: usize,
     ) -> (RewardMap, ComposeStats) {
-        let cfg = &self.config;
-        let mut stats = ComposeStats::default();
-        let mut map = RewardMap::filled(height, width, cfg.base);
-
-        if cfg.mode != RewardMode::GlobalOnly {
-            // Mean mode keeps a running sum and count per pixel.
-            let mut sum = vec![
-                0f32;
-                if cfg.combine == Combine::Mean {
-                    width * height
-                } else {
-                    0
+        let (regions, stats) = self.prepare(judgement, width, height);
+        let mut values = vec![0f32; width * height];
+        let xs = regions.edges(width, |&((x0, _, x1, _), _)| (x0, x1));
+        let ys = regions.edges(height, |&((_, y0, _, y1), _)| (y0, y1));
+        if width > 0 {
+            for band in ys.windows(2) {
+                let (ya, yb) = (band[0], band[1]);
+                let (first, rest) = values[ya * width..yb * width].split_at_mut(width);
+                for run in xs.windows(2) {
+                    first[run[0]..run[1]].fill(regions.at(run[0], ya));
                 }
-            ];
-            let mut count = vec![0u32; sum.len()];
-            for region in &judgement.regions {
-                let Some(score) = self.sanitize(region.score, &mut stats) else {
-                    continue;
-                };
-                let Some((x0, y0, x1, y1)) = region.bbox.pixel_bounds(width, height) else {
-                    stats.invalid_boxes += 1;
-                    tracing::debug!(bbox = ?region.bbox, "invalid region box skipped");
-                    continue;
-                };
-                stats.regions_used += 1;
-                let value = unit(score);
-                for y in y0..y1 {
-                    let row = y * width;
-                    match cfg.combine {
-                        Combine::Max => map.values[row + x0..row + x1]
-                            .iter_mut()
-                            .for_each(|v| *v = v.max(value)),
-                        Combine::Mean => (row + x0..row + x1).for_each(|i| {
-                            sum[i] += value;
-                            count[i] += 1;
-                        }),
-                    }
-                }
-            }
-            if cfg.combine == Combine::Mean {
-                for ((v, s), c) in map.values.iter_mut().zip(&sum).zip(&count) {
-                    if *c > 0 {
-                        *v = s / *c as f32;
-                    }
+                for row in rest.chunks_exact_mut(width) {
+                    row.copy_from_slice(first);
                 }
             }
         }
-
-        if cfg.mode != RewardMode::LocalOnly {
-            let g = judgement
-                .global
-                .and_then(|g| self.sanitize(g, &mut stats))
-                .unwrap_or(0.0);
-            let factor = unit(g);
-            map.values.iter_mut().for_each(|v| *v *= factor);
-        }
-        if cfg.signed {
-            map.values.iter_mut().for_each(|v| *v = 2.0 * *v - 1.0);
-        }
-        (map, stats)
+        (
+            RewardMap {
+                height,
+                width,
+                values,
+            },
+            stats,
+        )
     }
 
-    /// The map resized to a latent token grid `(h, w)`, row-major in token order.
+    /// The map resized to a latent token grid `(h, w)`, row-major in token order: the same
+    /// numbers as [`compose`](Self::compose) followed by [`RewardMap::resize`], but computed
+    /// only at the (up to) four image pixels each token's bilinear sample reads, so the cost
+    /// grows with the grid, not with the image.
     pub fn compose_latent(
         &self,
         judgement: &Judgement,
-        image_size: (usize, usize),
-        grid: (usize, usize),
+        (width, height): (usize, usize),
+        (h, w): (usize, usize),
     ) -> (RewardMap, ComposeStats) {
-        let (map, stats) = self.compose(judgement, image_size.0, image_size.1);
-        (map.resize(grid.0, grid.1), stats)
+        let (regions, stats) = self.prepare(judgement, width, height);
+        let mut values = Vec::with_capacity(h * w);
+        if width > 0 && height > 0 && h > 0 && w > 0 {
+            let ys = axis_weights(height, h);
+            let xs = axis_weights(width, w);
+            // One needed source row, sampled at the needed columns: (value at x0, at x1).
+            let sample_row = |y: usize| -> Vec<(f32, f32)> {
+                xs.iter()
+                    .map(|&(x0, x1, _, _)| (regions.at(x0, y), regions.at(x1, y)))
+                    .collect()
+            };
+            for &(y0, y1, hy0, hy1) in &ys {
+                let r0 = sample_row(y0);
+                let r1 = if y1 == y0 { r0.clone() } else { sample_row(y1) };
+                for ((&(_, _, wx0, wx1), &(a0, a1)), &(b0, b1)) in xs.iter().zip(&r0).zip(&r1) {
+                    values.push(hy0 * (wx0 * a0 + wx1 * a1) + hy1 * (wx0 * b0 + wx1 * b1));
+                }
+            }
+        }
+        (
+            RewardMap {
+                height: h,
+                width: w,
+                values,
+            },
+            stats,
+        )
+    }
+}
+
+/// A box in pixels, `(x0, y0, x1, y1)` with exclusive ends, and its value `(s + 1) / 2`.
+type ValuedBox = ((usize, usize, usize, usize), f32);
+
+/// A judgement checked against one image size: its usable boxes and the global factor.
+struct Regions {
+    boxes: Vec<ValuedBox>,
+    base: f32,
+    combine: Combine,
+    /// `(g + 1) / 2`; absent in local-only mode.
+    factor: Option<f32>,
+    signed: bool,
+}
+
+impl Regions {
+    /// The reference rule at pixel `(x, y)`: the boxes over the base, combined in box order as
+    /// the dense rule accumulates them, times the global factor, then optionally signed.
+    #[inline]
+    fn at(&self, x: usize, y: usize) -> f32 {
+        let inside = |b: &&ValuedBox| {
+            let (x0, y0, x1, y1) = b.0;
+            x0 <= x && x < x1 && y0 <= y && y < y1
+        };
+        let mut v = self.base;
+        match self.combine {
+            Combine::Max => {
+                for (_, value) in self.boxes.iter().filter(inside) {
+                    v = v.max(*value);
+                }
+            }
+            Combine::Mean => {
+                let (mut sum, mut count) = (0f32, 0u32);
+                for (_, value) in self.boxes.iter().filter(inside) {
+                    sum += value;
+                    count += 1;
+                }
+                if count > 0 {
+                    v = sum / count as f32;
+                }
+            }
+        }
+        if let Some(f) = self.factor {
+            v *= f;
+        }
+        if self.signed { 2.0 * v - 1.0 } else { v }
+    }
+
+    /// `0`, `len` and every box edge along one axis, sorted and distinct: the map is constant
+    /// between two consecutive edges.
+    fn edges(&self, len: usize, axis: impl Fn(&ValuedBox) -> (usize, usize)) -> Vec<usize> {
+        let mut e = vec![0, len];
+        for b in &self.boxes {
+            let (a, z) = axis(b);
+            e.extend([a, z]);
+        }
+        e.sort_unstable();
+        e.dedup();
+        e
     }
 }
 
@@ -308,5 +408,99 @@ mod tests {
             c(RewardMode::LocalOnly, Combine::Max, true),
             vec![1.0, 1.0, 0.0]
         );
+    }
+
+    /// The rule written pixel by pixel, as the reference code states it: fill, max (or mean)
+    /// per box, multiply, sign.
+    fn naive(c: &RewardComposer, j: &Judgement, width: usize, height: usize) -> Vec<f32> {
+        let cfg = c.config;
+        let mut m = vec![cfg.base; width * height];
+        let mut sum = vec![0f32; width * height];
+        let mut count = vec![0u32; width * height];
+        if cfg.mode != RewardMode::GlobalOnly {
+            for r in &j.regions {
+                let Some(score) = c.sanitize(r.score, &mut ComposeStats::default()) else {
+                    continue;
+                };
+                let Some((x0, y0, x1, y1)) = r.bbox.pixel_bounds(width, height) else {
+                    continue;
+                };
+                for y in y0..y1 {
+                    for x in x0..x1 {
+                        let i = y * width + x;
+                        m[i] = m[i].max(unit(score));
+                        sum[i] += unit(score);
+                        count[i] += 1;
+                    }
+                }
+            }
+        }
+        if cfg.combine == Combine::Mean {
+            for i in 0..m.len() {
+                if count[i] > 0 {
+                    m[i] = sum[i] / count[i] as f32;
+                }
+            }
+        }
+        if cfg.mode != RewardMode::LocalOnly {
+            let g = j
+                .global
+                .and_then(|g| c.sanitize(g, &mut ComposeStats::default()))
+                .unwrap_or(0.0);
+            m.iter_mut().for_each(|v| *v *= unit(g));
+        }
+        if cfg.signed {
+            m.iter_mut().for_each(|v| *v = 2.0 * *v - 1.0);
+        }
+        m
+    }
+
+    #[test]
+    fn banded_and_latent_paths_equal_the_pixel_rule() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for case in 0..300 {
+            let (w, h) = (rng.random_range(1..70), rng.random_range(1..70));
+            let n = rng.random_range(0..7);
+            let regions = (0..n)
+                .map(|_| {
+                    let mut c = || rng.random_range(-10.0..80.0);
+                    region([c(), c(), c(), c()], rng.random_range(-1.5..1.5))
+                })
+                .collect();
+            let j = Judgement {
+                global: rng.random_bool(0.8).then(|| rng.random_range(-1.0..1.0)),
+                regions,
+            };
+            let config = RewardComposerConfig {
+                mode: [
+                    RewardMode::Dual,
+                    RewardMode::GlobalOnly,
+                    RewardMode::LocalOnly,
+                ][case % 3],
+                combine: if case % 4 == 0 {
+                    Combine::Mean
+                } else {
+                    Combine::Max
+                },
+                signed: case % 5 == 0,
+                binarize: case % 7 == 0,
+                base: 0.5,
+            };
+            let c = RewardComposer::new(config);
+            let (dense, _) = c.compose(&j, w, h);
+            assert_eq!(
+                dense.values,
+                naive(&c, &j, w, h),
+                "case {case}: {w}x{h} {config:?}"
+            );
+            let (gh, gw) = (rng.random_range(1..40), rng.random_range(1..40));
+            let (latent, _) = c.compose_latent(&j, (w, h), (gh, gw));
+            assert_eq!(
+                latent,
+                dense.resize(gh, gw),
+                "case {case}: {w}x{h} -> {gh}x{gw}"
+            );
+        }
     }
 }

@@ -44,7 +44,7 @@ impl RewardMap {
 
 /// Source index and weights along one axis, as ATen's `upsample_bilinear2d` computes them
 /// (float arithmetic, `align_corners=False`, scale = in / out, negative sources clamped to 0).
-fn axis_weights(input: usize, output: usize) -> Vec<(usize, usize, f32, f32)> {
+pub(crate) fn axis_weights(input: usize, output: usize) -> Vec<(usize, usize, f32, f32)> {
     let scale = input as f32 / output as f32;
     (0..output)
         .map(|dst| {

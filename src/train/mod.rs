@@ -3,6 +3,8 @@
 mod checkpoint;
 mod config;
 mod loss;
+#[cfg(feature = "collective")]
+mod parallel;
 pub mod params;
 mod schedule;
 mod trainer;
@@ -12,5 +14,7 @@ pub use checkpoint::{
 };
 pub use config::TrainerConfig;
 pub use loss::{Constraint, LossTerms, flow_matching_loss, reward_weighted_loss, srum_loss};
+#[cfg(feature = "collective")]
+pub use parallel::{CollectiveConfig, DataParallel, PeerId};
 pub use schedule::{LrDecay, learning_rate};
 pub use trainer::{SrumBatch, StepReport, Trainer, TrainerState};

@@ -11,15 +11,18 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::{Tensor, TensorData, backend::AutodiffBackend, backend::Backend};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{
     latest_version, weights_from_safetensors, weights_to_safetensors, write_dir_atomic,
 };
+#[cfg(feature = "collective")]
+use super::parallel::{self, DataParallel};
 use super::params::{ema_update, grad_norm, materialize, scale_grads};
 use super::{Constraint, TrainerConfig, learning_rate, srum_loss};
 use crate::error::{Result, SrumError};
-use crate::flow::{host_normal, noisy_latents, sample_timesteps, velocity_target};
+use crate::flow::{noisy_latents, sample_timesteps, velocity_target};
 use crate::model::UnifiedModel;
 use crate::reward::RewardMap;
 
@@ -72,6 +75,25 @@ impl<B: Backend> SrumBatch<B> {
         };
         batch.validate()?;
         Ok(batch)
+    }
+
+    /// Peer `rank`'s equal share of this batch among `world` data-parallel peers: samples
+    /// `rank*b/world .. (rank+1)*b/world`. The batch size must divide evenly, since the group's
+    /// update equals one trainer's on the whole batch only for equal shards.
+    pub fn shard(&self, rank: usize, world: usize) -> Result<Self> {
+        let b = self.prompts.len();
+        if world == 0 || rank >= world || b % world != 0 {
+            return Err(SrumError::Shape(format!(
+                "a batch of {b} cannot be split into {world} equal shards for rank {rank}"
+            )));
+        }
+        let (len, start) = (b / world, rank * b / world);
+        Ok(Self {
+            prompts: self.prompts[start..start + len].to_vec(),
+            latents: self.latents.clone().narrow(0, start, len),
+            anchor: self.anchor.clone().map(|a| a.narrow(0, start, len)),
+            reward: self.reward.clone().narrow(0, start, len),
+        })
     }
 
     /// Checks that every part agrees on batch size and token count.
@@ -159,12 +181,37 @@ const REFERENCE_FILE: &str = "reference.safetensors";
 const OPTIM_FILE: &str = "optimizer.mpk";
 const META_FILE: &str = "trainer.json";
 
-/// The noise stream: one independent generator per micro-step, so resuming at step `k`
-/// needs only `(seed, k)`.
-fn step_rng(seed: u64, micro_step: u64) -> ChaCha8Rng {
+/// The noise stream of one sample: a ChaCha stream per micro-step, and in it a disjoint
+/// stretch of 2^40 words per sample of the global batch. Resuming at step `k` needs only
+/// `(seed, k)`, and a data-parallel peer holding samples `r*b..(r+1)*b` of the global batch
+/// draws exactly their noise, as one trainer with the whole batch would.
+fn sample_rng(seed: u64, micro_step: u64, sample: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(micro_step);
+    rng.set_word_pos(u128::from(sample) << 40);
     rng
+}
+
+/// Timesteps `[b]` and noise `[b, n, c]` (host) of global samples `first..first + b`.
+fn step_noise(
+    cfg: &TrainerConfig,
+    micro: u64,
+    first: u64,
+    [b, n, c]: [usize; 3],
+) -> (Vec<f32>, Vec<f32>) {
+    let mut t = Vec::with_capacity(b);
+    let mut eps = Vec::with_capacity(b * n * c);
+    for i in 0..b as u64 {
+        let mut rng = sample_rng(cfg.seed, micro, first + i);
+        t.extend(sample_timesteps(
+            &mut rng,
+            1,
+            cfg.timesteps,
+            cfg.timestep_shift,
+        ));
+        eps.extend((0..n * c).map(|_| -> f32 { StandardNormal.sample(&mut rng) }));
+    }
+    (t, eps)
 }
 
 /// Reward-weighted flow-matching trainer (stage 2 of SRUM).
@@ -189,6 +236,8 @@ where
     config: TrainerConfig,
     state: TrainerState,
     device: B::Device,
+    #[cfg(feature = "collective")]
+    parallel: Option<DataParallel>,
 }
 
 impl<B, M> Trainer<B, M>
@@ -234,6 +283,8 @@ where
             config,
             state: TrainerState::default(),
             device: device.clone(),
+            #[cfg(feature = "collective")]
+            parallel: None,
         })
     }
 
@@ -260,6 +311,76 @@ where
     /// Step counters.
     pub fn state(&self) -> TrainerState {
         self.state
+    }
+
+    /// The global index of this trainer's first sample in a batch of `b` (its rank times `b`
+    /// in a data-parallel group, else 0).
+    fn first_sample(&self, b: usize) -> u64 {
+        #[cfg(feature = "collective")]
+        if let Some(dp) = &self.parallel {
+            return (dp.rank * b) as u64;
+        }
+        let _ = b;
+        0
+    }
+
+    /// Whether this trainer writes checkpoints: always, except for a non-root data-parallel
+    /// peer.
+    pub fn is_root(&self) -> bool {
+        #[cfg(feature = "collective")]
+        if let Some(dp) = &self.parallel {
+            return dp.is_root();
+        }
+        true
+    }
+
+    /// Joins a data-parallel group (burn-collective): registers this peer, replaces its
+    /// weights by the root peer's (so peers may start from different initialisations), and
+    /// from then on averages gradients across the group before every update. Every peer of
+    /// the group must call it, each from its own thread or process, before its first step.
+    ///
+    /// A fresh trainer also re-takes its EMA and frozen reference copies from the broadcast
+    /// weights; a resumed one keeps those it loaded, so all peers must resume from the same
+    /// checkpoint.
+    #[cfg(feature = "collective")]
+    pub fn data_parallel(mut self, dp: DataParallel) -> Result<Self> {
+        if self.parallel.is_some() {
+            return Err(SrumError::Training(
+                "this trainer is already in a data-parallel group".into(),
+            ));
+        }
+        parallel::register::<B::InnerBackend>(&dp, &self.device)?;
+        let model = self.model.take().ok_or_else(|| {
+            SrumError::Training("trainer lost its model after a failed step".into())
+        })?;
+        let model = parallel::broadcast_module::<B, M>(&dp, model)?;
+        if self.state.optimizer_steps == 0 && self.state.micro_steps == 0 {
+            if self.reference.is_some() {
+                self.reference = Some(model.valid());
+            }
+            if self.ema.is_some() {
+                self.ema = Some(model.valid());
+            }
+        }
+        self.model = Some(model);
+        self.parallel = Some(dp);
+        Ok(self)
+    }
+
+    /// This trainer's place in its data-parallel group, if it joined one.
+    #[cfg(feature = "collective")]
+    pub fn parallel(&self) -> Option<&DataParallel> {
+        self.parallel.as_ref()
+    }
+
+    /// Leaves the data-parallel group (every peer must, after its last step). A trainer that
+    /// never joined one has nothing to do.
+    #[cfg(feature = "collective")]
+    pub fn leave_group(&mut self) -> Result<()> {
+        match self.parallel.take() {
+            Some(dp) => parallel::finish::<B::InnerBackend>(dp.peer),
+            None => Ok(()),
+        }
     }
 
     /// Ids of the parameters this trainer updates.
@@ -294,9 +415,8 @@ where
         let micro = self.state.micro_steps;
         self.state.micro_steps += 1;
 
-        let mut rng = step_rng(cfg.seed, micro);
-        let t_host = sample_timesteps(&mut rng, b, cfg.timesteps, cfg.timestep_shift);
-        let eps = host_normal::<B, _, 3>(&mut rng, [b, n, c], &self.device);
+        let (t_host, eps_host) = step_noise(&cfg, micro, self.first_sample(b), [b, n, c]);
+        let eps = Tensor::<B, 3>::from_data(TensorData::new(eps_host, [b, n, c]), &self.device);
         let t = Tensor::<B, 1>::from_data(TensorData::new(t_host, [b]), &self.device);
         let SrumBatch {
             prompts,
@@ -351,6 +471,16 @@ where
                 if self.accumulated == cfg.grad_accum_steps {
                     self.accumulated = 0;
                     let mut grads = self.accumulator.grads();
+                    #[cfg(feature = "collective")]
+                    if let Some(dp) = &self.parallel {
+                        grads = match parallel::all_reduce_grads::<B, M>(dp.peer, &model, grads) {
+                            Ok(g) => g,
+                            Err(e) => {
+                                self.model = Some(model);
+                                return Err(e);
+                            }
+                        };
+                    }
                     let norm = grad_norm::<B, M>(&model, &grads);
                     report.grad_norm = Some(norm);
                     if !norm.is_finite() {
@@ -436,6 +566,26 @@ where
         .convert::<f32>()
         .into_vec::<f32>()
         .map_err(|e| SrumError::Training(format!("reading the loss: {e:?}")))?;
+        #[cfg(feature = "collective")]
+        let host = match &self.parallel {
+            // Every peer reports and decides on the group's mean, so a non-finite loss on one
+            // peer makes all of them skip together instead of leaving the others waiting.
+            Some(dp) => {
+                let b = prompts.len() as f32;
+                let mut local = host.clone();
+                local.truncate(4);
+                local.extend([b, b * b]);
+                let mean = parallel::mean_host::<B::InnerBackend>(dp.peer, &local, &self.device)?;
+                if (mean[5] - mean[4] * mean[4]).abs() > 1e-3 * mean[5].max(1.0) {
+                    return Err(SrumError::Shape(format!(
+                        "data-parallel peers have different batch sizes (this one {b}, mean {})",
+                        mean[4]
+                    )));
+                }
+                mean
+            }
+            None => host,
+        };
         let values = [host[0], host[1], host[2]];
         if !host[0].is_finite() {
             return Ok((values, host[3], None));
@@ -448,8 +598,14 @@ where
 
     /// Writes model, EMA, reference, optimizer state and counters to `dir`, atomically.
     /// Must be called between accumulation windows.
+    ///
+    /// In a data-parallel group only the root peer (rank 0) writes; the others return `Ok`
+    /// without touching `dir`, since their weights are the same.
     pub fn save_checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
+        if !self.is_root() {
+            return Ok(());
+        }
         if self.accumulated != 0 {
             return Err(SrumError::Checkpoint {
                 path: dir.to_path_buf(),

@@ -63,6 +63,10 @@ pub struct JudgeArgs {
     /// JSON file with your own question templates (`global`, `regions`, `sample`, `relevance`).
     #[arg(long)]
     templates: Option<PathBuf>,
+    /// Judge only part k of n of the manifest's images (`k/n`, contiguous blocks); join the
+    /// parts' outputs with `srum merge`.
+    #[arg(long, default_value = "0/1")]
+    shard: srum::data::Shard,
 }
 
 #[derive(Deserialize)]
@@ -226,6 +230,17 @@ fn judge_with<M: srum::model::UnifiedModel<Flex>>(
             }
         }
     }
+    let range = a.shard.range(todo.len());
+    if a.shard.count > 1 {
+        eprintln!(
+            "shard {}: images {}..{} of {}",
+            a.shard,
+            range.start,
+            range.end,
+            todo.len()
+        );
+    }
+    let mut todo: Vec<_> = todo.drain(range).collect();
     let done = already_scored(&a.out)?;
     let total = todo.len();
     todo.retain(|(_, m)| !done.contains(&m.file));

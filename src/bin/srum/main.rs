@@ -2,6 +2,7 @@
 
 mod demo;
 mod judge;
+mod merge;
 mod reward_map;
 mod train;
 mod world;
@@ -54,6 +55,13 @@ enum Command {
     /// The whole loop on the shipped model: evaluate, roll out, self-judge, train, evaluate
     /// again; prints the before/after table per category.
     Demo(demo::DemoArgs),
+    /// Join the outputs of sharded `rollout` (folders) or `judge` (files) runs, checking that
+    /// every image is there exactly once.
+    Merge(merge::MergeArgs),
+    /// Serve burn-collective's global orchestrator, which the nodes of a multi-node
+    /// `srum train --nodes N` meet through. Runs until interrupted.
+    #[cfg(feature = "collective")]
+    Orchestrator(train::OrchestratorArgs),
 }
 
 pub use srum::data::contained_path;
@@ -79,6 +87,9 @@ fn main() -> ExitCode {
         Command::Eval(a) => world::run_eval(a),
         Command::Demo(a) => demo::run_demo(a),
         Command::Rollout(a) => world::run_rollout(a),
+        Command::Merge(a) => merge::run(a),
+        #[cfg(feature = "collective")]
+        Command::Orchestrator(a) => train::run_orchestrator(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e}");

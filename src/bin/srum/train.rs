@@ -64,6 +64,88 @@ pub struct TrainArgs {
     /// Continue the run in --out from its checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Nodes (processes, one device each) training together, data-parallel. `--batch` is the
+    /// global batch and must divide by it; node r trains on its r-th share of every batch.
+    #[cfg(feature = "collective")]
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// This node's rank in `0..nodes`. Rank 0 writes metrics, checkpoints and the model.
+    #[cfg(feature = "collective")]
+    #[arg(long, default_value_t = 0)]
+    node_rank: usize,
+    /// Address of the orchestrator (`srum orchestrator`), e.g. `ws://10.0.0.1:3000`.
+    #[cfg(feature = "collective")]
+    #[arg(long, default_value = "ws://127.0.0.1:3000")]
+    orchestrator: String,
+    /// Port this node serves gradients on; the other nodes must reach it.
+    #[cfg(feature = "collective")]
+    #[arg(long, default_value_t = 3001)]
+    data_port: u16,
+    /// Host name or IP the other nodes reach this node at.
+    #[cfg(feature = "collective")]
+    #[arg(long, default_value = "127.0.0.1")]
+    node_host: String,
+}
+
+#[cfg(feature = "collective")]
+#[derive(clap::Args)]
+pub struct OrchestratorArgs {
+    /// Port to listen on (WebSocket).
+    #[arg(long, default_value_t = 3000)]
+    port: u16,
+}
+
+#[cfg(feature = "collective")]
+pub fn run_orchestrator(a: OrchestratorArgs) -> Result<ExitCode, String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the orchestrator's runtime: {e}"))?;
+    eprintln!("orchestrator listening on port {}", a.port);
+    rt.block_on(burn::collective::start_global_orchestrator(a.port));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// This process's `(rank, world)` among the nodes, and the group to join (none for one node).
+#[cfg(feature = "collective")]
+fn group(a: &TrainArgs) -> Result<(usize, usize, Option<srum::train::DataParallel>), String> {
+    if a.nodes <= 1 {
+        return Ok((0, 1, None));
+    }
+    if a.batch % a.nodes != 0 {
+        return Err(format!(
+            "--batch {} does not divide into {} nodes",
+            a.batch, a.nodes
+        ));
+    }
+    let dp = srum::train::DataParallel::node(
+        a.node_rank,
+        a.nodes,
+        &a.orchestrator,
+        &format!("ws://{}:{}", a.node_host, a.data_port),
+        a.data_port,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((a.node_rank, a.nodes, Some(dp)))
+}
+
+#[cfg(not(feature = "collective"))]
+fn group(_: &TrainArgs) -> Result<(usize, usize, Option<()>), String> {
+    Ok((0, 1, None))
+}
+
+/// FNV-1a over the bits of every weight: equal on all nodes when they are in step.
+fn checksum<M: burn::module::Module<Flex>>(m: &M) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for p in srum::train::params::collect_params(m) {
+        let v = p.flat.into_data().into_vec::<f32>().unwrap_or_default();
+        for x in v {
+            for b in x.to_bits().to_le_bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+            }
+        }
+    }
+    h
 }
 
 fn config(a: &TrainArgs) -> Result<TrainerConfig, String> {
@@ -105,6 +187,8 @@ pub fn run_train(a: TrainArgs) -> Result<ExitCode, String> {
         return Err("--steps, --batch and --save-every must be at least 1".into());
     }
     let device = Default::default();
+    let (rank, world, dp) = group(&a)?;
+    let root = rank == 0;
     let (model, model_config) =
         TinyUmm::<Ad>::load_dir(&a.checkpoint, &device).map_err(|e| e.to_string())?;
     let size = model_config.image_size;
@@ -112,7 +196,7 @@ pub fn run_train(a: TrainArgs) -> Result<ExitCode, String> {
     let ckpt = a.out.join("checkpoint");
     let metrics_path = a.out.join("metrics.jsonl");
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
-    let mut trainer = if a.resume && ckpt.join(srum::train::LATEST).exists() {
+    let trainer = if a.resume && ckpt.join(srum::train::LATEST).exists() {
         let t = Trainer::resume(&ckpt, model, &device).map_err(|e| e.to_string())?;
         // Metrics past the checkpoint were never committed: drop them.
         let done = t.state().optimizer_steps;
@@ -132,9 +216,21 @@ pub fn run_train(a: TrainArgs) -> Result<ExitCode, String> {
         if a.resume {
             eprintln!("no checkpoint in {}: starting fresh", ckpt.display());
         }
-        let _ = std::fs::remove_file(&metrics_path);
+        if root {
+            let _ = std::fs::remove_file(&metrics_path);
+        }
         Trainer::new(model, config(&a)?, &device).map_err(|e| e.to_string())?
     };
+    #[cfg(feature = "collective")]
+    let mut trainer = match dp {
+        Some(dp) => {
+            eprintln!("node {rank} of {world}: joining the group");
+            trainer.data_parallel(dp).map_err(|e| e.to_string())?
+        }
+        None => trainer,
+    };
+    #[cfg(not(feature = "collective"))]
+    let (mut trainer, _) = (trainer, dp);
     let (data, stats) = RewardDataset::load(
         &a.records,
         &a.images,
@@ -161,11 +257,18 @@ pub fn run_train(a: TrainArgs) -> Result<ExitCode, String> {
         c.invalid_boxes,
     );
     let seed = trainer.config().seed;
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| format!("{}: {e}", metrics_path.display()))?;
+    // Only rank 0 logs: the loss terms it reports are already the group's means.
+    let mut metrics: Box<dyn Write> = if root {
+        Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .map_err(|e| format!("{}: {e}", metrics_path.display()))?,
+        )
+    } else {
+        Box::new(std::io::sink())
+    };
     let start = trainer.state().optimizer_steps;
     let pb = ProgressBar::new(a.steps).with_style(
         ProgressStyle::with_template("training {bar:40} {pos}/{len} [{elapsed} < {eta}] {msg}")
@@ -174,7 +277,9 @@ pub fn run_train(a: TrainArgs) -> Result<ExitCode, String> {
     pb.set_position(start);
     let mut step = start;
     while step < a.steps {
-        let idx = data.batch_indices(seed, trainer.state().micro_steps, a.batch);
+        let all = data.batch_indices(seed, trainer.state().micro_steps, a.batch);
+        let share = a.batch / world;
+        let idx = &all[rank * share..(rank + 1) * share];
         let imgs: Vec<PixelImage> = idx.iter().map(|&i| data.items[i].image.clone()).collect();
         let prompts: Vec<String> = idx.iter().map(|&i| data.items[i].prompt.clone()).collect();
         let maps: Vec<_> = idx.iter().map(|&i| data.items[i].reward.clone()).collect();
@@ -219,14 +324,23 @@ pub fn run_train(a: TrainArgs) -> Result<ExitCode, String> {
     }
     pb.finish_and_clear();
     trainer.save_checkpoint(&ckpt).map_err(|e| e.to_string())?;
-    trainer
-        .model()
-        .valid()
-        .save_dir(&model_config, a.out.join("model"))
-        .map_err(|e| e.to_string())?;
-    eprintln!(
-        "trained to step {step}; model in {}",
-        a.out.join("model").display()
-    );
+    let model = trainer.model().valid();
+    if world > 1 {
+        eprintln!(
+            "node {rank}: weights checksum {:016x} after step {step}",
+            checksum(&model)
+        );
+    }
+    #[cfg(feature = "collective")]
+    trainer.leave_group().map_err(|e| e.to_string())?;
+    if root {
+        model
+            .save_dir(&model_config, a.out.join("model"))
+            .map_err(|e| e.to_string())?;
+        eprintln!(
+            "trained to step {step}; model in {}",
+            a.out.join("model").display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,7 +8,6 @@ use std::time::Instant;
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::SeedableRng;
 use srum::flow::{EulerSampler, EulerSamplerConfig};
 use srum::tiny::{PretrainConfig, TinyUmm, TinyUmmConfig, build_tokenizer, pretrain};
 
@@ -204,7 +203,19 @@ pub fn run_generate(a: GenerateArgs) -> Result<ExitCode, String> {
     if prompts.is_empty() {
         return Err(format!("{}: no prompts", a.prompts.display()));
     }
-    write_generations(&model, &config, &prompts, &a.out, &a.sampling, a.batch_size)
+    let job = Job {
+        first: 0,
+        total: None,
+    };
+    write_generations(
+        &model,
+        &config,
+        &prompts,
+        job,
+        &a.out,
+        &a.sampling,
+        a.batch_size,
+    )
 }
 
 #[derive(clap::Args)]
@@ -229,6 +240,11 @@ pub struct RolloutArgs {
     /// Images per model call.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// Do only part k of n of the images (`k/n`, contiguous blocks); join the parts with
+    /// `srum merge`. Each image has its own noise stream, so the parts together are the
+    /// images of the whole run.
+    #[arg(long, default_value = "0/1")]
+    shard: srum::data::Shard,
 }
 
 /// Stage 1's rollout: every prompt `--candidates` times, each with its own noise.
@@ -253,7 +269,28 @@ pub fn run_rollout(a: RolloutArgs) -> Result<ExitCode, String> {
         .iter()
         .flat_map(|p| std::iter::repeat_n(p.clone(), a.candidates))
         .collect();
-    write_generations(&model, &config, &all, &a.out, &a.sampling, a.batch_size)
+    let range = a.shard.range(all.len());
+    let job = Job {
+        first: range.start,
+        total: Some(all.len()),
+    };
+    write_generations(
+        &model,
+        &config,
+        &all[range],
+        job,
+        &a.out,
+        &a.sampling,
+        a.batch_size,
+    )
+}
+
+/// Where a list of prompts sits in the whole job: global index of its first image, and the
+/// job's size (written into sharded manifests so `srum merge` can see a missing part).
+#[derive(Clone, Copy)]
+struct Job {
+    first: usize,
+    total: Option<usize>,
 }
 
 /// Prompts from a file, one per line, each checked against the tokenizer (named by line).
@@ -279,6 +316,7 @@ fn write_generations(
     model: &TinyUmm<Flex>,
     config: &TinyUmmConfig,
     prompts: &[String],
+    job: Job,
     out: &std::path::Path,
     sampling: &SamplingArgs,
     batch_size: usize,
@@ -288,22 +326,23 @@ fn write_generations(
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let sampler = sampling.sampler()?;
     let pb = bar(prompts.len() as u64, "generating");
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(sampling.seed);
     let mut manifest = String::new();
     let size = config.image_size;
     for (k, chunk) in prompts.chunks(batch).enumerate() {
-        let imgs = srum::flow::generate(
+        let first = job.first + k * batch;
+        let imgs = srum::flow::generate_indexed(
             model,
             chunk,
             (size, size),
             &sampler,
             batch,
-            &mut rng,
+            sampling.seed,
+            first as u64,
             &device,
         )
         .map_err(|e| e.to_string())?;
         for (j, (img, p)) in imgs.iter().zip(chunk).enumerate() {
-            let index = k * batch + j;
+            let index = first + j;
             let file = format!("{index:05}.png");
             let path = out.join(&file);
             image::save_buffer(
@@ -314,10 +353,11 @@ fn write_generations(
                 image::ExtendedColorType::Rgb8,
             )
             .map_err(|e| format!("{}: {e}", path.display()))?;
-            manifest.push_str(
-                &serde_json::json!({"index": index, "prompt": p, "file": file, "seed": sampling.seed})
-                    .to_string(),
-            );
+            let mut line = serde_json::json!({"index": index, "prompt": p, "file": file, "seed": sampling.seed});
+            if let Some(total) = job.total {
+                line["total"] = total.into();
+            }
+            manifest.push_str(&line.to_string());
             manifest.push('\n');
             pb.inc(1);
         }
