@@ -9,7 +9,7 @@
 
 pub use burn::collective::{CollectiveConfig, PeerId};
 use burn::collective::{CollectiveError, ReduceOperation};
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{
     Tensor, TensorData, TensorPrimitive, backend::AutodiffBackend, backend::Backend,
@@ -208,52 +208,52 @@ pub(crate) fn all_reduce_grads<B: AutodiffBackend, M: Module<B>>(
     Ok(grads)
 }
 
-/// Replaces every float parameter by the root peer's value, in visiting order.
-struct BroadcastParams<B: AutodiffBackend> {
-    peer: PeerId,
-    root: bool,
-    error: Option<CollectiveError>,
-    _b: std::marker::PhantomData<B>,
+/// Replaces every float parameter by the next slice of `flat`, in visiting order.
+struct Unflatten<B: AutodiffBackend> {
+    flat: Tensor<B::InnerBackend, 1>,
+    offset: usize,
 }
 
-impl<B: AutodiffBackend> ModuleMapper<B> for BroadcastParams<B> {
+impl<B: AutodiffBackend> ModuleMapper<B> for Unflatten<B> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, tensor, mapper) = param.consume();
-        if self.error.is_some() {
-            return Param::from_mapped_value(id, tensor, mapper);
-        }
         let require_grad = tensor.is_require_grad();
-        let sent = self
-            .root
-            .then(|| tensor.clone().inner().into_primitive().tensor());
-        match burn::collective::broadcast::<B::InnerBackend>(self.peer, sent) {
-            Ok(p) => {
-                let inner = Tensor::<B::InnerBackend, D>::from_primitive(TensorPrimitive::Float(p));
-                let t = Tensor::<B, D>::from_inner(inner).set_require_grad(require_grad);
-                Param::from_mapped_value(id, t, mapper)
-            }
-            Err(e) => {
-                self.error = Some(e);
-                Param::from_mapped_value(id, tensor, mapper)
-            }
-        }
+        let dims = tensor.dims();
+        let n: usize = dims.iter().product();
+        let inner = self.flat.clone().narrow(0, self.offset, n).reshape(dims);
+        self.offset += n;
+        let t = Tensor::<B, D>::from_inner(inner).set_require_grad(require_grad);
+        Param::from_mapped_value(id, t, mapper)
     }
 }
 
 /// Gives every peer the root peer's weights.
-pub(crate) fn broadcast_module<B: AutodiffBackend, M: Module<B>>(
+///
+/// burn-collective 0.21 has no broadcast across nodes ("Global broadcast unimplemented"), so
+/// this is an all-reduce (sum) of all weights concatenated, to which only the root contributes
+/// non-zeros: `x + 0 + ... + 0 = x` exactly, on one node or many.
+pub(crate) fn broadcast_module<B: AutodiffBackend, M: AutodiffModule<B>>(
     dp: &DataParallel,
     module: M,
 ) -> Result<M> {
-    let mut b = BroadcastParams::<B> {
-        peer: dp.peer,
-        root: dp.is_root(),
-        error: None,
-        _b: std::marker::PhantomData,
-    };
-    let module = module.map(&mut b);
-    match b.error {
-        Some(e) => Err(collective_error("weight broadcast", e)),
-        None => Ok(module),
+    let flat: Vec<Tensor<B::InnerBackend, 1>> =
+        crate::train::params::collect_params(&module.valid())
+            .into_iter()
+            .map(|p| p.flat)
+            .collect();
+    if flat.is_empty() {
+        return Ok(module);
     }
+    let mut flat = Tensor::cat(flat, 0);
+    if !dp.is_root() {
+        flat = flat.zeros_like();
+    }
+    let summed = burn::collective::all_reduce::<B::InnerBackend>(
+        dp.peer,
+        flat.into_primitive().tensor(),
+        ReduceOperation::Sum,
+    )
+    .map_err(|e| collective_error("weight broadcast", e))?;
+    let flat = Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(summed));
+    Ok(module.map(&mut Unflatten::<B> { flat, offset: 0 }))
 }

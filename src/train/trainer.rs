@@ -82,7 +82,7 @@ impl<B: Backend> SrumBatch<B> {
     /// update equals one trainer's on the whole batch only for equal shards.
     pub fn shard(&self, rank: usize, world: usize) -> Result<Self> {
         let b = self.prompts.len();
-        if world == 0 || rank >= world || b % world != 0 {
+        if world == 0 || rank >= world || !b.is_multiple_of(world) {
             return Err(SrumError::Shape(format!(
                 "a batch of {b} cannot be split into {world} equal shards for rank {rank}"
             )));

@@ -112,7 +112,7 @@ fn group(a: &TrainArgs) -> Result<(usize, usize, Option<srum::train::DataParalle
     if a.nodes <= 1 {
         return Ok((0, 1, None));
     }
-    if a.batch % a.nodes != 0 {
+    if !a.batch.is_multiple_of(a.nodes) {
         return Err(format!(
             "--batch {} does not divide into {} nodes",
             a.batch, a.nodes
