@@ -273,6 +273,14 @@ fn run<B: AutodiffBackend>(a: &Args, device: &B::Device, name: &str) -> Result<(
             Ok(())
         })?;
         record(&format!("reward_map_{side}"), s, 1);
+        // What training consumes: the map at the latent grid (BAGEL: 16 pixels per token).
+        let grid = side / 16;
+        let s = time(a.iters * 4, || {
+            let (map, _) = composer.compose_latent(&judgement, (side, side), (grid, grid));
+            std::hint::black_box(map);
+            Ok(())
+        })?;
+        record(&format!("reward_map_latent_{side}"), s, 1);
     }
 
     let out = serde_json::json!({

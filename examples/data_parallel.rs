@@ -58,6 +58,18 @@ fn main() -> srum::Result<()> {
     let (h, w) = srum::model::UnifiedModel::latent_grid(&model, size, size);
     let c = srum::model::UnifiedModel::latent_channels(&model);
     let data = batches(steps, h * w, c);
+    let probe = Trainer::new(model.clone(), TrainerConfig::default(), &device)?;
+    let trainable: std::collections::HashSet<_> = probe.trainable_params().iter().collect();
+    let floats: usize = srum::train::params::collect_params(&model)
+        .iter()
+        .filter(|p| trainable.contains(&p.id))
+        .map(|p| p.shape.iter().product::<usize>())
+        .sum();
+    drop(probe);
+    println!(
+        "trainable parameters: {floats} ({} KiB of f32 gradients per all-reduce)",
+        floats * 4 / 1024
+    );
 
     println!("peers  global batch  per peer  s/step (median of {steps}, first dropped)");
     let mut peers = 1;

@@ -3,7 +3,9 @@
 //! one process with the whole batch.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+#[cfg(feature = "collective")]
+use std::process::Child;
+use std::process::{Command, Output};
 
 fn srum() -> Command {
     Command::new(env!("CARGO_BIN_EXE_srum"))

@@ -14,6 +14,8 @@ in f32, the operations of `benches/peer.rs`, each the median of K runs after one
 - `understand`: yes/no logits of 64 (image, prompt) pairs, read back to the host;
 - `reward_map_512`, `reward_map_1024`: the NumPy reference rule for one map from a global score and
   5 boxes, at image resolution.
+- `reward_map_latent_512`, `reward_map_latent_1024`: the same map bilinearly resized to the latent
+  grid (side / 16), which is what training consumes.
 """
 
 import argparse
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reward_map import compose  # noqa: E402
+from reward_map import compose, resize  # noqa: E402
 from tiny_umm import TIME_FEATURES, load_model, read_safetensors  # noqa: E402
 
 # TrainerConfig::default(): the published SRUM recipe.
@@ -271,6 +273,11 @@ def main():
         ]
         s = median_seconds(a.iters * 4, device, lambda: compose(0.3, regions, side, side))
         record(f"reward_map_{side}", s, 1, None)
+        grid = side // 16
+        s = median_seconds(
+            a.iters * 4, device, lambda: resize(compose(0.3, regions, side, side), grid, grid)
+        )
+        record(f"reward_map_latent_{side}", s, 1, None)
 
     out = {
         "implementation": f"PyTorch {torch.__version__}, NumPy {np.__version__}",
