@@ -341,7 +341,125 @@ fn probe<B: Backend>(device: &B::Device) -> Result<(), String> {
     Ok(())
 }
 
+/// Train-step seconds for a batch of `b` at the model's image size (anchor constraint).
+fn step_seconds<B: AutodiffBackend>(
+    model: &TinyUmm<B>,
+    size: usize,
+    b: usize,
+    iters: usize,
+    device: &B::Device,
+) -> Result<f64, String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (h, w) = model.latent_grid(size, size);
+    let (n, c) = (h * w, model.latent_channels());
+    let prompts: Vec<String> = split_prompts(Split::Train, 0)
+        .iter()
+        .take(b)
+        .map(|p| p.text())
+        .collect();
+    let mut trainer = Trainer::new(model.clone(), TrainerConfig::default(), device)
+        .map_err(|e| e.to_string())?;
+    let reward: Vec<f32> = (0..b * n).map(|_| rng.random_range(0.0..1.0)).collect();
+    let batch = SrumBatch {
+        prompts: prompts.iter().cycle().take(b).cloned().collect(),
+        latents: normal::<B>(&mut rng, [b, n, c], device),
+        anchor: None,
+        reward: Tensor::from_data(TensorData::new(reward, [b, n]), device),
+    };
+    time(iters, || {
+        trainer
+            .step(batch.clone())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// How time scales with batch size, image size and number of reward regions, and the model's
+/// two matmul shapes on their own: markdown tables on stdout (docs/PERFORMANCE.md's cost model).
+fn scaling(model_dir: &std::path::Path, iters: usize) -> Result<(), String> {
+    type Ad = Autodiff<burn::backend::Flex>;
+    let device = Default::default();
+    let (model, config) = TinyUmm::<Ad>::load_dir(model_dir, &device).map_err(|e| e.to_string())?;
+    let size = config.image_size;
+    println!("| batch | s / train step | ms / sample |\n|---:|---:|---:|");
+    for b in [8usize, 16, 32, 64] {
+        let s = step_seconds(&model, size, b, iters, &device)?;
+        println!("| {b} | {s:.4} | {:.2} |", 1e3 * s / b as f64);
+    }
+    println!("\n| image side | latent tokens | s / train step (batch 32) |\n|---:|---:|---:|");
+    for side in [32usize, 64] {
+        let m = if side == size {
+            model.clone()
+        } else {
+            let cfg = srum::tiny::TinyUmmConfig {
+                image_size: side,
+                ..config.clone()
+            };
+            cfg.init::<Ad>(model.tokenizer().clone(), &device)
+        };
+        let (h, w) = m.latent_grid(side, side);
+        let s = step_seconds(&m, side, 32, iters, &device)?;
+        println!("| {side} | {} | {s:.4} |", h * w);
+    }
+    println!(
+        "\n| regions | dense 512x512 (µs) | latent 32x32 from 512 (µs) |\n|---:|---:|---:|"
+    );
+    let composer = RewardComposer::new(RewardComposerConfig::default());
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    for k in [1usize, 5, 20, 50] {
+        let j = Judgement {
+            global: Some(0.3),
+            regions: (0..k)
+                .map(|i| {
+                    let (x, y) = (rng.random_range(0.0..400.0), rng.random_range(0.0..400.0));
+                    ScoredRegion {
+                        bbox: BBox::new(x, y, x + rng.random_range(20.0..200.0), y + 100.0),
+                        object: format!("object {i}"),
+                        score: rng.random_range(-1.0..1.0),
+                    }
+                })
+                .collect(),
+        };
+        let d = time(iters * 20, || {
+            std::hint::black_box(composer.compose(&j, 512, 512));
+            Ok(())
+        })?;
+        let l = time(iters * 20, || {
+            std::hint::black_box(composer.compose_latent(&j, (512, 512), (32, 32)));
+            Ok(())
+        })?;
+        println!("| {k} | {:.1} | {:.1} |", d * 1e6, l * 1e6);
+    }
+    println!("\n| matmul (flex, f32) | ms | GFLOP/s |\n|---|---:|---:|");
+    type F = burn::backend::Flex;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for (m, k, n) in [(2592usize, 64usize, 192usize), (2592, 64, 64), (2592, 128, 64)] {
+        let a = normal::<F>(&mut rng, [1, m, k], &device).reshape([m, k]);
+        let b = normal::<F>(&mut rng, [1, k, n], &device).reshape([k, n]);
+        let s = time(iters * 20, || {
+            // flex runs eagerly: the product is computed when `matmul` returns.
+            std::hint::black_box(a.clone().matmul(b.clone()));
+            Ok(())
+        })?;
+        let gf = 2.0 * (m * k * n) as f64 / s / 1e9;
+        println!("| [{m},{k}]x[{k},{n}] | {:.3} | {gf:.1} |", s * 1e3);
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
+    if let Some(pos) = std::env::args().position(|a| a == "--scaling") {
+        let model = std::env::args()
+            .nth(pos + 1)
+            .unwrap_or_else(|| "assets/tiny-umm".into());
+        return match scaling(std::path::Path::new(&model), 5) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if std::env::args().any(|a| a == "--probe") {
         #[cfg(feature = "cuda")]
         let r = probe::<burn::backend::Cuda>(&Default::default());
