@@ -357,8 +357,8 @@ fn step_seconds<B: AutodiffBackend>(
         .take(b)
         .map(|p| p.text())
         .collect();
-    let mut trainer = Trainer::new(model.clone(), TrainerConfig::default(), device)
-        .map_err(|e| e.to_string())?;
+    let mut trainer =
+        Trainer::new(model.clone(), TrainerConfig::default(), device).map_err(|e| e.to_string())?;
     let reward: Vec<f32> = (0..b * n).map(|_| rng.random_range(0.0..1.0)).collect();
     let batch = SrumBatch {
         prompts: prompts.iter().cycle().take(b).cloned().collect(),
@@ -401,9 +401,7 @@ fn scaling(model_dir: &std::path::Path, iters: usize) -> Result<(), String> {
         let s = step_seconds(&m, side, 32, iters, &device)?;
         println!("| {side} | {} | {s:.4} |", h * w);
     }
-    println!(
-        "\n| regions | dense 512x512 (µs) | latent 32x32 from 512 (µs) |\n|---:|---:|---:|"
-    );
+    println!("\n| regions | dense 512x512 (µs) | latent 32x32 from 512 (µs) |\n|---:|---:|---:|");
     let composer = RewardComposer::new(RewardComposerConfig::default());
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     for k in [1usize, 5, 20, 50] {
@@ -433,7 +431,11 @@ fn scaling(model_dir: &std::path::Path, iters: usize) -> Result<(), String> {
     println!("\n| matmul (flex, f32) | ms | GFLOP/s |\n|---|---:|---:|");
     type F = burn::backend::Flex;
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    for (m, k, n) in [(2592usize, 64usize, 192usize), (2592, 64, 64), (2592, 128, 64)] {
+    for (m, k, n) in [
+        (2592usize, 64usize, 192usize),
+        (2592, 64, 64),
+        (2592, 128, 64),
+    ] {
         let a = normal::<F>(&mut rng, [1, m, k], &device).reshape([m, k]);
         let b = normal::<F>(&mut rng, [1, k, n], &device).reshape([k, n]);
         let s = time(iters * 20, || {

@@ -112,3 +112,39 @@ fn rollout_writes_k_candidates_that_judge_reads() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read_to_string(&scores).unwrap().lines().count(), 6);
 }
+
+#[test]
+fn iterate_runs_rounds_from_the_previous_model_and_continues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-umm");
+    let iterate = |rounds: &str| {
+        Command::new(env!("CARGO_BIN_EXE_srum"))
+            .args(["iterate", "--checkpoint", model.to_str().unwrap(), "--out"])
+            .arg(&out)
+            .args(["--rounds", rounds, "--candidates", "2", "--limit", "2"])
+            .args(["--steps", "2", "--train-steps", "1", "--batch", "2"])
+            .output()
+            .unwrap()
+    };
+    let o = iterate("1");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m1 = out.join("round-1/train/model/model.safetensors");
+    assert!(m1.is_file());
+    let before = std::fs::read(&m1).unwrap();
+
+    // Two rounds: round 1 is kept as it is, round 2 trains from its model.
+    let o = iterate("2");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("round 1: already trained"), "{err}");
+    assert_eq!(std::fs::read(&m1).unwrap(), before);
+    let m2 = out.join("round-2/train/model/model.safetensors");
+    assert_ne!(std::fs::read(m2).unwrap(), before, "round 2 did not train");
+    let manifest = std::fs::read_to_string(out.join("round-2/rollout/manifest.jsonl")).unwrap();
+    assert_eq!(
+        manifest.lines().count(),
+        4,
+        "two prompts, two candidates each"
+    );
+}

@@ -1,6 +1,7 @@
 //! `srum`: the command-line face of the library. Each subcommand is a thin layer over it.
 
 mod demo;
+mod iterate;
 mod judge;
 mod merge;
 mod reward_map;
@@ -55,6 +56,9 @@ enum Command {
     /// The whole loop on the shipped model: evaluate, roll out, self-judge, train, evaluate
     /// again; prints the before/after table per category.
     Demo(demo::DemoArgs),
+    /// Rounds of rollout -> judge -> convert -> train, each from the previous round's model;
+    /// rerun with more rounds to continue.
+    Iterate(iterate::IterateArgs),
     /// Join the outputs of sharded `rollout` (folders) or `judge` (files) runs, checking that
     /// every image is there exactly once.
     Merge(merge::MergeArgs),
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => demo::run_demo(a),
         Command::Rollout(a) => world::run_rollout(a),
         Command::Merge(a) => merge::run(a),
+        Command::Iterate(a) => iterate::run(a),
         #[cfg(feature = "collective")]
         Command::Orchestrator(a) => train::run_orchestrator(a),
     };
