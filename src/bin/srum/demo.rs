@@ -53,8 +53,11 @@ pub struct DemoArgs {
     /// Peak learning rate (the published 2e-5 is for a 7B model; the tiny one wants more).
     #[arg(long, default_value_t = 2e-4)]
     lr: f64,
-    /// Which rewards shape the map: `dual` (SRUM), `global` or `local`.
-    #[arg(long, default_value = "dual", value_parser = ["dual", "global", "local"])]
+    /// What the model learns from its samples: `dual` (SRUM: global and local rewards),
+    /// `global` or `local` (one reward only), `sft` (every sample, reward 1: the paper's "+SFT"
+    /// baseline) or `best-of-k` (only each prompt's candidate with the best global self-score,
+    /// reward 1).
+    #[arg(long, default_value = "dual", value_parser = ["dual", "global", "local", "sft", "best-of-k"])]
     reward: String,
     /// Held-out prompts per category for the before/after evaluation.
     #[arg(long, default_value_t = 20)]
@@ -182,6 +185,7 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
             &format!("round {}: self-judging", round + 1),
         );
         let (mut maps, mut manifest, mut mean_reward) = (Vec::new(), String::new(), 0f64);
+        let mut globals: Vec<f32> = Vec::with_capacity(images.len());
         for (k, (imgs, ps)) in images
             .chunks(64)
             .zip(rollout_prompts.chunks(64))
@@ -196,7 +200,11 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
                 .map_err(|e| e.to_string())?;
             for (j, o) in out.iter().enumerate() {
                 let i = k * 64 + j;
-                let (map, _) = composer.compose_latent(&o.judgement, (size, size), grid);
+                let (mut map, _) = composer.compose_latent(&o.judgement, (size, size), grid);
+                if matches!(a.reward.as_str(), "sft" | "best-of-k") {
+                    map = RewardMap::filled(grid.0, grid.1, 1.0);
+                }
+                globals.push(o.judgement.global.filter(|g| g.is_finite()).unwrap_or(0.0));
                 mean_reward += map.mean() as f64;
                 let file = format!("r{}-{i:05}.png", round + 1);
                 save_png(
@@ -230,6 +238,18 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
             mean_reward / images.len().max(1) as f64
         );
 
+        // The samples training draws from: all, or each prompt's best-judged candidate.
+        let pool: Vec<usize> = if a.reward == "best-of-k" {
+            (0..train.len())
+                .filter_map(|p| {
+                    (p * a.candidates..(p + 1) * a.candidates)
+                        .max_by(|&x, &y| globals[x].total_cmp(&globals[y]))
+                })
+                .collect()
+        } else {
+            (0..images.len()).collect()
+        };
+
         // Stage 2: reward-weighted training.
         let tc = TrainerConfig {
             lr: a.lr,
@@ -247,7 +267,7 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
             let mut idx = Vec::with_capacity(a.batch);
             while idx.len() < a.batch {
                 if order.is_empty() {
-                    order = (0..images.len()).collect();
+                    order = pool.clone();
                     order.shuffle(&mut rng);
                 }
                 idx.extend(order.pop());
