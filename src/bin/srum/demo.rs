@@ -59,6 +59,13 @@ pub struct DemoArgs {
     /// reward 1).
     #[arg(long, default_value = "dual", value_parser = ["dual", "global", "local", "sft", "best-of-k"])]
     reward: String,
+    /// `anchor` (reference code: the rollout image itself) or `reference` (a frozen copy of the
+    /// generator at the start of the round).
+    #[arg(long, default_value = "anchor", value_parser = ["anchor", "reference"])]
+    constraint: String,
+    /// Weight of the constraint term (the published recipe: 0.5).
+    #[arg(long, default_value_t = 0.5)]
+    lambda: f32,
     /// Held-out prompts per category for the before/after evaluation.
     #[arg(long, default_value_t = 20)]
     per_category: usize,
@@ -255,6 +262,12 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
             lr: a.lr,
             warmup_steps: (a.train_steps / 10) as u64,
             seed: a.sampling.seed.wrapping_add(round as u64),
+            lambda: a.lambda,
+            constraint: if a.constraint == "reference" {
+                srum::train::Constraint::ReferenceModel
+            } else {
+                srum::train::Constraint::Anchor
+            },
             ..TrainerConfig::default()
         };
         let mut trainer = Trainer::new(model, tc, &device).map_err(|e| e.to_string())?;
@@ -322,7 +335,7 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
     }
     println!("{table}");
     let results = serde_json::json!({
-        "checkpoint": a.checkpoint, "reward": a.reward, "prompts": train.len(),
+        "checkpoint": a.checkpoint, "reward": a.reward, "constraint": a.constraint, "lambda": a.lambda, "prompts": train.len(),
         "candidates": a.candidates, "rounds": a.rounds, "train_steps": a.train_steps, "batch": a.batch, "lr": a.lr,
         "seed": a.sampling.seed, "eval_seed": eval_seed, "per_category": a.per_category,
         "samples": a.samples, "before": before, "after": after,
