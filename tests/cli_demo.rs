@@ -148,3 +148,39 @@ fn iterate_runs_rounds_from_the_previous_model_and_continues() {
         "two prompts, two candidates each"
     );
 }
+
+#[test]
+fn demo_baselines_and_constraint_variants_run() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-umm");
+    for (reward, constraint) in [("sft", "anchor"), ("best-of-k", "reference")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_srum"))
+            .args(["demo", "--checkpoint", model.to_str().unwrap(), "--out"])
+            .arg(tmp.path())
+            .args([
+                "--reward",
+                reward,
+                "--constraint",
+                constraint,
+                "--lambda",
+                "2",
+            ])
+            .args(["--prompts", "2", "--candidates", "3", "--train-steps", "2"])
+            .args(["--batch", "2", "--per-category", "1", "--samples", "1"])
+            .args(["--understanding", "0", "--pictures", "1", "--steps", "2"])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{reward}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let results: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(tmp.path().join("results.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(results["reward"], reward);
+        assert_eq!(results["constraint"], constraint);
+        assert_eq!(results["lambda"], 2.0);
+    }
+}
