@@ -24,6 +24,8 @@ use srum::flow::{EulerSampler, EulerSamplerConfig, generate};
 use srum::image::PixelImage;
 use srum::model::UnifiedModel;
 use srum::reward::{BBox, Judgement, RewardComposer, RewardComposerConfig, ScoredRegion};
+
+mod common;
 use srum::tiny::TinyUmm;
 use srum::train::{Constraint, SrumBatch, Trainer, TrainerConfig};
 use srum::world::{Split, split_prompts};
@@ -194,25 +196,7 @@ fn run<B: AutodiffBackend>(a: &Args, device: &B::Device, name: &str) -> Result<(
         ("train_step_reference", Constraint::ReferenceModel),
     ] {
         let b = 32;
-        let cfg = TrainerConfig {
-            constraint,
-            ..TrainerConfig::default()
-        };
-        let mut trainer = Trainer::new(model.clone(), cfg, device).map_err(|e| e.to_string())?;
-        let latents = normal::<B>(&mut rng, [b, n, c], device);
-        let reward_host: Vec<f32> = (0..b * n).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let batch = SrumBatch {
-            prompts: pick(&mut rng, b),
-            latents,
-            anchor: None,
-            reward: Tensor::from_data(TensorData::new(reward_host, [b, n]), device),
-        };
-        let s = time(a.iters, || {
-            trainer
-                .step(batch.clone())
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })?;
+        let s = step_seconds(&model, size, b, constraint, a.iters, device)?;
         record(op, s, b);
     }
 
@@ -251,22 +235,7 @@ fn run<B: AutodiffBackend>(a: &Args, device: &B::Device, name: &str) -> Result<(
 
     let composer = RewardComposer::new(RewardComposerConfig::default());
     for side in [512usize, 1024] {
-        let f = side as f64;
-        let judgement = Judgement {
-            global: Some(0.3),
-            regions: (0..5)
-                .map(|k| ScoredRegion {
-                    bbox: BBox::new(
-                        0.1 * f * k as f64,
-                        0.05 * f * k as f64,
-                        0.1 * f * k as f64 + 0.4 * f,
-                        0.05 * f * k as f64 + 0.5 * f,
-                    ),
-                    object: format!("object {k}"),
-                    score: 0.4 * k as f32 - 0.8,
-                })
-                .collect(),
-        };
+        let judgement = common::five_box_judgement(side);
         let s = time(a.iters * 4, || {
             let (map, _) = composer.compose(&judgement, side, side);
             std::hint::black_box(map);
@@ -341,11 +310,13 @@ fn probe<B: Backend>(device: &B::Device) -> Result<(), String> {
     Ok(())
 }
 
-/// Train-step seconds for a batch of `b` at the model's image size (anchor constraint).
+/// Median seconds of one `Trainer::step` (published recipe with `constraint`) on a batch of
+/// `b` random latents with random rewards.
 fn step_seconds<B: AutodiffBackend>(
     model: &TinyUmm<B>,
     size: usize,
     b: usize,
+    constraint: Constraint,
     iters: usize,
     device: &B::Device,
 ) -> Result<f64, String> {
@@ -357,8 +328,11 @@ fn step_seconds<B: AutodiffBackend>(
         .take(b)
         .map(|p| p.text())
         .collect();
-    let mut trainer =
-        Trainer::new(model.clone(), TrainerConfig::default(), device).map_err(|e| e.to_string())?;
+    let cfg = TrainerConfig {
+        constraint,
+        ..TrainerConfig::default()
+    };
+    let mut trainer = Trainer::new(model.clone(), cfg, device).map_err(|e| e.to_string())?;
     let reward: Vec<f32> = (0..b * n).map(|_| rng.random_range(0.0..1.0)).collect();
     let batch = SrumBatch {
         prompts: prompts.iter().cycle().take(b).cloned().collect(),
@@ -383,7 +357,7 @@ fn scaling(model_dir: &std::path::Path, iters: usize) -> Result<(), String> {
     let size = config.image_size;
     println!("| batch | s / train step | ms / sample |\n|---:|---:|---:|");
     for b in [8usize, 16, 32, 64] {
-        let s = step_seconds(&model, size, b, iters, &device)?;
+        let s = step_seconds(&model, size, b, Constraint::Anchor, iters, &device)?;
         println!("| {b} | {s:.4} | {:.2} |", 1e3 * s / b as f64);
     }
     println!("\n| image side | latent tokens | s / train step (batch 32) |\n|---:|---:|---:|");
@@ -398,7 +372,7 @@ fn scaling(model_dir: &std::path::Path, iters: usize) -> Result<(), String> {
             cfg.init::<Ad>(model.tokenizer().clone(), &device)
         };
         let (h, w) = m.latent_grid(side, side);
-        let s = step_seconds(&m, side, 32, iters, &device)?;
+        let s = step_seconds(&m, side, 32, Constraint::Anchor, iters, &device)?;
         println!("| {side} | {} | {s:.4} |", h * w);
     }
     println!("\n| regions | dense 512x512 (µs) | latent 32x32 from 512 (µs) |\n|---:|---:|---:|");

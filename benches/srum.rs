@@ -24,10 +24,12 @@ use srum::flow::{EulerSampler, EulerSamplerConfig, generate_indexed};
 use srum::image::PixelImage;
 use srum::judge::{ConnectedComponents, SelfEvaluator, SelfEvaluatorConfig};
 use srum::model::UnifiedModel;
-use srum::reward::{BBox, Judgement, RewardComposer, ScoredRegion};
+use srum::reward::RewardComposer;
 use srum::tiny::TinyUmm;
 use srum::train::{Constraint, SrumBatch, Trainer, TrainerConfig};
 use srum::world::{PromptSpec, Split, split_prompts};
+
+mod common;
 
 type B = Autodiff<Flex>;
 
@@ -143,32 +145,12 @@ fn self_judgement(c: &mut Criterion) {
     g.finish();
 }
 
-/// The judgement `benches/peer.rs` and the NumPy peer use: global 0.3, five overlapping boxes.
-fn judgement(side: usize) -> Judgement {
-    let f = side as f64;
-    Judgement {
-        global: Some(0.3),
-        regions: (0..5)
-            .map(|k| ScoredRegion {
-                bbox: BBox::new(
-                    0.1 * f * k as f64,
-                    0.05 * f * k as f64,
-                    0.1 * f * k as f64 + 0.4 * f,
-                    0.05 * f * k as f64 + 0.5 * f,
-                ),
-                object: format!("object {k}"),
-                score: 0.4 * k as f32 - 0.8,
-            })
-            .collect(),
-    }
-}
-
 fn reward_map(c: &mut Criterion) {
     let composer = RewardComposer::default();
     let mut g = c.benchmark_group("reward_map");
     g.throughput(Throughput::Elements(1));
     for side in [512usize, 1024] {
-        let j = judgement(side);
+        let j = common::five_box_judgement(side);
         g.bench_function(format!("dense_{side}"), |bench| {
             bench.iter(|| black_box(composer.compose(&j, side, side)))
         });

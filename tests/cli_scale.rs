@@ -47,6 +47,24 @@ fn judge(images: &Path, out: &Path, shard: &str) {
         .unwrap());
 }
 
+/// `srum merge --out OUT INPUTS... [EXTRA...]`.
+fn merge(out: &Path, inputs: &[PathBuf], extra: &[&std::ffi::OsStr]) -> Output {
+    srum()
+        .arg("merge")
+        .arg("--out")
+        .arg(out)
+        .args(inputs)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// The error a merge that must fail printed.
+fn refused(o: Output) -> String {
+    assert!(!o.status.success(), "the merge should have failed");
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
 fn json_lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -65,13 +83,7 @@ fn sharded_rollout_and_judge_merge_into_the_whole_run() {
     assert_eq!(json_lines(&t("s0/manifest.jsonl")).len(), 3);
 
     // Parts in any order; the merge equals the whole run, image for image.
-    ok(srum()
-        .args(["merge", "--out"])
-        .arg(t("merged"))
-        .arg(t("s1"))
-        .arg(t("s0"))
-        .output()
-        .unwrap());
+    ok(merge(&t("merged"), &[t("s1"), t("s0")], &[]));
     let whole = json_lines(&t("whole/manifest.jsonl"));
     assert_eq!(whole.len(), 6);
     assert_eq!(json_lines(&t("merged/manifest.jsonl")), whole);
@@ -85,44 +97,26 @@ fn sharded_rollout_and_judge_merge_into_the_whole_run() {
     }
 
     // A missing part is named, not silently merged.
-    let o = srum()
-        .args(["merge", "--out"])
-        .arg(t("partial"))
-        .arg(t("s0"))
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = refused(merge(&t("partial"), &[t("s0")], &[]));
     assert!(err.contains("indices 3, 4, 5 are missing"), "{err}");
 
     // Judge in two shards, merge against the manifest, compare with one judge run.
     judge(&t("merged"), &t("whole.jsonl"), "0/1");
     judge(&t("merged"), &t("j0.jsonl"), "0/2");
     judge(&t("merged"), &t("j1.jsonl"), "1/2");
-    ok(srum()
-        .args(["merge", "--out"])
-        .arg(t("judged.jsonl"))
-        .arg(t("j0.jsonl"))
-        .arg(t("j1.jsonl"))
-        .arg("--manifest")
-        .arg(t("merged/manifest.jsonl"))
-        .output()
-        .unwrap());
+    let manifest = t("merged/manifest.jsonl");
+    ok(merge(
+        &t("judged.jsonl"),
+        &[t("j0.jsonl"), t("j1.jsonl")],
+        &["--manifest".as_ref(), manifest.as_os_str()],
+    ));
     assert_eq!(
         json_lines(&t("judged.jsonl")),
         json_lines(&t("whole.jsonl"))
     );
 
     // The same part twice is a duplicate, named with its file and line.
-    let o = srum()
-        .args(["merge", "--out"])
-        .arg(t("dup.jsonl"))
-        .arg(t("j0.jsonl"))
-        .arg(t("j0.jsonl"))
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = refused(merge(&t("dup.jsonl"), &[t("j0.jsonl"), t("j0.jsonl")], &[]));
     assert!(
         err.contains("j0.jsonl:1: image `00000.png` is also judged at"),
         "{err}"

@@ -3,9 +3,8 @@
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, StandardNormal};
 
-use super::{EulerSampler, Guidance, host_normal};
+use super::{EulerSampler, Guidance, extend_normals, host_normal};
 use crate::error::Result;
 use crate::image::PixelImage;
 use crate::model::UnifiedModel;
@@ -57,9 +56,8 @@ pub fn generate_indexed<B: Backend, M: UnifiedModel<B>>(
     generate_with(model, prompts, (width, height), sampler, batch, |b| {
         let mut values = Vec::with_capacity(b * h * w * c);
         for _ in 0..b {
-            let mut rng = image_rng(seed, next);
+            values = extend_normals(values, &mut image_rng(seed, next), h * w * c);
             next += 1;
-            values.extend((0..h * w * c).map(|_| -> f32 { StandardNormal.sample(&mut rng) }));
         }
         Tensor::from_data(TensorData::new(values, [b, h * w, c]), device)
     })

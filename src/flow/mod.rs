@@ -7,6 +7,6 @@ mod sampler;
 mod timesteps;
 
 pub use generate::{generate, generate_indexed, image_rng};
-pub use noise::{host_normal, noisy_latents, velocity_target};
+pub use noise::{extend_normals, host_normal, noisy_latents, velocity_target};
 pub use sampler::{EulerSampler, EulerSamplerConfig, Guidance};
 pub use timesteps::{TimestepSampling, sample_timesteps, sampling_schedule, shift_timestep};

@@ -31,7 +31,13 @@ pub fn host_normal<B: Backend, R: Rng, const D: usize>(
     shape: [usize; D],
     device: &B::Device,
 ) -> Tensor<B, D> {
-    let n = shape.iter().product();
-    let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
+    let values = extend_normals(Vec::new(), rng, shape.iter().product());
     Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// Appends `n` standard-normal f32 draws from `rng` to `values`: the host noise of
+/// [`host_normal`], for callers that assemble one tensor from several streams.
+pub fn extend_normals<R: Rng>(mut values: Vec<f32>, rng: &mut R, n: usize) -> Vec<f32> {
+    values.extend((0..n).map(|_| -> f32 { StandardNormal.sample(rng) }));
+    values
 }

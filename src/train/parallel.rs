@@ -26,8 +26,6 @@ use crate::error::{Result, SrumError};
 /// [`Trainer::data_parallel`]: crate::train::Trainer::data_parallel
 #[derive(Debug, Clone)]
 pub struct DataParallel {
-    /// This peer's id in the collective, unique in the whole group.
-    pub peer: PeerId,
     /// This peer's shard of every global batch, in `0..world`.
     pub rank: usize,
     /// Peers in the whole group, all nodes together.
@@ -41,7 +39,6 @@ impl DataParallel {
     /// Peer `rank` of `peers` in this process (one thread per device).
     pub fn local(rank: usize, peers: usize) -> Self {
         Self {
-            peer: PeerId::from(rank),
             rank,
             world: peers,
             collective: CollectiveConfig::default().with_num_devices(peers),
@@ -80,11 +77,15 @@ impl DataParallel {
             .with_node_address(parse("node_address", node_address)?)
             .with_data_service_port(data_port);
         Ok(Self {
-            peer: PeerId::from(node_rank),
             rank: node_rank,
             world: nodes,
             collective,
         })
+    }
+
+    /// This peer's id in the collective: its rank, unique in the whole group.
+    pub fn peer(&self) -> PeerId {
+        PeerId::from(self.rank)
     }
 
     /// Whether this peer writes checkpoints and logs for the group.
@@ -105,7 +106,7 @@ pub(crate) fn register<B: Backend>(dp: &DataParallel, device: &B::Device) -> Res
             format!("rank {} is not in 0..{}", dp.rank, dp.world),
         ));
     }
-    burn::collective::register::<B>(dp.peer, device.clone(), dp.collective.clone())
+    burn::collective::register::<B>(dp.peer(), device.clone(), dp.collective.clone())
         .map_err(|e| collective_error("register", e))
 }
 
@@ -249,7 +250,7 @@ pub(crate) fn broadcast_module<B: AutodiffBackend, M: AutodiffModule<B>>(
         flat = flat.zeros_like();
     }
     let summed = burn::collective::all_reduce::<B::InnerBackend>(
-        dp.peer,
+        dp.peer(),
         flat.into_primitive().tensor(),
         ReduceOperation::Sum,
     )

@@ -11,7 +11,6 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::{Tensor, TensorData, backend::AutodiffBackend, backend::Backend};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{
@@ -22,7 +21,7 @@ use super::parallel::{self, DataParallel};
 use super::params::{ema_update, grad_norm, materialize, scale_grads};
 use super::{Constraint, TrainerConfig, learning_rate, srum_loss};
 use crate::error::{Result, SrumError};
-use crate::flow::{noisy_latents, sample_timesteps, velocity_target};
+use crate::flow::{extend_normals, noisy_latents, sample_timesteps, velocity_target};
 use crate::model::UnifiedModel;
 use crate::reward::RewardMap;
 
@@ -209,7 +208,7 @@ fn step_noise(
             cfg.timesteps,
             cfg.timestep_shift,
         ));
-        eps.extend((0..n * c).map(|_| -> f32 { StandardNormal.sample(&mut rng) }));
+        eps = extend_normals(eps, &mut rng, n * c);
     }
     (t, eps)
 }
@@ -378,7 +377,7 @@ where
     #[cfg(feature = "collective")]
     pub fn leave_group(&mut self) -> Result<()> {
         match self.parallel.take() {
-            Some(dp) => parallel::finish::<B::InnerBackend>(dp.peer),
+            Some(dp) => parallel::finish::<B::InnerBackend>(dp.peer()),
             None => Ok(()),
         }
     }
@@ -473,7 +472,7 @@ where
                     let mut grads = self.accumulator.grads();
                     #[cfg(feature = "collective")]
                     if let Some(dp) = &self.parallel {
-                        grads = match parallel::all_reduce_grads::<B, M>(dp.peer, &model, grads) {
+                        grads = match parallel::all_reduce_grads::<B, M>(dp.peer(), &model, grads) {
                             Ok(g) => g,
                             Err(e) => {
                                 self.model = Some(model);
@@ -572,10 +571,9 @@ where
             // peer makes all of them skip together instead of leaving the others waiting.
             Some(dp) => {
                 let b = prompts.len() as f32;
-                let mut local = host.clone();
-                local.truncate(4);
+                let mut local = host;
                 local.extend([b, b * b]);
-                let mean = parallel::mean_host::<B::InnerBackend>(dp.peer, &local, &self.device)?;
+                let mean = parallel::mean_host::<B::InnerBackend>(dp.peer(), &local, &self.device)?;
                 if (mean[5] - mean[4] * mean[4]).abs() > 1e-3 * mean[5].max(1.0) {
                     return Err(SrumError::Shape(format!(
                         "data-parallel peers have different batch sizes (this one {b}, mean {})",

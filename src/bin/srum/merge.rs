@@ -20,13 +20,6 @@ pub struct MergeArgs {
     manifest: Option<PathBuf>,
 }
 
-fn to_text(lines: &[SourcedLine]) -> String {
-    lines
-        .iter()
-        .map(|l| format!("{}\n", l.value))
-        .collect::<String>()
-}
-
 pub fn run(a: MergeArgs) -> Result<ExitCode, String> {
     let dirs = a.inputs.iter().filter(|p| p.is_dir()).count();
     if dirs == a.inputs.len() {
@@ -67,15 +60,7 @@ fn merge_rollouts(a: &MergeArgs) -> Result<ExitCode, String> {
             })?;
         }
     }
-    srum::train::write_file_atomic(&a.out.join("manifest.jsonl"), to_text(&merged).as_bytes())
-        .map_err(|e| e.to_string())?;
-    eprintln!(
-        "{} images from {} parts merged into {}",
-        merged.len(),
-        a.inputs.len(),
-        a.out.display()
-    );
-    Ok(ExitCode::SUCCESS)
+    write_merged(a, &a.out.join("manifest.jsonl"), &merged, "images")
 }
 
 fn merge_judgements(a: &MergeArgs) -> Result<ExitCode, String> {
@@ -102,10 +87,20 @@ fn merge_judgements(a: &MergeArgs) -> Result<ExitCode, String> {
         None => None,
     };
     let merged = merge_records(parts, expected.as_deref()).map_err(|e| e.to_string())?;
-    srum::train::write_file_atomic(&a.out, to_text(&merged).as_bytes())
-        .map_err(|e| e.to_string())?;
+    write_merged(a, &a.out, &merged, "judgements")
+}
+
+/// Writes the merged lines to `path` atomically and says what was joined.
+fn write_merged(
+    a: &MergeArgs,
+    path: &Path,
+    merged: &[SourcedLine],
+    what: &str,
+) -> Result<ExitCode, String> {
+    let text: String = merged.iter().map(|l| format!("{}\n", l.value)).collect();
+    srum::train::write_file_atomic(path, text.as_bytes()).map_err(|e| e.to_string())?;
     eprintln!(
-        "{} judgements from {} parts merged into {}",
+        "{} {what} from {} parts merged into {}",
         merged.len(),
         a.inputs.len(),
         a.out.display()
