@@ -71,6 +71,74 @@ fn shapes_and_latent_round_trip() {
     );
 }
 
+/// A fresh model's generation head outputs zeros, so its velocity has a closed form: zero when
+/// it predicts the velocity, `x_t / max(t, 0.05)` when it predicts the clean latents.
+#[test]
+fn clean_prediction_turns_the_head_output_into_a_velocity() {
+    use srum::tiny::Prediction;
+    let dev = device();
+    let x_t = Tensor::<Cpu, 3>::random(
+        [2, 64, 48],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &dev,
+    );
+    let t = Tensor::<Cpu, 1>::from_floats([0.5, 0.01], &dev);
+    let velocity = |p: Option<Prediction>| {
+        let m = tiny_config()
+            .with_prediction(p)
+            .init::<Cpu>(build_tokenizer().unwrap(), &dev);
+        let cond = m
+            .condition(&["a red circle".into(), String::new()])
+            .unwrap();
+        m.velocity(x_t.clone(), t.clone(), &cond)
+    };
+    for p in [None, Some(Prediction::Velocity)] {
+        let v: f32 = velocity(p).abs().max().into_scalar();
+        assert_eq!(v, 0.0, "{p:?}");
+    }
+    let v = velocity(Some(Prediction::Clean));
+    let want = Tensor::cat(
+        vec![
+            x_t.clone().narrow(0, 0, 1).div_scalar(0.5),
+            x_t.narrow(0, 1, 1).div_scalar(0.05),
+        ],
+        0,
+    );
+    let err: f32 = (v - want).abs().max().into_scalar();
+    assert!(err < 1e-4, "{err}");
+}
+
+/// With task experts the image tokens being judged go through their own expert: it is an
+/// understanding parameter (SRUM never trains it), and the generation expert is a generation one.
+#[test]
+fn task_experts_split_the_image_expert_by_ability() {
+    use burn::module::list_param_ids;
+    use srum::model::ParamRole;
+    let dev = device();
+    let count = |experts: Option<bool>| {
+        let m = tiny_config()
+            .with_task_experts(experts)
+            .init::<Cpu>(build_tokenizer().unwrap(), &dev);
+        let roles = m.param_roles();
+        let ids = list_param_ids(&m);
+        let n = |r| ids.iter().filter(|id| roles.role(**id) == r).count();
+        (
+            ids.len(),
+            n(ParamRole::Understanding),
+            n(ParamRole::Generation),
+        )
+    };
+    // tiny_config has one block; an expert is a layer norm and two linears, 6 tensors.
+    let (all, und, generation) = count(None);
+    assert_eq!(
+        (und, generation),
+        (4, 4),
+        "answer and patch heads; time and velocity"
+    );
+    assert_eq!(count(Some(false)), (all, und, generation));
+    assert_eq!(count(Some(true)), (all + 6, und + 6, generation + 6));
+}
+
 #[test]
 fn answers_are_what_the_evaluator_parses() {
     let dev = device();
@@ -139,7 +207,7 @@ fn answers_are_what_the_evaluator_parses() {
 #[test]
 fn a_few_pretraining_steps_and_the_checkpoint_directory() {
     let dev = device();
-    let config = tiny_config();
+    let config = tiny_config().with_prediction(Some(srum::tiny::Prediction::Clean));
     let model = config.init::<CpuAd>(build_tokenizer().unwrap(), &dev);
     let mut reports = Vec::new();
     let pc = PretrainConfig {

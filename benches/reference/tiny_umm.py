@@ -28,6 +28,14 @@ TIME_FEATURES = 16
 PATCH_CLASSES = 9
 # Parameters that only the understanding path uses (`param_roles` in model.rs): never trained.
 UNDERSTANDING_ONLY = ("answer_head.", "patch_head.")
+# `Prediction::Clean`'s least divisor.
+CLEAN_T_MIN = 0.05
+
+
+def understanding_only(name):
+    """Parameters SRUM never trains: the answer and patch heads, and the task experts of the
+    images being judged."""
+    return name.startswith(UNDERSTANDING_ONLY) or ".understanding." in name
 
 
 class Linear(nn.Module):
@@ -86,10 +94,24 @@ class MultiHeadAttention(nn.Module):
         return self.output(ctx.transpose(1, 2).reshape(b, seq, d))
 
 
-class Block(nn.Module):
-    """Shared attention over text and image tokens, then one feed-forward expert per modality."""
+class Expert(nn.Module):
+    """A pre-norm feed-forward expert, as `tiny::model::Expert`."""
 
-    def __init__(self, d, n_heads, d_ff):
+    def __init__(self, d, d_ff):
+        super().__init__()
+        self.ln = LayerNorm(d)
+        self.up = Linear(d, d_ff)
+        self.down = Linear(d_ff, d)
+
+    def forward(self, x):
+        return x + self.down(F.gelu(self.up(self.ln(x))))
+
+
+class Block(nn.Module):
+    """Shared attention over text and image tokens, then one feed-forward expert per modality
+    (with task experts, the images being judged have their own)."""
+
+    def __init__(self, d, n_heads, d_ff, task_experts=False):
         super().__init__()
         self.ln_attn = LayerNorm(d)
         self.attn = MultiHeadAttention(d, n_heads)
@@ -99,14 +121,18 @@ class Block(nn.Module):
         self.ln_image = LayerNorm(d)
         self.image_up = Linear(d, d_ff)
         self.image_down = Linear(d_ff, d)
+        self.understanding = Expert(d, d_ff) if task_experts else None
 
-    def forward(self, text, image, keep):
+    def forward(self, text, image, keep, understand):
         nt = text.shape[1]
         x = torch.cat([text, image], 1)
         x = x + self.attn(self.ln_attn(x), keep)
         text, image = x[:, :nt], x[:, nt:]
         text = text + self.text_down(F.gelu(self.text_up(self.ln_text(text))))
-        image = image + self.image_down(F.gelu(self.image_up(self.ln_image(image))))
+        if understand and self.understanding is not None:
+            image = self.understanding(image)
+        else:
+            image = image + self.image_down(F.gelu(self.image_up(self.ln_image(image))))
         return text, image
 
 
@@ -141,7 +167,8 @@ class TinyUmm(nn.Module):
         self.image_pos = nn.Parameter(torch.empty(n_img, d))
         self.time_in = Linear(TIME_FEATURES, d)
         self.blocks = nn.ModuleList(
-            Block(d, cfg["n_heads"], cfg["d_ff"]) for _ in range(cfg["n_layers"])
+            Block(d, cfg["n_heads"], cfg["d_ff"], bool(cfg.get("task_experts")))
+            for _ in range(cfg["n_layers"])
         )
         self.ln_out = LayerNorm(d)
         self.velocity_head = Linear(d, c)
@@ -153,31 +180,34 @@ class TinyUmm(nn.Module):
         cls = self.cls.expand(ids.shape[0], 1, -1)
         return torch.cat([cls, self.tok_embed(ids)], 1) + self.text_pos
 
-    def run(self, text, image, pad):
+    def run(self, text, image, pad, understand):
         """The backbone; `pad`: `[b, 1 + max_text]` bool, true where the text slot is padding."""
         b, ni = image.shape[:2]
         no_pad = torch.zeros(b, ni, dtype=torch.bool, device=pad.device)
         keep = ~torch.cat([pad, no_pad], 1)[:, None, None, :]
         for block in self.blocks:
-            text, image = block(text, image, keep)
+            text, image = block(text, image, keep, understand)
         return self.ln_out(text), self.ln_out(image)
 
     def velocity(self, x_t, t, ids, pad):
         """`x_t`: `[b, n, c]`, `t`: `[b]`, `ids`: `[b, m]` int64, `pad`: `[b, m + 1]` bool."""
         time = self.time_in(time_features(t))[:, None, :]
         image = self.patch_in(x_t) + self.image_pos + time
-        _, i = self.run(self.embed_text(ids), image, pad)
-        return self.velocity_head(i)
+        _, i = self.run(self.embed_text(ids), image, pad, understand=False)
+        out = self.velocity_head(i)
+        if self.cfg.get("prediction") == "clean":
+            return (x_t - out) / t.clamp_min(CLEAN_T_MIN)[:, None, None]
+        return out
 
     def understand(self, images, ids, pad):
         """Yes/no logits `[b, 2]` for images `[b, 3, S, S]` in [0, 1]."""
         image = self.patch_in(patchify(images, self.cfg["patch"])) + self.image_pos
-        t, _ = self.run(self.embed_text(ids), image, pad)
+        t, _ = self.run(self.embed_text(ids), image, pad, understand=True)
         return self.answer_head(t[:, 0])
 
     def trainable_parameters(self):
         """The default trainable set: generation and shared parameters."""
-        return [p for n, p in self.named_parameters() if not n.startswith(UNDERSTANDING_ONLY)]
+        return [p for n, p in self.named_parameters() if not understanding_only(n)]
 
 
 _DTYPES = {
@@ -221,5 +251,5 @@ def load_model(model_dir, device="cpu"):
     model = TinyUmm(cfg)
     model.load_state_dict(read_safetensors(model_dir / "model.safetensors"), strict=True)
     for n, p in model.named_parameters():
-        p.requires_grad_(not n.startswith(UNDERSTANDING_ONLY))
+        p.requires_grad_(not understanding_only(n))
     return model.to(device), cfg

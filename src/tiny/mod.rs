@@ -6,7 +6,9 @@ mod model;
 mod pretrain;
 mod tokenizer;
 
-pub use model::{Block, PATCH_CLASSES, TextBatch, TinyUmm, TinyUmmConfig, mask_to_region};
+pub use model::{
+    Block, Expert, PATCH_CLASSES, Prediction, TextBatch, TinyUmm, TinyUmmConfig, mask_to_region,
+};
 pub use pretrain::{PretrainConfig, PretrainReport, pretrain};
 pub use tokenizer::{PAD, UNK, WORDS, build_tokenizer, encode, load_tokenizer};
 

@@ -51,6 +51,59 @@ pub struct TinyUmmConfig {
     /// Tokenizer vocabulary size.
     #[config(default = 24)]
     pub vocab: usize,
+    /// What the generation head outputs; `None` (checkpoints that predate the choice) is
+    /// [`Prediction::Velocity`].
+    pub prediction: Option<Prediction>,
+    /// Route image tokens to a feed-forward expert by task, as BAGEL routes understanding and
+    /// generation tokens: clean images being judged get their own expert, noisy latents being
+    /// denoised keep the image expert. `None` (older checkpoints): one image expert for both.
+    pub task_experts: Option<bool>,
+}
+
+/// What the generation head outputs; [`UnifiedModel::velocity`] returns a velocity either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prediction {
+    /// The velocity `eps - x0` itself.
+    Velocity,
+    /// The clean latents `x0`, turned into the velocity `(x_t - x0_hat) / max(t, 0.05)`. Clean
+    /// images lie near a low-dimensional manifold that a narrow network can output, noise does
+    /// not (Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise"); our
+    /// tokens (48 channels) are nearly as wide as the backbone (64).
+    Clean,
+}
+
+/// Least `t` the clean prediction divides by, so nearly clean inputs keep a bounded velocity.
+const CLEAN_T_MIN: f32 = 0.05;
+
+/// A pre-norm feed-forward expert: `x + down(gelu(up(ln(x))))`.
+#[derive(Module, Debug)]
+pub struct Expert<B: Backend> {
+    ln: LayerNorm<B>,
+    up: Linear<B>,
+    down: Linear<B>,
+}
+
+impl<B: Backend> Expert<B> {
+    fn new(d: usize, d_ff: usize, device: &B::Device) -> Self {
+        Self {
+            ln: LayerNormConfig::new(d).init(device),
+            up: LinearConfig::new(d, d_ff).init(device),
+            down: LinearConfig::new(d_ff, d).init(device),
+        }
+    }
+
+    /// Shapes: `x`: `[b, n, d]` to `[b, n, d]`.
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        x.clone() + self.down.forward(gelu(self.up.forward(self.ln.forward(x))))
+    }
+}
+
+/// Which ability a forward pass serves; it picks the image tokens' expert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Task {
+    Understand,
+    Generate,
 }
 
 /// One block: shared attention over text and image tokens, then per-modality experts.
@@ -64,6 +117,9 @@ pub struct Block<B: Backend> {
     ln_image: LayerNorm<B>,
     image_up: Linear<B>,
     image_down: Linear<B>,
+    /// With task experts: the expert of the images being judged (the one above then serves
+    /// generation only).
+    understanding: Option<Expert<B>>,
 }
 
 impl<B: Backend> Block<B> {
@@ -73,6 +129,7 @@ impl<B: Backend> Block<B> {
         text: Tensor<B, 3>,
         image: Tensor<B, 3>,
         pad: Tensor<B, 2, Bool>,
+        task: Task,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let [_, nt, _] = text.dims();
         let [_, ni, _] = image.dims();
@@ -88,10 +145,15 @@ impl<B: Backend> Block<B> {
             + self
                 .text_down
                 .forward(gelu(self.text_up.forward(self.ln_text.forward(text))));
-        let image = image.clone()
-            + self
-                .image_down
-                .forward(gelu(self.image_up.forward(self.ln_image.forward(image))));
+        let image = match (&self.understanding, task) {
+            (Some(expert), Task::Understand) => expert.forward(image),
+            _ => {
+                image.clone()
+                    + self
+                        .image_down
+                        .forward(gelu(self.image_up.forward(self.ln_image.forward(image))))
+            }
+        };
         (text, image)
     }
 }
@@ -124,6 +186,8 @@ pub struct TinyUmm<B: Backend> {
     image_size: usize,
     patch: usize,
     max_text: usize,
+    #[module(skip)]
+    prediction: Prediction,
     #[module(skip)]
     tokenizer: Arc<Tokenizer>,
 }
@@ -164,6 +228,10 @@ impl TinyUmmConfig {
                     ln_image: LayerNormConfig::new(d).init(device),
                     image_up: LinearConfig::new(d, self.d_ff).init(device),
                     image_down: LinearConfig::new(self.d_ff, d).init(device),
+                    understanding: self
+                        .task_experts
+                        .unwrap_or(false)
+                        .then(|| Expert::new(d, self.d_ff, device)),
                 })
                 .collect(),
             ln_out: LayerNormConfig::new(d).init(device),
@@ -175,6 +243,7 @@ impl TinyUmmConfig {
             image_size: self.image_size,
             patch: self.patch,
             max_text: self.max_text,
+            prediction: self.prediction.unwrap_or(Prediction::Velocity),
             tokenizer: Arc::new(tokenizer),
         }
     }
@@ -245,6 +314,7 @@ impl<B: Backend> TinyUmm<B> {
         text: Tensor<B, 3>,
         image: Tensor<B, 3>,
         pad_text: Tensor<B, 2, Bool>,
+        task: Task,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let [b, ni, _] = image.dims();
         let no_pad = Tensor::<B, 2, Bool>::from_data(
@@ -254,7 +324,7 @@ impl<B: Backend> TinyUmm<B> {
         let pad = Tensor::cat(vec![pad_text, no_pad], 1);
         let (mut t, mut i) = (text, image);
         for block in &self.blocks {
-            (t, i) = block.forward(t, i, pad.clone());
+            (t, i) = block.forward(t, i, pad.clone(), task);
         }
         (self.ln_out.forward(t), self.ln_out.forward(i))
     }
@@ -274,7 +344,12 @@ impl<B: Backend> TinyUmm<B> {
     ) -> Result<(Tensor<B, 2>, Tensor<B, 3>)> {
         let latents = self.encode_images(images)?;
         let image = self.patch_in.forward(latents) + self.image_pos.val().unsqueeze_dim::<3>(0);
-        let (t, i) = self.run(self.embed_text(text), image, text.pad.clone());
+        let (t, i) = self.run(
+            self.embed_text(text),
+            image,
+            text.pad.clone(),
+            Task::Understand,
+        );
         let [b, _, d] = t.dims();
         Ok((
             self.answer_head.forward(t.narrow(1, 0, 1).reshape([b, d])),
@@ -556,10 +631,23 @@ impl<B: Backend> UnifiedModel<B> for TinyUmm<B> {
     ) -> Tensor<B, 3> {
         let [b, _, _] = x_t.dims();
         let d = self.cls.dims()[1];
-        let time = self.time_in.forward(time_features(t)).reshape([b, 1, d]);
-        let image = self.patch_in.forward(x_t) + self.image_pos.val().unsqueeze_dim::<3>(0) + time;
-        let (_, i) = self.run(self.embed_text(condition), image, condition.pad.clone());
-        self.velocity_head.forward(i)
+        let time = self
+            .time_in
+            .forward(time_features(t.clone()))
+            .reshape([b, 1, d]);
+        let image =
+            self.patch_in.forward(x_t.clone()) + self.image_pos.val().unsqueeze_dim::<3>(0) + time;
+        let (_, i) = self.run(
+            self.embed_text(condition),
+            image,
+            condition.pad.clone(),
+            Task::Generate,
+        );
+        let out = self.velocity_head.forward(i);
+        match self.prediction {
+            Prediction::Velocity => out,
+            Prediction::Clean => (x_t - out) / t.clamp_min(CLEAN_T_MIN).reshape([b, 1, 1]),
+        }
     }
 
     fn latent_channels(&self) -> usize {
@@ -645,10 +733,21 @@ impl<B: Backend> UnifiedModel<B> for TinyUmm<B> {
     }
 
     fn param_roles(&self) -> ParamRoles {
-        ParamRoles::default()
+        let mut roles = ParamRoles::default()
             .with_module(ParamRole::Generation, &self.time_in)
             .with_module(ParamRole::Generation, &self.velocity_head)
             .with_module(ParamRole::Understanding, &self.answer_head)
-            .with_module(ParamRole::Understanding, &self.patch_head)
+            .with_module(ParamRole::Understanding, &self.patch_head);
+        // With task experts each image expert serves one ability; without, both share one.
+        for block in &self.blocks {
+            if let Some(expert) = &block.understanding {
+                roles = roles
+                    .with_module(ParamRole::Understanding, expert)
+                    .with_module(ParamRole::Generation, &block.ln_image)
+                    .with_module(ParamRole::Generation, &block.image_up)
+                    .with_module(ParamRole::Generation, &block.image_down);
+            }
+        }
+        roles
     }
 }

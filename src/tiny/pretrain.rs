@@ -1,11 +1,13 @@
 //! Joint pretraining of both abilities on rendered data (training prompts only).
 //!
 //! Generation: rectified-flow matching on renders of training prompts, the prompt dropped 10%
-//! of the time for classifier-free guidance. Understanding: "does this image match this
-//! prompt?" on renders of the prompt (yes) and of a hard negative (swapped colours, flipped
-//! relation, count off by one, another colour or shape: no), on single-object regions, on
-//! blank and noise images (no), with imperfect inputs: noise blends, blur, and the generator's
-//! own one-step denoised estimates of renders, since the judge must read imperfect generations.
+//! of the time for classifier-free guidance. The loss is on the velocity whatever the head
+//! predicts; with [`Prediction::Clean`](super::Prediction) that is JiT's "x-prediction,
+//! v-loss". Understanding: yes/no on the atomic statements the model judges prompts by (each
+//! object, count and relation), half of them true and half near misses (a swapped colour or
+//! shape, a flipped relation, a count off by one), on single-object regions, on blank and
+//! noise images (no), with imperfect inputs: noise blends, blur, and the generator's own
+//! one-step denoised estimates of renders, since the judge must read imperfect generations.
 //! Labels come from the scene that was rendered, never from the oracle.
 
 use std::time::Instant;
@@ -157,6 +159,87 @@ fn pick<'a, R: Rng>(rng: &mut R, by_cat: &'a [Vec<PromptSpec>]) -> &'a PromptSpe
     &cat[rng.random_range(0..cat.len())]
 }
 
+/// The training prompts statements are drawn from.
+struct Pools<'a> {
+    by_cat: &'a [Vec<PromptSpec>],
+    rel_cats: &'a [Vec<PromptSpec>],
+    count_prompts: &'a [PromptSpec],
+    nps: &'a [Np],
+}
+
+/// A scene and an atomic statement about it (see `tiny::model::atoms`): object presence with
+/// hard negatives (`kind < 7`), exact counts off by one (`kind < 10`), relations flipped or
+/// swapped (otherwise). `None` when the pool has nothing of that kind.
+fn draw_statement<R: Rng>(
+    rng: &mut R,
+    kind: u32,
+    pools: &Pools<'_>,
+    size: usize,
+) -> Option<(crate::world::Scene, PromptSpec)> {
+    if kind < 7 {
+        let p = pick(rng, pools.by_cat);
+        let shown = if rng.random_bool(0.5) {
+            p.clone()
+        } else {
+            p.corrupt(rng)
+        };
+        let mut scene = shown.sample_scene(rng, size);
+        if scene.objects.len() > 1 && rng.random_bool(0.2) {
+            let i = rng.random_range(0..scene.objects.len());
+            scene.objects.remove(i);
+        }
+        let asked = if rng.random_bool(0.7) {
+            *p.nps().choose(rng)?
+        } else {
+            let o = scene.objects.choose(rng).copied();
+            let np = o.map_or(pools.nps[0], |o| Np {
+                color: o.color,
+                shape: o.shape,
+            });
+            match PromptSpec::Objects(vec![np]).corrupt(rng) {
+                PromptSpec::Objects(v) if rng.random_bool(0.7) => v[0],
+                _ => np,
+            }
+        };
+        Some((scene, PromptSpec::Objects(vec![asked])))
+    } else if kind < 10 {
+        // Training-split counts only: held-out (n, object) pairs are never asked.
+        let Some(PromptSpec::Count(n, np)) = pools.count_prompts.choose(rng).cloned() else {
+            return None;
+        };
+        // Off by one, never 5: five objects rarely fit on the canvas.
+        let shown_n = match rng.random_range(0..4) {
+            0 => n - 1,
+            1 if n < 4 => n + 1,
+            1 => n - 1,
+            _ => n,
+        };
+        let shown = if shown_n == 1 {
+            PromptSpec::Objects(vec![np])
+        } else {
+            PromptSpec::Count(shown_n, np)
+        };
+        Some((shown.sample_scene(rng, size), PromptSpec::Count(n, np)))
+    } else {
+        let (a, r, b, c) = match pick(rng, pools.rel_cats) {
+            PromptSpec::Relation(a, r, b) => (*a, *r, *b, None),
+            PromptSpec::Complex(a, r, b, c) => (*a, *r, *b, Some(*c)),
+            _ => return None,
+        };
+        let shown_r = if rng.random_bool(0.5) {
+            r
+        } else {
+            *Relation::ALL.choose(rng).unwrap_or(&r)
+        };
+        let shown = match (rng.random_bool(0.2), c) {
+            (true, _) => PromptSpec::Relation(b, shown_r, a),
+            (false, Some(c)) => PromptSpec::Complex(a, shown_r, b, c),
+            (false, None) => PromptSpec::Relation(a, shown_r, b),
+        };
+        Some((shown.sample_scene(rng, size), PromptSpec::Relation(a, r, b)))
+    }
+}
+
 /// Pretrains `model` in place of itself and returns it; `on_step` sees every report.
 pub fn pretrain<B: AutodiffBackend>(
     mut model: TinyUmm<B>,
@@ -199,6 +282,12 @@ pub fn pretrain<B: AutodiffBackend>(
         .cloned()
         .collect();
     let nps = Np::all();
+    let pools = Pools {
+        by_cat: &by_cat,
+        rel_cats: &rel_cats,
+        count_prompts: &count_prompts,
+        nps: &nps,
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut optim = AdamWConfig::new()
         .with_weight_decay(0.01)
@@ -264,7 +353,8 @@ pub fn pretrain<B: AutodiffBackend>(
         // `tiny::model::atoms`): object presence with hard negatives (35%), exact counts off by
         // one (15%), relations flipped or swapped (20%), single-object regions (10%), the
         // generator's own estimates (10%), blank and noise images (10%). Labels are the truth
-        // of the statement in the scene that was rendered.
+        // of the statement in the scene that was rendered; the first three kinds are balanced
+        // between true and false.
         let ub = config.understanding_batch.unwrap_or(b);
         let patch = model.patch_size();
         let n_patches = (size / patch).pow(2);
@@ -277,75 +367,27 @@ pub fn pretrain<B: AutodiffBackend>(
             let k = j % b;
             let kind = rng.random_range(0..20);
             let mut targets: Option<(Vec<i32>, Vec<i32>)> = None;
-            let (img, prompt, yes) = if kind < 7 {
-                let p = pick(&mut rng, &by_cat);
-                let shown = if rng.random_bool(0.5) {
-                    p.clone()
-                } else {
-                    p.corrupt(&mut rng)
-                };
-                let mut scene = shown.sample_scene(&mut rng, size);
-                if scene.objects.len() > 1 && rng.random_bool(0.2) {
-                    let i = rng.random_range(0..scene.objects.len());
-                    scene.objects.remove(i);
-                }
-                let asked = if rng.random_bool(0.7) {
-                    *p.nps().choose(&mut rng).unwrap_or(&nps[0])
-                } else {
-                    let o = scene.objects.choose(&mut rng).copied();
-                    let np = o.map_or(nps[0], |o| Np {
-                        color: o.color,
-                        shape: o.shape,
-                    });
-                    match PromptSpec::Objects(vec![np]).corrupt(&mut rng) {
-                        PromptSpec::Objects(v) if rng.random_bool(0.7) => v[0],
-                        _ => np,
+            let (img, prompt, yes) = if kind < 14 {
+                // Half true, half false statements: drawn freely, most statements about a
+                // corrupted scene are still true (one atom of several is wrong), and a judge
+                // trained on that says yes to near misses.
+                let want = rng.random_bool(0.5);
+                let mut drawn = None;
+                for _ in 0..8 {
+                    let Some((scene, spec)) = draw_statement(&mut rng, kind, &pools, size) else {
+                        continue;
+                    };
+                    let holds = spec.holds_in(&scene);
+                    drawn = Some((scene, spec, holds));
+                    if holds == want {
+                        break;
                     }
-                };
-                let spec = PromptSpec::Objects(vec![asked]);
-                targets = Some(patch_labels(&scene, None, size, patch));
-                (scene.render(size), spec.text(), spec.holds_in(&scene))
-            } else if kind < 10 {
-                // Training-split counts only: held-out (n, object) pairs are never asked.
-                let Some(PromptSpec::Count(n, np)) = count_prompts.choose(&mut rng).cloned() else {
+                }
+                let Some((scene, spec, holds)) = drawn else {
                     continue;
                 };
-                // Off by one, never 5: five objects rarely fit on the canvas.
-                let shown_n = match rng.random_range(0..4) {
-                    0 => n - 1,
-                    1 if n < 4 => n + 1,
-                    1 => n - 1,
-                    _ => n,
-                };
-                let shown = if shown_n == 1 {
-                    PromptSpec::Objects(vec![np])
-                } else {
-                    PromptSpec::Count(shown_n, np)
-                };
-                let scene = shown.sample_scene(&mut rng, size);
-                let spec = PromptSpec::Count(n, np);
                 targets = Some(patch_labels(&scene, None, size, patch));
-                (scene.render(size), spec.text(), spec.holds_in(&scene))
-            } else if kind < 14 {
-                let (a, r, b2, c) = match pick(&mut rng, &rel_cats) {
-                    PromptSpec::Relation(a, r, b) => (*a, *r, *b, None),
-                    PromptSpec::Complex(a, r, b, c) => (*a, *r, *b, Some(*c)),
-                    _ => continue,
-                };
-                let shown_r = if rng.random_bool(0.5) {
-                    r
-                } else {
-                    *Relation::ALL.choose(&mut rng).unwrap_or(&r)
-                };
-                let shown = match (rng.random_bool(0.2), c) {
-                    (true, _) => PromptSpec::Relation(b2, shown_r, a),
-                    (false, Some(c)) => PromptSpec::Complex(a, shown_r, b2, c),
-                    (false, None) => PromptSpec::Relation(a, shown_r, b2),
-                };
-                let scene = shown.sample_scene(&mut rng, size);
-                let spec = PromptSpec::Relation(a, r, b2);
-                targets = Some(patch_labels(&scene, None, size, patch));
-                (scene.render(size), spec.text(), spec.holds_in(&scene))
+                (scene.render(size), spec.text(), holds)
             } else if kind < 16 {
                 let p = pick(&mut rng, &by_cat);
                 let scene = p.sample_scene(&mut rng, size);

@@ -9,7 +9,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use indicatif::{ProgressBar, ProgressStyle};
 use srum::flow::{EulerSampler, EulerSamplerConfig};
-use srum::tiny::{PretrainConfig, TinyUmm, TinyUmmConfig, build_tokenizer, pretrain};
+use srum::tiny::{Prediction, PretrainConfig, TinyUmm, TinyUmmConfig, build_tokenizer, pretrain};
 
 type Ad = Autodiff<Flex>;
 
@@ -59,6 +59,18 @@ pub struct PretrainArgs {
     /// Continue from this model directory's weights instead of random ones (same architecture).
     #[arg(long)]
     init: Option<PathBuf>,
+    /// What the generation head predicts: the clean image (`clean`) or the velocity.
+    #[arg(long, value_enum, default_value_t = PredictionArg::Clean)]
+    prediction: PredictionArg,
+    /// One image expert for both abilities instead of one per task (BAGEL routes by task).
+    #[arg(long)]
+    shared_image_expert: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum PredictionArg {
+    Clean,
+    Velocity,
 }
 
 pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
@@ -80,14 +92,24 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         .with_n_layers(a.layers)
         .with_patch(a.patch)
         .with_d_ff(2 * a.d_model)
-        .with_vocab(tokenizer.get_vocab_size(true));
+        .with_vocab(tokenizer.get_vocab_size(true))
+        .with_prediction(Some(match a.prediction {
+            PredictionArg::Clean => Prediction::Clean,
+            PredictionArg::Velocity => Prediction::Velocity,
+        }))
+        .with_task_experts(Some(!a.shared_image_expert));
     <Flex as burn::tensor::backend::Backend>::seed(&device, a.seed);
     let model = match &a.init {
         Some(dir) => {
             let (m, c) = TinyUmm::<Ad>::load_dir(dir, &device).map_err(|e| e.to_string())?;
-            if c != config {
+            let prediction = c.prediction.unwrap_or(Prediction::Velocity);
+            let normalized = c
+                .clone()
+                .with_prediction(Some(prediction))
+                .with_task_experts(Some(c.task_experts.unwrap_or(false)));
+            if normalized != config {
                 return Err(format!(
-                    "--init {}: its config differs from the flags' (d_model {}, layers {}, patch {})",
+                    "--init {}: its config differs from the flags' (d_model {}, layers {}, patch {}, prediction {prediction:?})",
                     dir.display(),
                     c.d_model,
                     c.n_layers,
