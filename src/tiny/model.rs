@@ -95,8 +95,19 @@ impl<B: Backend> Expert<B> {
 
     /// Shapes: `x`: `[b, n, d]` to `[b, n, d]`.
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        x.clone() + self.down.forward(gelu(self.up.forward(self.ln.forward(x))))
+        feed_forward(&self.ln, &self.up, &self.down, x)
     }
+}
+
+/// The residual feed-forward every expert computes: `x + down(gelu(up(ln(x))))`. The text and
+/// image experts keep their own field names (`text_up`, ...) so older checkpoints still load.
+fn feed_forward<B: Backend>(
+    ln: &LayerNorm<B>,
+    up: &Linear<B>,
+    down: &Linear<B>,
+    x: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    x.clone() + down.forward(gelu(up.forward(ln.forward(x))))
 }
 
 /// Which ability a forward pass serves; it picks the image tokens' expert.
@@ -141,18 +152,10 @@ impl<B: Backend> Block<B> {
         let x = x + h;
         let text = x.clone().narrow(1, 0, nt);
         let image = x.narrow(1, nt, ni);
-        let text = text.clone()
-            + self
-                .text_down
-                .forward(gelu(self.text_up.forward(self.ln_text.forward(text))));
+        let text = feed_forward(&self.ln_text, &self.text_up, &self.text_down, text);
         let image = match (&self.understanding, task) {
             (Some(expert), Task::Understand) => expert.forward(image),
-            _ => {
-                image.clone()
-                    + self
-                        .image_down
-                        .forward(gelu(self.image_up.forward(self.ln_image.forward(image))))
-            }
+            _ => feed_forward(&self.ln_image, &self.image_up, &self.image_down, image),
         };
         (text, image)
     }
@@ -199,6 +202,16 @@ const TIME_FEATURES: usize = 16;
 pub const PATCH_CLASSES: usize = 9;
 
 impl TinyUmmConfig {
+    /// The config with every optional choice spelled out as it is read (`None` prediction:
+    /// velocity; `None` task experts: one shared image expert), so two configs that build the
+    /// same model compare equal.
+    pub fn resolved(self) -> Self {
+        let prediction = Some(self.prediction.unwrap_or(Prediction::Velocity));
+        let task_experts = Some(self.task_experts.unwrap_or(false));
+        self.with_prediction(prediction)
+            .with_task_experts(task_experts)
+    }
+
     /// Builds the model with random weights.
     pub fn init<B: Backend>(&self, tokenizer: Tokenizer, device: &B::Device) -> TinyUmm<B> {
         let d = self.d_model;

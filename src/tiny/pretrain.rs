@@ -240,6 +240,29 @@ fn draw_statement<R: Rng>(
     }
 }
 
+/// A [`draw_statement`] whose truth is `want`, by rejection (at most 8 draws; the last draw
+/// when none matched), with its truth in the scene.
+fn draw_labelled<R: Rng>(
+    rng: &mut R,
+    kind: u32,
+    pools: &Pools<'_>,
+    size: usize,
+    want: bool,
+) -> Option<(crate::world::Scene, PromptSpec, bool)> {
+    let mut drawn = None;
+    for _ in 0..8 {
+        let Some((scene, spec)) = draw_statement(rng, kind, pools, size) else {
+            continue;
+        };
+        let holds = spec.holds_in(&scene);
+        drawn = Some((scene, spec, holds));
+        if holds == want {
+            break;
+        }
+    }
+    drawn
+}
+
 /// Pretrains `model` in place of itself and returns it; `on_step` sees every report.
 pub fn pretrain<B: AutodiffBackend>(
     mut model: TinyUmm<B>,
@@ -372,18 +395,8 @@ pub fn pretrain<B: AutodiffBackend>(
                 // corrupted scene are still true (one atom of several is wrong), and a judge
                 // trained on that says yes to near misses.
                 let want = rng.random_bool(0.5);
-                let mut drawn = None;
-                for _ in 0..8 {
-                    let Some((scene, spec)) = draw_statement(&mut rng, kind, &pools, size) else {
-                        continue;
-                    };
-                    let holds = spec.holds_in(&scene);
-                    drawn = Some((scene, spec, holds));
-                    if holds == want {
-                        break;
-                    }
-                }
-                let Some((scene, spec, holds)) = drawn else {
+                let Some((scene, spec, holds)) = draw_labelled(&mut rng, kind, &pools, size, want)
+                else {
                     continue;
                 };
                 targets = Some(patch_labels(&scene, None, size, patch));
@@ -533,4 +546,52 @@ pub fn pretrain<B: AutodiffBackend>(
         });
     }
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Free draws about corrupted scenes are mostly true; the labelled draws are not, for every
+    /// statement kind (presence, count, relation).
+    #[test]
+    fn labelled_statements_are_balanced() {
+        let train = split_prompts(Split::Train, 0);
+        let by_cat: Vec<Vec<PromptSpec>> = vec![train.clone()];
+        let rel_cats: Vec<Vec<PromptSpec>> = vec![
+            train
+                .iter()
+                .filter(|p| matches!(p.category(), Category::Spatial | Category::Complex))
+                .cloned()
+                .collect(),
+        ];
+        let count_prompts: Vec<PromptSpec> = train
+            .iter()
+            .filter(|p| p.category() == Category::Numeracy)
+            .cloned()
+            .collect();
+        let nps = Np::all();
+        let pools = Pools {
+            by_cat: &by_cat,
+            rel_cats: &rel_cats,
+            count_prompts: &count_prompts,
+            nps: &nps,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for kind in [0u32, 8, 12] {
+            let n = 300;
+            let mut matched = 0;
+            for i in 0..n {
+                let want = i % 2 == 0;
+                let (scene, spec, holds) =
+                    draw_labelled(&mut rng, kind, &pools, 32, want).expect("a statement");
+                assert_eq!(holds, spec.holds_in(&scene));
+                matched += usize::from(holds == want);
+            }
+            assert!(
+                matched * 100 >= n * 95,
+                "kind {kind}: {matched}/{n} as wanted"
+            );
+        }
+    }
 }

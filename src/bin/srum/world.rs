@@ -102,18 +102,11 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
     let model = match &a.init {
         Some(dir) => {
             let (m, c) = TinyUmm::<Ad>::load_dir(dir, &device).map_err(|e| e.to_string())?;
-            let prediction = c.prediction.unwrap_or(Prediction::Velocity);
-            let normalized = c
-                .clone()
-                .with_prediction(Some(prediction))
-                .with_task_experts(Some(c.task_experts.unwrap_or(false)));
-            if normalized != config {
+            let c = c.resolved();
+            if c != config {
                 return Err(format!(
-                    "--init {}: its config differs from the flags' (d_model {}, layers {}, patch {}, prediction {prediction:?})",
-                    dir.display(),
-                    c.d_model,
-                    c.n_layers,
-                    c.patch
+                    "--init {}: its config differs from the flags' ({c})",
+                    dir.display()
                 ));
             }
             m
