@@ -217,6 +217,7 @@ fn a_few_pretraining_steps_and_the_checkpoint_directory() {
         lr: 1e-3,
         seed: 1,
         time_budget_s: None,
+        understanding_only: false,
     };
     let model = pretrain(model, &pc, &dev, |r| reports.push(*r)).unwrap();
     assert_eq!(reports.len(), 3);
@@ -246,4 +247,42 @@ fn a_few_pretraining_steps_and_the_checkpoint_directory() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("checkpoint shape"), "{err}");
+}
+
+/// Understanding-only continuation moves the judge's own parameters and nothing generation uses.
+#[test]
+fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
+    use srum::model::ParamRole;
+    let dev = device();
+    let config = tiny_config()
+        .with_prediction(Some(srum::tiny::Prediction::Clean))
+        .with_task_experts(Some(true));
+    let model = config.init::<CpuAd>(build_tokenizer().unwrap(), &dev);
+    let roles = model.param_roles();
+    let ids = burn::module::list_param_ids(&model);
+    let before = weights(&model);
+    let pc = PretrainConfig {
+        steps: 2,
+        batch: 4,
+        understanding_batch: Some(8),
+        lr: 1e-2,
+        seed: 2,
+        time_budget_s: None,
+        understanding_only: true,
+    };
+    let model = pretrain(model, &pc, &dev, |_| {}).unwrap();
+    let after = weights(&model);
+    // `weights` lists parameters in module order, as `list_param_ids` does.
+    assert_eq!(ids.len(), before.len());
+    let (mut moved, mut kept) = (0, 0);
+    for ((id, (path, x)), (_, y)) in ids.iter().zip(&before).zip(&after) {
+        if roles.role(*id) == ParamRole::Understanding {
+            moved += usize::from(x != y);
+        } else {
+            assert_eq!(x, y, "`{path}` ({:?}) changed", roles.role(*id));
+            kept += 1;
+        }
+    }
+    assert!(moved >= 4, "only {moved} understanding parameters moved");
+    assert!(kept > 0);
 }

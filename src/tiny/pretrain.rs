@@ -12,7 +12,7 @@
 
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, ParamId, list_param_ids};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -25,7 +25,7 @@ use super::model::{TinyUmm, mask_to_region};
 use crate::error::Result;
 use crate::flow::{TimestepSampling, noisy_latents, sample_timesteps};
 use crate::image::PixelImage;
-use crate::model::UnifiedModel;
+use crate::model::{ParamRole, UnifiedModel};
 use crate::train::learning_rate;
 use crate::world::{Category, Np, PromptSpec, Relation, Split, split_prompts};
 
@@ -45,6 +45,11 @@ pub struct PretrainConfig {
     pub seed: u64,
     /// Stop early after this many seconds (the steps' schedule is kept).
     pub time_budget_s: Option<f64>,
+    /// Train only the understanding-only parameters ([`ParamRole::Understanding`]) on the
+    /// understanding mix: the generator, and every parameter generation uses, stay bit for bit
+    /// as loaded. For continuing a checkpoint whose judge lags its generator.
+    #[serde(default)]
+    pub understanding_only: bool,
 }
 
 impl Default for PretrainConfig {
@@ -56,6 +61,7 @@ impl Default for PretrainConfig {
             lr: 1e-3,
             seed: 0,
             time_budget_s: None,
+            understanding_only: false,
         }
     }
 }
@@ -263,6 +269,50 @@ fn draw_labelled<R: Rng>(
     drawn
 }
 
+/// One generation batch through the flow: clean latents `x0`, noise, timesteps (half
+/// logit-normal, half uniform), noisy latents and the model's velocity.
+struct FlowBatch<B: burn::tensor::backend::Backend> {
+    x0: Tensor<B, 3>,
+    eps: Tensor<B, 3>,
+    t_host: Vec<f32>,
+    x_t: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+}
+
+fn flow_batch<B: burn::tensor::backend::Backend, R: Rng>(
+    model: &TinyUmm<B>,
+    rng: &mut R,
+    images: &[PixelImage],
+    prompts: &[String],
+    device: &B::Device,
+) -> Result<FlowBatch<B>> {
+    let b = images.len();
+    let x0 = model.encode_images(PixelImage::to_tensor::<B>(images, device)?)?;
+    let [_, n, c] = x0.dims();
+    // Half logit-normal, half uniform: the ends of the schedule (pure noise, nearly clean)
+    // are where sampling starts and finishes, and logit-normal alone rarely visits them.
+    let ln = sample_timesteps(rng, b, TimestepSampling::default(), 1.0);
+    let un = sample_timesteps(rng, b, TimestepSampling::Uniform, 1.0);
+    let t_host: Vec<f32> = (0..b)
+        .map(|i| if i % 2 == 0 { ln[i] } else { un[i] })
+        .collect();
+    let eps_host: Vec<f32> = (0..b * n * c)
+        .map(|_| StandardNormal.sample(rng))
+        .collect();
+    let eps = Tensor::<B, 3>::from_data(TensorData::new(eps_host, [b, n, c]), device);
+    let t = Tensor::<B, 1>::from_data(TensorData::new(t_host.clone(), [b]), device);
+    let x_t = noisy_latents(x0.clone(), eps.clone(), t.clone());
+    let cond = model.condition(prompts)?;
+    let v = model.velocity(x_t.clone(), t, &cond);
+    Ok(FlowBatch {
+        x0,
+        eps,
+        t_host,
+        x_t,
+        v,
+    })
+}
+
 /// Pretrains `model` in place of itself and returns it; `on_step` sees every report.
 pub fn pretrain<B: AutodiffBackend>(
     mut model: TinyUmm<B>,
@@ -320,6 +370,13 @@ pub fn pretrain<B: AutodiffBackend>(
         total_steps: config.steps as u64,
         min_lr: config.lr / 10.0,
     };
+    let understanding_ids: Option<Vec<ParamId>> = config.understanding_only.then(|| {
+        let roles = model.param_roles();
+        list_param_ids(&model)
+            .into_iter()
+            .filter(|id| roles.role(*id) == ParamRole::Understanding)
+            .collect()
+    });
     let start = Instant::now();
     let b = config.batch;
     for step in 0..config.steps {
@@ -347,29 +404,27 @@ pub fn pretrain<B: AutodiffBackend>(
                 p.text()
             });
         }
-        let x0 = model.encode_images(PixelImage::to_tensor::<B>(&gen_imgs, device)?)?;
-        let [_, n, c] = x0.dims();
-        // Half logit-normal, half uniform: the ends of the schedule (pure noise, nearly clean)
-        // are where sampling starts and finishes, and logit-normal alone rarely visits them.
-        let ln = sample_timesteps(&mut rng, b, TimestepSampling::default(), 1.0);
-        let un = sample_timesteps(&mut rng, b, TimestepSampling::Uniform, 1.0);
-        let t_host: Vec<f32> = (0..b)
-            .map(|i| if i % 2 == 0 { ln[i] } else { un[i] })
-            .collect();
-        let eps_host: Vec<f32> = (0..b * n * c)
-            .map(|_| StandardNormal.sample(&mut rng))
-            .collect();
-        let eps = Tensor::<B, 3>::from_data(TensorData::new(eps_host, [b, n, c]), device);
-        let t = Tensor::<B, 1>::from_data(TensorData::new(t_host.clone(), [b]), device);
-        let x_t = noisy_latents(x0.clone(), eps.clone(), t.clone());
-        let cond = model.condition(&gen_prompts)?;
-        let v = model.velocity(x_t.clone(), t.clone(), &cond);
-        let gen_loss = (v.clone() - (eps.clone() - x0.clone()))
-            .powi_scalar(2)
-            .mean();
+        // The flow-matching loss; with `understanding_only` the generator runs without autodiff
+        // (its output still feeds the understanding mix) and its loss is only reported.
+        let (gen_loss, x_t, v, t_host) = if config.understanding_only {
+            let f = flow_batch(&model.valid(), &mut rng, &gen_imgs, &gen_prompts, device)?;
+            let loss = (f.v.clone() - (f.eps - f.x0)).powi_scalar(2).mean();
+            (None, f.x_t, f.v, (f.t_host, loss))
+        } else {
+            let f = flow_batch(&model, &mut rng, &gen_imgs, &gen_prompts, device)?;
+            let loss = (f.v.clone() - (f.eps - f.x0)).powi_scalar(2).mean();
+            let (x_t, v) = (f.x_t.inner(), f.v.inner());
+            let host = loss.clone().inner();
+            (Some(loss), x_t, v, (f.t_host, host))
+        };
+        let (t_host, gen_loss_host) = t_host;
+        let t_inner = Tensor::<B::InnerBackend, 1>::from_data(
+            TensorData::new(t_host.clone(), [b]),
+            device,
+        );
 
         // The generator's one-step denoised estimates, for imperfect understanding inputs.
-        let x0_hat = (x_t.inner() - v.inner() * t.inner().reshape([b, 1, 1])).clamp(-1.0, 1.0);
+        let x0_hat = (x_t - v * t_inner.reshape([b, 1, 1])).clamp(-1.0, 1.0);
         let estimates = PixelImage::from_tensor(model.valid().decode_latents(x0_hat, size, size)?)?;
 
         // Understanding batch, on the atomic statements the model judges (see
@@ -526,9 +581,17 @@ pub fn pretrain<B: AutodiffBackend>(
             .filter(|(p, l)| **p == **l as i64)
             .count();
 
-        let loss = gen_loss.clone() + und_loss.clone() + patch_loss.mul_scalar(0.5);
+        let und_terms = und_loss.clone() + patch_loss.mul_scalar(0.5);
+        let loss = match gen_loss {
+            Some(g) => g + und_terms,
+            None => und_terms,
+        };
         let lr = learning_rate(config.lr, warmup, decay, step as u64);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut grads = loss.backward();
+        let grads = match &understanding_ids {
+            Some(ids) => GradientsParams::from_params(&mut grads, &model, ids),
+            None => GradientsParams::from_grads(grads, &model),
+        };
         model = optim.step(lr, model, grads);
         let host = |t: Tensor<B, 1>| {
             t.into_data()
@@ -539,7 +602,7 @@ pub fn pretrain<B: AutodiffBackend>(
         };
         on_step(&PretrainReport {
             step: step + 1,
-            generation_loss: host(gen_loss),
+            generation_loss: host(Tensor::from_inner(gen_loss_host)),
             understanding_loss: host(und_loss),
             understanding_accuracy: correct as f32 / nb.max(1) as f32,
             lr,

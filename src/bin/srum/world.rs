@@ -65,6 +65,10 @@ pub struct PretrainArgs {
     /// One image expert for both abilities instead of one per task (BAGEL routes by task).
     #[arg(long)]
     shared_image_expert: bool,
+    /// With --init: train only the understanding-only parameters (the judge's image experts and
+    /// heads) on the understanding mix; everything generation uses stays bit for bit as loaded.
+    #[arg(long, requires = "init")]
+    understanding_only: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -120,6 +124,7 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         lr: a.lr,
         seed: a.seed,
         time_budget_s: a.time_budget_min.map(|m| m * 60.0),
+        understanding_only: a.understanding_only,
     };
     let pb = bar(a.steps as u64, "pretraining");
     let mut metrics = match &a.metrics {
