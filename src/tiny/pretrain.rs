@@ -296,9 +296,7 @@ fn flow_batch<B: burn::tensor::backend::Backend, R: Rng>(
     let t_host: Vec<f32> = (0..b)
         .map(|i| if i % 2 == 0 { ln[i] } else { un[i] })
         .collect();
-    let eps_host: Vec<f32> = (0..b * n * c)
-        .map(|_| StandardNormal.sample(rng))
-        .collect();
+    let eps_host: Vec<f32> = (0..b * n * c).map(|_| StandardNormal.sample(rng)).collect();
     let eps = Tensor::<B, 3>::from_data(TensorData::new(eps_host, [b, n, c]), device);
     let t = Tensor::<B, 1>::from_data(TensorData::new(t_host.clone(), [b]), device);
     let x_t = noisy_latents(x0.clone(), eps.clone(), t.clone());
@@ -418,10 +416,8 @@ pub fn pretrain<B: AutodiffBackend>(
             (Some(loss), x_t, v, (f.t_host, host))
         };
         let (t_host, gen_loss_host) = t_host;
-        let t_inner = Tensor::<B::InnerBackend, 1>::from_data(
-            TensorData::new(t_host.clone(), [b]),
-            device,
-        );
+        let t_inner =
+            Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(t_host.clone(), [b]), device);
 
         // The generator's one-step denoised estimates, for imperfect understanding inputs.
         let x0_hat = (x_t - v * t_inner.reshape([b, 1, 1])).clamp(-1.0, 1.0);
