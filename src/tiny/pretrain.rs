@@ -166,11 +166,56 @@ fn pick<'a, R: Rng>(rng: &mut R, by_cat: &'a [Vec<PromptSpec>]) -> &'a PromptSpe
 }
 
 /// The training prompts statements are drawn from.
-struct Pools<'a> {
-    by_cat: &'a [Vec<PromptSpec>],
-    rel_cats: &'a [Vec<PromptSpec>],
-    count_prompts: &'a [PromptSpec],
-    nps: &'a [Np],
+struct Pools {
+    /// Prompts by category, in a fixed category order (for balanced picks).
+    by_cat: Vec<Vec<PromptSpec>>,
+    /// The relation and complex prompts, for relation statements.
+    rel_cats: Vec<Vec<PromptSpec>>,
+    /// The numeracy prompts, for count statements.
+    count_prompts: Vec<PromptSpec>,
+    nps: Vec<Np>,
+}
+
+impl Pools {
+    fn new(train: &[PromptSpec]) -> Self {
+        let mut by_cat: Vec<Vec<PromptSpec>> = Vec::new();
+        for cat in [
+            Category::Single,
+            Category::Color,
+            Category::Shape,
+            Category::Spatial,
+            Category::Numeracy,
+            Category::Complex,
+        ] {
+            let v: Vec<PromptSpec> = train
+                .iter()
+                .filter(|p| p.category() == cat)
+                .cloned()
+                .collect();
+            if !v.is_empty() {
+                by_cat.push(v);
+            }
+        }
+        let rel_cats = by_cat
+            .iter()
+            .filter(|v| {
+                v.first()
+                    .is_some_and(|p| matches!(p.category(), Category::Spatial | Category::Complex))
+            })
+            .cloned()
+            .collect();
+        let count_prompts = train
+            .iter()
+            .filter(|p| p.category() == Category::Numeracy)
+            .cloned()
+            .collect();
+        Self {
+            by_cat,
+            rel_cats,
+            count_prompts,
+            nps: Np::all(),
+        }
+    }
 }
 
 /// A scene and an atomic statement about it (see `tiny::model::atoms`): object presence with
@@ -179,11 +224,11 @@ struct Pools<'a> {
 fn draw_statement<R: Rng>(
     rng: &mut R,
     kind: u32,
-    pools: &Pools<'_>,
+    pools: &Pools,
     size: usize,
 ) -> Option<(crate::world::Scene, PromptSpec)> {
     if kind < 7 {
-        let p = pick(rng, pools.by_cat);
+        let p = pick(rng, &pools.by_cat);
         let shown = if rng.random_bool(0.5) {
             p.clone()
         } else {
@@ -227,7 +272,7 @@ fn draw_statement<R: Rng>(
         };
         Some((shown.sample_scene(rng, size), PromptSpec::Count(n, np)))
     } else {
-        let (a, r, b, c) = match pick(rng, pools.rel_cats) {
+        let (a, r, b, c) = match pick(rng, &pools.rel_cats) {
             PromptSpec::Relation(a, r, b) => (*a, *r, *b, None),
             PromptSpec::Complex(a, r, b, c) => (*a, *r, *b, Some(*c)),
             _ => return None,
@@ -251,7 +296,7 @@ fn draw_statement<R: Rng>(
 fn draw_labelled<R: Rng>(
     rng: &mut R,
     kind: u32,
-    pools: &Pools<'_>,
+    pools: &Pools,
     size: usize,
     want: bool,
 ) -> Option<(crate::world::Scene, PromptSpec, bool)> {
@@ -320,45 +365,8 @@ pub fn pretrain<B: AutodiffBackend>(
 ) -> Result<TinyUmm<B>> {
     let size = model.image_size();
     let train = split_prompts(Split::Train, 0);
-    let mut by_cat: Vec<Vec<PromptSpec>> = Vec::new();
-    for cat in [
-        Category::Single,
-        Category::Color,
-        Category::Shape,
-        Category::Spatial,
-        Category::Numeracy,
-        Category::Complex,
-    ] {
-        let v: Vec<PromptSpec> = train
-            .iter()
-            .filter(|p| p.category() == cat)
-            .cloned()
-            .collect();
-        if !v.is_empty() {
-            by_cat.push(v);
-        }
-    }
-    // The relation and complex prompts, for relation statements.
-    let rel_cats: Vec<Vec<PromptSpec>> = by_cat
-        .iter()
-        .filter(|v| {
-            v.first()
-                .is_some_and(|p| matches!(p.category(), Category::Spatial | Category::Complex))
-        })
-        .cloned()
-        .collect();
-    let count_prompts: Vec<PromptSpec> = train
-        .iter()
-        .filter(|p| p.category() == Category::Numeracy)
-        .cloned()
-        .collect();
-    let nps = Np::all();
-    let pools = Pools {
-        by_cat: &by_cat,
-        rel_cats: &rel_cats,
-        count_prompts: &count_prompts,
-        nps: &nps,
-    };
+    let pools = Pools::new(&train);
+    let (by_cat, nps) = (&pools.by_cat, &pools.nps);
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut optim = AdamWConfig::new()
         .with_weight_decay(0.01)
@@ -391,7 +399,7 @@ pub fn pretrain<B: AutodiffBackend>(
         let mut gen_specs = Vec::with_capacity(b);
         let mut gen_scenes = Vec::with_capacity(b);
         for _ in 0..b {
-            let p = pick(&mut rng, &by_cat);
+            let p = pick(&mut rng, by_cat);
             let scene = p.sample_scene(&mut rng, size);
             gen_imgs.push(scene.render(size));
             gen_scenes.push(scene);
@@ -453,7 +461,7 @@ pub fn pretrain<B: AutodiffBackend>(
                 targets = Some(patch_labels(&scene, None, size, patch));
                 (scene.render(size), spec.text(), holds)
             } else if kind < 16 {
-                let p = pick(&mut rng, &by_cat);
+                let p = pick(&mut rng, by_cat);
                 let scene = p.sample_scene(&mut rng, size);
                 let Some(o) = scene.objects.choose(&mut rng).copied() else {
                     continue;
@@ -505,7 +513,7 @@ pub fn pretrain<B: AutodiffBackend>(
                     continue;
                 }
             } else {
-                let p = pick(&mut rng, &by_cat);
+                let p = pick(&mut rng, by_cat);
                 let asked = *p.nps().choose(&mut rng).unwrap_or(&nps[0]);
                 let blank = rng.random_bool(0.5);
                 let img = if blank {
@@ -616,26 +624,7 @@ mod tests {
     #[test]
     fn labelled_statements_are_balanced() {
         let train = split_prompts(Split::Train, 0);
-        let by_cat: Vec<Vec<PromptSpec>> = vec![train.clone()];
-        let rel_cats: Vec<Vec<PromptSpec>> = vec![
-            train
-                .iter()
-                .filter(|p| matches!(p.category(), Category::Spatial | Category::Complex))
-                .cloned()
-                .collect(),
-        ];
-        let count_prompts: Vec<PromptSpec> = train
-            .iter()
-            .filter(|p| p.category() == Category::Numeracy)
-            .cloned()
-            .collect();
-        let nps = Np::all();
-        let pools = Pools {
-            by_cat: &by_cat,
-            rel_cats: &rel_cats,
-            count_prompts: &count_prompts,
-            nps: &nps,
-        };
+        let pools = Pools::new(&train);
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         for kind in [0u32, 8, 12] {
             let n = 300;
