@@ -324,6 +324,15 @@ struct FlowBatch<B: burn::tensor::backend::Backend> {
     v: Tensor<B, 3>,
 }
 
+impl<B: burn::tensor::backend::Backend> FlowBatch<B> {
+    /// Flow-matching loss: mean squared error of the velocity against `eps - x0`.
+    fn loss(&self) -> Tensor<B, 1> {
+        (self.v.clone() - (self.eps.clone() - self.x0.clone()))
+            .powi_scalar(2)
+            .mean()
+    }
+}
+
 fn flow_batch<B: burn::tensor::backend::Backend, R: Rng>(
     model: &TinyUmm<B>,
     rng: &mut R,
@@ -412,18 +421,15 @@ pub fn pretrain<B: AutodiffBackend>(
         }
         // The flow-matching loss; with `understanding_only` the generator runs without autodiff
         // (its output still feeds the understanding mix) and its loss is only reported.
-        let (gen_loss, x_t, v, t_host) = if config.understanding_only {
+        let (gen_loss, gen_loss_host, x_t, v, t_host) = if config.understanding_only {
             let f = flow_batch(&model.valid(), &mut rng, &gen_imgs, &gen_prompts, device)?;
-            let loss = (f.v.clone() - (f.eps - f.x0)).powi_scalar(2).mean();
-            (None, f.x_t, f.v, (f.t_host, loss))
+            (None, f.loss(), f.x_t, f.v, f.t_host)
         } else {
             let f = flow_batch(&model, &mut rng, &gen_imgs, &gen_prompts, device)?;
-            let loss = (f.v.clone() - (f.eps - f.x0)).powi_scalar(2).mean();
-            let (x_t, v) = (f.x_t.inner(), f.v.inner());
+            let loss = f.loss();
             let host = loss.clone().inner();
-            (Some(loss), x_t, v, (f.t_host, host))
+            (Some(loss), host, f.x_t.inner(), f.v.inner(), f.t_host)
         };
-        let (t_host, gen_loss_host) = t_host;
         let t_inner =
             Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(t_host.clone(), [b]), device);
 
