@@ -10,7 +10,8 @@ use srum::image::PixelImage;
 use srum::judge::{GridProposer, SelfEvaluator, SelfEvaluatorConfig, parse_global};
 use srum::model::UnifiedModel;
 use srum::tiny::{
-    PretrainConfig, TinyUmm, TinyUmmConfig, build_tokenizer, encode, load_tokenizer, pretrain,
+    PretrainConfig, TinyUmm, TinyUmmConfig, UnderstandingMix, build_tokenizer, encode,
+    load_tokenizer, pretrain,
 };
 
 fn tiny_config() -> TinyUmmConfig {
@@ -207,7 +208,11 @@ fn answers_are_what_the_evaluator_parses() {
 #[test]
 fn a_few_pretraining_steps_and_the_checkpoint_directory() {
     let dev = device();
-    let config = tiny_config().with_prediction(Some(srum::tiny::Prediction::Clean));
+    let config = tiny_config()
+        .with_prediction(Some(srum::tiny::Prediction::Clean))
+        .with_sincos_positions(Some(true))
+        .with_centre_head(Some(true))
+        .with_locate_head(Some(true));
     let model = config.init::<CpuAd>(build_tokenizer().unwrap(), &dev);
     let mut reports = Vec::new();
     let pc = PretrainConfig {
@@ -218,6 +223,7 @@ fn a_few_pretraining_steps_and_the_checkpoint_directory() {
         seed: 1,
         time_budget_s: None,
         understanding_only: false,
+        mix: UnderstandingMix::parse("3,3,3,1,1,1").unwrap(),
     };
     let model = pretrain(model, &pc, &dev, |r| reports.push(*r)).unwrap();
     assert_eq!(reports.len(), 3);
@@ -226,12 +232,71 @@ fn a_few_pretraining_steps_and_the_checkpoint_directory() {
             .iter()
             .all(|r| r.generation_loss.is_finite() && r.understanding_loss.is_finite())
     );
+    // A quarter of the pairs are relations: the locate head is trained on them.
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.locate_loss.is_some_and(f32::is_finite) && r.relation_accuracy.is_some()),
+        "{reports:?}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let inner = model.valid();
     inner.save_dir(&config, dir.path()).unwrap();
     let (loaded, loaded_config) = TinyUmm::<Cpu>::load_dir(dir.path(), &dev).unwrap();
     assert_eq!(loaded_config, config);
     assert_eq!(weights(&inner), weights(&loaded));
+    // The centre head adds a tenth per-patch logit; it and the locate head belong to the judge.
+    let img = Tensor::<Cpu, 4>::zeros([2, 3, 32, 32], &dev);
+    let text = loaded
+        .text_batch(&["a red circle".into(), "".into()])
+        .unwrap();
+    let (_, patches) = loaded.understand_with_patches(img, &text).unwrap();
+    assert_eq!(patches.dims(), [2, 64, srum::tiny::PATCH_CLASSES + 1]);
+    let roles = loaded.param_roles();
+    let understanding = burn::module::list_param_ids(&loaded)
+        .into_iter()
+        .filter(|id| roles.role(*id) == srum::model::ParamRole::Understanding)
+        .count();
+    let without = tiny_config()
+        .with_prediction(Some(srum::tiny::Prediction::Clean))
+        .init::<Cpu>(build_tokenizer().unwrap(), &dev);
+    let roles0 = without.param_roles();
+    let understanding0 = burn::module::list_param_ids(&without)
+        .into_iter()
+        .filter(|id| roles0.role(*id) == srum::model::ParamRole::Understanding)
+        .count();
+    assert_eq!(
+        understanding,
+        understanding0 + 4,
+        "centre and locate heads' weights and biases"
+    );
+    // The statement breakdown asks every atom of every prompt, labelled by its truth.
+    let prompts: Vec<srum::world::PromptSpec> = [
+        "a red circle left of a blue square",
+        "two green triangles",
+        "a yellow square",
+    ]
+    .iter()
+    .map(|p| srum::world::PromptSpec::parse(p).unwrap())
+    .collect();
+    let report = srum::tiny::statement_report(&loaded, &prompts, 6, 0).unwrap();
+    let asked = |k: &str| report.get(k).map_or(0, |t| t.yes + t.no);
+    // Each prompt twice, once on its own render and once on a hard negative's: the relation
+    // prompt asks two objects and a relation, the count one count, the single object itself.
+    assert_eq!(
+        (asked("object"), asked("relation"), asked("count")),
+        (6, 2, 2)
+    );
+    for t in report.values() {
+        assert!(t.yes_correct <= t.yes && t.no_correct <= t.no);
+    }
+    // On the prompt's own render (even draws) every statement is true.
+    assert!(
+        report["count"].yes >= 1 && report["relation"].yes >= 1,
+        "{report:?}"
+    );
+    assert!(report["object"].yes >= 3);
+    assert!(srum::tiny::statement_report(&loaded, &[], 6, 0).is_err());
     // A checkpoint of another shape names the tensor that does not fit.
     let other = TinyUmmConfig::new()
         .with_d_model(8)
@@ -269,6 +334,7 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
         seed: 2,
         time_budget_s: None,
         understanding_only: true,
+        mix: UnderstandingMix::default(),
     };
     let model = pretrain(model, &pc, &dev, |_| {}).unwrap();
     let after = weights(&model);

@@ -4,12 +4,15 @@
 
 mod model;
 mod pretrain;
+mod statements;
 mod tokenizer;
 
 pub use model::{
-    Block, Expert, PATCH_CLASSES, Prediction, TextBatch, TinyUmm, TinyUmmConfig, mask_to_region,
+    Block, Expert, PATCH_CLASSES, Prediction, TextBatch, TinyUmm, TinyUmmConfig,
+    UnderstandingHeads, atoms, mask_to_region, sincos_2d,
 };
-pub use pretrain::{PretrainConfig, PretrainReport, pretrain};
+pub use pretrain::{PretrainConfig, PretrainReport, UnderstandingMix, pretrain};
+pub use statements::{StatementTally, statement_kind, statement_report};
 pub use tokenizer::{PAD, UNK, WORDS, build_tokenizer, encode, load_tokenizer};
 
 use std::path::Path;

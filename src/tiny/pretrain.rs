@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::model::{TinyUmm, mask_to_region};
+use super::model::{PATCH_CLASSES, TinyUmm, mask_to_region};
 use crate::error::Result;
 use crate::flow::{TimestepSampling, noisy_latents, sample_timesteps};
 use crate::image::PixelImage;
@@ -50,6 +50,107 @@ pub struct PretrainConfig {
     /// as loaded. For continuing a checkpoint whose judge lags its generator.
     #[serde(default)]
     pub understanding_only: bool,
+    /// What the understanding batch is made of.
+    #[serde(default)]
+    pub mix: UnderstandingMix,
+}
+
+/// Relative weights of the kinds of example in the understanding batch; each pair's kind is
+/// drawn with probability proportional to its weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UnderstandingMix {
+    /// Object presence, half true, half near misses. Default 7.
+    pub objects: u32,
+    /// Exact counts, half true, half off by one. Default 3.
+    pub counts: u32,
+    /// Relations, half true, half flipped or swapped. Default 4.
+    pub relations: u32,
+    /// Single objects shown through a region mask. Default 2.
+    pub regions: u32,
+    /// The generator's own one-step estimates of renders. Default 2.
+    pub estimates: u32,
+    /// Blank and noise images (always no). Default 2.
+    pub blank: u32,
+}
+
+impl Default for UnderstandingMix {
+    fn default() -> Self {
+        Self {
+            objects: 7,
+            counts: 3,
+            relations: 4,
+            regions: 2,
+            estimates: 2,
+            blank: 2,
+        }
+    }
+}
+
+/// One kind of understanding example; see [`UnderstandingMix`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Object,
+    Count,
+    Relation,
+    Region,
+    Estimate,
+    Blank,
+}
+
+impl UnderstandingMix {
+    /// The weights in [`Kind`] order.
+    fn weights(&self) -> [(Kind, u32); 6] {
+        [
+            (Kind::Object, self.objects),
+            (Kind::Count, self.counts),
+            (Kind::Relation, self.relations),
+            (Kind::Region, self.regions),
+            (Kind::Estimate, self.estimates),
+            (Kind::Blank, self.blank),
+        ]
+    }
+
+    /// Sum of the weights.
+    pub fn total(&self) -> u32 {
+        self.weights().iter().map(|(_, w)| w).sum()
+    }
+
+    /// The kind a uniform draw `u` in `0..total()` picks.
+    fn kind(&self, mut u: u32) -> Kind {
+        for (k, w) in self.weights() {
+            if u < w {
+                return k;
+            }
+            u -= w;
+        }
+        Kind::Blank
+    }
+
+    /// Parses `objects,counts,relations,regions,estimates,blank` (as the CLI takes it).
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        let v: Vec<u32> = s
+            .split(',')
+            .map(|x| x.trim().parse::<u32>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| format!("mix {s:?}: {e}"))?;
+        let [objects, counts, relations, regions, estimates, blank] = v[..] else {
+            return Err(format!(
+                "mix {s:?}: want 6 weights (objects,counts,relations,regions,estimates,blank)"
+            ));
+        };
+        let mix = Self {
+            objects,
+            counts,
+            relations,
+            regions,
+            estimates,
+            blank,
+        };
+        if mix.total() == 0 {
+            return Err(format!("mix {s:?}: the weights sum to zero"));
+        }
+        Ok(mix)
+    }
 }
 
 impl Default for PretrainConfig {
@@ -62,6 +163,7 @@ impl Default for PretrainConfig {
             seed: 0,
             time_budget_s: None,
             understanding_only: false,
+            mix: UnderstandingMix::default(),
         }
     }
 }
@@ -77,6 +179,12 @@ pub struct PretrainReport {
     pub understanding_loss: f32,
     /// Fraction of the understanding batch answered correctly.
     pub understanding_accuracy: f32,
+    /// Fraction of the batch's relation statements answered correctly (`None`: none drawn).
+    #[serde(default)]
+    pub relation_accuracy: Option<f32>,
+    /// Mean squared error of the locate head (`None`: no locate head or no relation drawn).
+    #[serde(default)]
+    pub locate_loss: Option<f32>,
     /// Learning rate used.
     pub lr: f64,
 }
@@ -122,7 +230,7 @@ fn patch_labels(
     region: Option<[usize; 4]>,
     size: usize,
     patch: usize,
-) -> (Vec<i32>, Vec<i32>) {
+) -> PatchTargets {
     use crate::world::{Color, Shape};
     let g = size / patch;
     let (mut colors, mut shapes) = (Vec::with_capacity(g * g), Vec::with_capacity(g * g));
@@ -156,7 +264,52 @@ fn patch_labels(
             }
         }
     }
-    (colors, shapes)
+    let mut centres = vec![0; g * g];
+    for o in &scene.objects {
+        let (x, y) = (o.cx.max(0.0) as usize, o.cy.max(0.0) as usize);
+        let inside = region.is_none_or(|b| x >= b[0] && x < b[2] && y >= b[1] && y < b[3]);
+        if inside && x < size && y < size {
+            centres[(y / patch) * g + x / patch] = 1;
+        }
+    }
+    PatchTargets {
+        colors,
+        shapes,
+        centres,
+    }
+}
+
+/// Weight of the locate head's squared error (positions are fractions of the side, so an
+/// error of 3 pixels costs about 0.05, a tenth of an undecided yes/no).
+const LOCATE_WEIGHT: f32 = 5.0;
+
+/// Centre of the first object of `np` in `scene`, as fractions of the side.
+fn object_position(scene: &crate::world::Scene, np: Np, size: usize) -> Option<[f32; 2]> {
+    let o = scene
+        .objects
+        .iter()
+        .find(|o| o.color == np.color && o.shape == np.shape)?;
+    Some([o.cx / size as f32, o.cy / size as f32])
+}
+
+/// Per-patch targets of the understanding heads; `-1` is "no target".
+struct PatchTargets {
+    /// Colour class of the object under the patch (4: background).
+    colors: Vec<i32>,
+    /// Shape class of the object under the patch (3: background).
+    shapes: Vec<i32>,
+    /// 1 where an object's centre lies in the patch, else 0.
+    centres: Vec<i32>,
+}
+
+impl PatchTargets {
+    fn none(n: usize) -> Self {
+        Self {
+            colors: vec![-1; n],
+            shapes: vec![-1; n],
+            centres: vec![-1; n],
+        }
+    }
 }
 
 /// A training prompt, categories balanced.
@@ -219,15 +372,15 @@ impl Pools {
 }
 
 /// A scene and an atomic statement about it (see `tiny::model::atoms`): object presence with
-/// hard negatives (`kind < 7`), exact counts off by one (`kind < 10`), relations flipped or
-/// swapped (otherwise). `None` when the pool has nothing of that kind.
+/// hard negatives, exact counts off by one, relations flipped or swapped (any other kind).
+/// `None` when the pool has nothing of that kind.
 fn draw_statement<R: Rng>(
     rng: &mut R,
-    kind: u32,
+    kind: Kind,
     pools: &Pools,
     size: usize,
 ) -> Option<(crate::world::Scene, PromptSpec)> {
-    if kind < 7 {
+    if kind == Kind::Object {
         let p = pick(rng, &pools.by_cat);
         let shown = if rng.random_bool(0.5) {
             p.clone()
@@ -253,7 +406,7 @@ fn draw_statement<R: Rng>(
             }
         };
         Some((scene, PromptSpec::Objects(vec![asked])))
-    } else if kind < 10 {
+    } else if kind == Kind::Count {
         // Training-split counts only: held-out (n, object) pairs are never asked.
         let Some(PromptSpec::Count(n, np)) = pools.count_prompts.choose(rng).cloned() else {
             return None;
@@ -295,7 +448,7 @@ fn draw_statement<R: Rng>(
 /// when none matched), with its truth in the scene.
 fn draw_labelled<R: Rng>(
     rng: &mut R,
-    kind: u32,
+    kind: Kind,
     pools: &Pools,
     size: usize,
     want: bool,
@@ -438,11 +591,9 @@ pub fn pretrain<B: AutodiffBackend>(
         let estimates = PixelImage::from_tensor(model.valid().decode_latents(x0_hat, size, size)?)?;
 
         // Understanding batch, on the atomic statements the model judges (see
-        // `tiny::model::atoms`): object presence with hard negatives (35%), exact counts off by
-        // one (15%), relations flipped or swapped (20%), single-object regions (10%), the
-        // generator's own estimates (10%), blank and noise images (10%). Labels are the truth
-        // of the statement in the scene that was rendered; the first three kinds are balanced
-        // between true and false.
+        // `tiny::model::atoms`), in the proportions of `config.mix`. Labels are the truth of
+        // the statement in the scene that was rendered; statements are balanced between true
+        // and false.
         let ub = config.understanding_batch.unwrap_or(b);
         let patch = model.patch_size();
         let n_patches = (size / patch).pow(2);
@@ -451,11 +602,17 @@ pub fn pretrain<B: AutodiffBackend>(
         let mut labels = Vec::with_capacity(ub);
         let mut patch_colors: Vec<i32> = Vec::with_capacity(ub * n_patches);
         let mut patch_shapes: Vec<i32> = Vec::with_capacity(ub * n_patches);
+        let mut patch_centres: Vec<i32> = Vec::with_capacity(ub * n_patches);
+        // Relation statements: where their two objects are (locate head targets), and which
+        // rows they are (for the relation accuracy).
+        let mut locate: Vec<f32> = Vec::with_capacity(ub * 4);
+        let mut relation_rows: Vec<usize> = Vec::new();
         for j in 0..ub {
             let k = j % b;
-            let kind = rng.random_range(0..20);
-            let mut targets: Option<(Vec<i32>, Vec<i32>)> = None;
-            let (img, prompt, yes) = if kind < 14 {
+            let kind = config.mix.kind(rng.random_range(0..config.mix.total()));
+            let mut targets: Option<PatchTargets> = None;
+            let (img, prompt, yes) = if matches!(kind, Kind::Object | Kind::Count | Kind::Relation)
+            {
                 // Half true, half false statements: drawn freely, most statements about a
                 // corrupted scene are still true (one atom of several is wrong), and a judge
                 // trained on that says yes to near misses.
@@ -465,8 +622,13 @@ pub fn pretrain<B: AutodiffBackend>(
                     continue;
                 };
                 targets = Some(patch_labels(&scene, None, size, patch));
+                if let PromptSpec::Relation(a, _, b) = &spec {
+                    relation_rows.push(labels.len());
+                    locate.extend(object_position(&scene, *a, size).unwrap_or([f32::NAN; 2]));
+                    locate.extend(object_position(&scene, *b, size).unwrap_or([f32::NAN; 2]));
+                }
                 (scene.render(size), spec.text(), holds)
-            } else if kind < 16 {
+            } else if kind == Kind::Region {
                 let p = pick(&mut rng, by_cat);
                 let scene = p.sample_scene(&mut rng, size);
                 let Some(o) = scene.objects.choose(&mut rng).copied() else {
@@ -497,7 +659,7 @@ pub fn pretrain<B: AutodiffBackend>(
                         .unwrap_or(&np)
                 };
                 (img, asked.text(), yes)
-            } else if kind < 18 {
+            } else if kind == Kind::Estimate {
                 // The generator's estimate of a render: nearly clean estimates are judged by
                 // the rendered scene's truth, blurred ones (high noise) show nothing.
                 let t = t_host[k];
@@ -543,17 +705,44 @@ pub fn pretrain<B: AutodiffBackend>(
                 1 => blur(&img),
                 _ => img,
             };
-            let (pc, ps) = targets.unwrap_or_else(|| (vec![-1; n_patches], vec![-1; n_patches]));
-            patch_colors.extend(pc);
-            patch_shapes.extend(ps);
+            let t = targets.unwrap_or_else(|| PatchTargets::none(n_patches));
+            patch_colors.extend(t.colors);
+            patch_shapes.extend(t.shapes);
+            patch_centres.extend(t.centres);
             und_imgs.push(img);
             und_prompts.push(prompt);
             labels.push(if yes { 0i32 } else { 1 });
         }
         let nb = labels.len();
         let text = model.text_batch(&und_prompts)?;
-        let (logits, patch_logits) =
-            model.understand_with_patches(PixelImage::to_tensor::<B>(&und_imgs, device)?, &text)?;
+        let heads =
+            model.understand_heads(PixelImage::to_tensor::<B>(&und_imgs, device)?, &text)?;
+        let (logits, patch_logits) = (heads.answer, heads.patches);
+        // Mean squared error of the locate head on the relation rows whose objects are both
+        // in the scene.
+        let locate_loss = match (&heads.locate, relation_rows.is_empty()) {
+            (Some(pred), false) => {
+                let n = relation_rows.len();
+                let mask: Vec<f32> = locate.iter().map(|v| f32::from(v.is_finite())).collect();
+                let target: Vec<f32> = locate
+                    .iter()
+                    .map(|v| if v.is_finite() { *v } else { 0.0 })
+                    .collect();
+                let count = mask.iter().sum::<f32>().max(1.0);
+                let rows = Tensor::<B, 1, Int>::from_data(
+                    TensorData::new(
+                        relation_rows.iter().map(|&r| r as i32).collect::<Vec<_>>(),
+                        [n],
+                    ),
+                    device,
+                );
+                let diff = pred.clone().select(0, rows)
+                    - Tensor::<B, 2>::from_data(TensorData::new(target, [n, 4]), device);
+                let m = Tensor::<B, 2>::from_data(TensorData::new(mask, [n, 4]), device);
+                Some((diff.powi_scalar(2) * m).sum().div_scalar(count))
+            }
+            _ => None,
+        };
         let patch_loss = {
             let ce = |logits: Tensor<B, 3>, targets: Vec<i32>, classes: usize| {
                 let n = targets.len();
@@ -571,8 +760,15 @@ pub fn pretrain<B: AutodiffBackend>(
                 let m = Tensor::<B, 2>::from_data(TensorData::new(mask, [n, 1]), device);
                 (picked * m).sum().div_scalar(count).neg()
             };
-            ce(patch_logits.clone().narrow(2, 0, 5), patch_colors, 5)
-                + ce(patch_logits.narrow(2, 5, 4), patch_shapes, 4)
+            let colour_shape = ce(patch_logits.clone().narrow(2, 0, 5), patch_colors, 5)
+                + ce(patch_logits.clone().narrow(2, 5, 4), patch_shapes, 4);
+            if patch_logits.dims()[2] > PATCH_CLASSES {
+                // The centre logit as two classes (no, yes): the same masked cross-entropy.
+                let c = patch_logits.narrow(2, PATCH_CLASSES, 1);
+                colour_shape + ce(Tensor::cat(vec![c.zeros_like(), c], 2), patch_centres, 2)
+            } else {
+                colour_shape
+            }
         };
         let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(labels.clone(), [nb]), device);
         let log_p = burn::tensor::activation::log_softmax(logits.clone(), 1);
@@ -591,7 +787,15 @@ pub fn pretrain<B: AutodiffBackend>(
             .filter(|(p, l)| **p == **l as i64)
             .count();
 
-        let und_terms = und_loss.clone() + patch_loss.mul_scalar(0.5);
+        let relation_correct = relation_rows
+            .iter()
+            .filter(|&&r| pred.get(r).is_some_and(|p| *p == labels[r] as i64))
+            .count();
+        let locate_host = locate_loss.as_ref().map(|l| l.clone().inner());
+        let mut und_terms = und_loss.clone() + patch_loss.mul_scalar(0.5);
+        if let Some(l) = locate_loss {
+            und_terms = und_terms + l.mul_scalar(LOCATE_WEIGHT);
+        }
         let loss = match gen_loss {
             Some(g) => g + und_terms,
             None => und_terms,
@@ -615,6 +819,9 @@ pub fn pretrain<B: AutodiffBackend>(
             generation_loss: host(Tensor::from_inner(gen_loss_host)),
             understanding_loss: host(und_loss),
             understanding_accuracy: correct as f32 / nb.max(1) as f32,
+            relation_accuracy: (!relation_rows.is_empty())
+                .then(|| relation_correct as f32 / relation_rows.len() as f32),
+            locate_loss: locate_host.map(|l| host(Tensor::from_inner(l))),
             lr,
         });
     }
@@ -624,6 +831,63 @@ pub fn pretrain<B: AutodiffBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::world::{Color, Object, Scene, Shape};
+
+    /// The default mix draws kinds exactly as the fixed twentieths did before the mix was
+    /// configurable, so older pretraining commands still make the same checkpoints.
+    #[test]
+    fn default_mix_keeps_the_fixed_twentieths() {
+        let mix = UnderstandingMix::default();
+        assert_eq!(mix.total(), 20);
+        let kinds: Vec<Kind> = (0..20).map(|u| mix.kind(u)).collect();
+        let want = |k: Kind, n: usize| std::iter::repeat_n(k, n);
+        let expected: Vec<Kind> = want(Kind::Object, 7)
+            .chain(want(Kind::Count, 3))
+            .chain(want(Kind::Relation, 4))
+            .chain(want(Kind::Region, 2))
+            .chain(want(Kind::Estimate, 2))
+            .chain(want(Kind::Blank, 2))
+            .collect();
+        assert_eq!(kinds, expected);
+        assert_eq!(UnderstandingMix::parse("7,3,4,2,2,2"), Ok(mix));
+        let zero = UnderstandingMix::parse("0,5,0,0,0,0").unwrap();
+        assert!((0..5).all(|u| zero.kind(u) == Kind::Count));
+    }
+
+    #[test]
+    fn bad_mixes_are_errors_that_say_why() {
+        for (s, why) in [
+            ("7,3,4", "want 6 weights"),
+            ("7,3,4,2,2,x", "invalid digit"),
+            ("0,0,0,0,0,0", "sum to zero"),
+        ] {
+            let e = UnderstandingMix::parse(s).unwrap_err();
+            assert!(e.contains(why) && e.contains(s), "{s}: {e}");
+        }
+    }
+
+    /// Centre targets mark the patch holding each object's centre, and only inside a region.
+    #[test]
+    fn centre_targets_mark_one_patch_per_object() {
+        let obj = |cx: f32, cy: f32| Object {
+            color: Color::Red,
+            shape: Shape::Square,
+            cx,
+            cy,
+            radius: 3.5,
+        };
+        let scene = Scene {
+            objects: vec![obj(5.5, 6.0), obj(21.0, 26.5)],
+        };
+        let t = patch_labels(&scene, None, 32, 4);
+        let marked: Vec<usize> = (0..64).filter(|&i| t.centres[i] == 1).collect();
+        // (5.5, 6.0) is in patch row 1, column 1; (21.0, 26.5) in row 6, column 5.
+        assert_eq!(marked, vec![8 + 1, 6 * 8 + 5]);
+        assert!(t.centres.iter().all(|&c| c == 0 || c == 1));
+        let t = patch_labels(&scene, Some([0, 0, 12, 12]), 32, 4);
+        let marked: Vec<usize> = (0..64).filter(|&i| t.centres[i] == 1).collect();
+        assert_eq!(marked, vec![9]);
+    }
 
     /// Free draws about corrupted scenes are mostly true; the labelled draws are not, for every
     /// statement kind (presence, count, relation).
@@ -632,7 +896,7 @@ mod tests {
         let train = split_prompts(Split::Train, 0);
         let pools = Pools::new(&train);
         let mut rng = ChaCha8Rng::seed_from_u64(3);
-        for kind in [0u32, 8, 12] {
+        for kind in [Kind::Object, Kind::Count, Kind::Relation] {
             let n = 300;
             let mut matched = 0;
             for i in 0..n {
@@ -642,10 +906,7 @@ mod tests {
                 assert_eq!(holds, spec.holds_in(&scene));
                 matched += usize::from(holds == want);
             }
-            assert!(
-                matched * 100 >= n * 95,
-                "kind {kind}: {matched}/{n} as wanted"
-            );
+            assert!(matched * 100 >= n * 95, "{kind:?}: {matched}/{n} as wanted");
         }
     }
 }

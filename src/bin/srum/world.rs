@@ -9,7 +9,9 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use indicatif::{ProgressBar, ProgressStyle};
 use srum::flow::{EulerSampler, EulerSamplerConfig};
-use srum::tiny::{Prediction, PretrainConfig, TinyUmm, TinyUmmConfig, build_tokenizer, pretrain};
+use srum::tiny::{
+    Prediction, PretrainConfig, TinyUmm, TinyUmmConfig, UnderstandingMix, build_tokenizer, pretrain,
+};
 
 type Ad = Autodiff<Flex>;
 
@@ -69,6 +71,18 @@ pub struct PretrainArgs {
     /// heads) on the understanding mix; everything generation uses stays bit for bit as loaded.
     #[arg(long, requires = "init")]
     understanding_only: bool,
+    /// Start the image position embeddings at 2D sine-cosine values (only the initial value).
+    #[arg(long)]
+    sincos_positions: bool,
+    /// Add the per-patch object-centre head, an auxiliary target for counting.
+    #[arg(long)]
+    centre_head: bool,
+    /// Add the locate head: where a relation's two objects are, an auxiliary target.
+    #[arg(long)]
+    locate_head: bool,
+    /// Understanding batch weights: objects,counts,relations,regions,estimates,blank.
+    #[arg(long, default_value = "7,3,4,2,2,2", value_parser = UnderstandingMix::parse)]
+    mix: UnderstandingMix,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -101,7 +115,10 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
             PredictionArg::Clean => Prediction::Clean,
             PredictionArg::Velocity => Prediction::Velocity,
         }))
-        .with_task_experts(Some(!a.shared_image_expert));
+        .with_task_experts(Some(!a.shared_image_expert))
+        .with_sincos_positions(Some(a.sincos_positions))
+        .with_centre_head(Some(a.centre_head))
+        .with_locate_head(Some(a.locate_head));
     <Flex as burn::tensor::backend::Backend>::seed(&device, a.seed);
     let model = match &a.init {
         Some(dir) => {
@@ -125,6 +142,7 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         seed: a.seed,
         time_budget_s: a.time_budget_min.map(|m| m * 60.0),
         understanding_only: a.understanding_only,
+        mix: a.mix,
     };
     let pb = bar(a.steps as u64, "pretraining");
     let mut metrics = match &a.metrics {
@@ -408,6 +426,10 @@ pub struct EvalArgs {
     /// Also measure understanding accuracy (this many pairs) and self/oracle agreement.
     #[arg(long)]
     understanding: Option<usize>,
+    /// Also break the judge's accuracy down by atomic statement (object, count, relation),
+    /// over this many prompts' statements, half on hard negatives.
+    #[arg(long)]
+    statements: Option<usize>,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -485,6 +507,24 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
         json["understanding_accuracy"] = serde_json::json!(acc);
         json["understanding"] = serde_json::json!(und);
         json["agreement"] = serde_json::json!(agree);
+    }
+    if let Some(n) = a.statements {
+        let report = srum::tiny::statement_report(&model, &prompts, n, a.sampling.seed + 2000)
+            .map_err(|e| e.to_string())?;
+        println!(
+            "\n| statement | true, said yes | false, said no | accuracy |\n|---|---:|---:|---:|"
+        );
+        for (kind, t) in &report {
+            println!(
+                "| {kind} | {}/{} | {}/{} | {:.1}% |",
+                t.yes_correct,
+                t.yes,
+                t.no_correct,
+                t.no,
+                100.0 * t.accuracy()
+            );
+        }
+        json["statements"] = serde_json::json!(report);
     }
     if let Some(p) = &a.json {
         srum::train::write_file_atomic(
