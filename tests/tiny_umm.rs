@@ -224,6 +224,7 @@ fn a_few_pretraining_steps_and_the_checkpoint_directory() {
         time_budget_s: None,
         understanding_only: false,
         mix: UnderstandingMix::parse("3,3,3,1,1,1").unwrap(),
+        locate_objects: true,
     };
     let model = pretrain(model, &pc, &dev, |r| reports.push(*r)).unwrap();
     assert_eq!(reports.len(), 3);
@@ -335,6 +336,7 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
         time_budget_s: None,
         understanding_only: true,
         mix: UnderstandingMix::default(),
+        locate_objects: false,
     };
     let model = pretrain(model, &pc, &dev, |_| {}).unwrap();
     let after = weights(&model);

@@ -53,6 +53,10 @@ pub struct PretrainConfig {
     /// What the understanding batch is made of.
     #[serde(default)]
     pub mix: UnderstandingMix,
+    /// With a locate head: also train it on object statements (where the asked object is),
+    /// not only on relations, for more examples of finding a named object.
+    #[serde(default)]
+    pub locate_objects: bool,
 }
 
 /// Relative weights of the kinds of example in the understanding batch; each pair's kind is
@@ -164,6 +168,7 @@ impl Default for PretrainConfig {
             time_budget_s: None,
             understanding_only: false,
             mix: UnderstandingMix::default(),
+            locate_objects: false,
         }
     }
 }
@@ -607,6 +612,7 @@ pub fn pretrain<B: AutodiffBackend>(
         // rows they are (for the relation accuracy).
         let mut locate: Vec<f32> = Vec::with_capacity(ub * 4);
         let mut relation_rows: Vec<usize> = Vec::new();
+        let mut locate_rows: Vec<usize> = Vec::new();
         for j in 0..ub {
             let k = j % b;
             let kind = config.mix.kind(rng.random_range(0..config.mix.total()));
@@ -622,10 +628,22 @@ pub fn pretrain<B: AutodiffBackend>(
                     continue;
                 };
                 targets = Some(patch_labels(&scene, None, size, patch));
-                if let PromptSpec::Relation(a, _, b) = &spec {
-                    relation_rows.push(labels.len());
-                    locate.extend(object_position(&scene, *a, size).unwrap_or([f32::NAN; 2]));
-                    locate.extend(object_position(&scene, *b, size).unwrap_or([f32::NAN; 2]));
+                let at = |np: Np| object_position(&scene, np, size).unwrap_or([f32::NAN; 2]);
+                match &spec {
+                    PromptSpec::Relation(a, _, b) => {
+                        relation_rows.push(labels.len());
+                        locate_rows.push(labels.len());
+                        locate.extend(at(*a));
+                        locate.extend(at(*b));
+                    }
+                    PromptSpec::Objects(v) if config.locate_objects => {
+                        if let Some(np) = v.first() {
+                            locate_rows.push(labels.len());
+                            locate.extend(at(*np));
+                            locate.extend([f32::NAN; 2]);
+                        }
+                    }
+                    _ => {}
                 }
                 (scene.render(size), spec.text(), holds)
             } else if kind == Kind::Region {
@@ -720,9 +738,9 @@ pub fn pretrain<B: AutodiffBackend>(
         let (logits, patch_logits) = (heads.answer, heads.patches);
         // Mean squared error of the locate head on the relation rows whose objects are both
         // in the scene.
-        let locate_loss = match (&heads.locate, relation_rows.is_empty()) {
+        let locate_loss = match (&heads.locate, locate_rows.is_empty()) {
             (Some(pred), false) => {
-                let n = relation_rows.len();
+                let n = locate_rows.len();
                 let mask: Vec<f32> = locate.iter().map(|v| f32::from(v.is_finite())).collect();
                 let target: Vec<f32> = locate
                     .iter()
@@ -731,7 +749,7 @@ pub fn pretrain<B: AutodiffBackend>(
                 let count = mask.iter().sum::<f32>().max(1.0);
                 let rows = Tensor::<B, 1, Int>::from_data(
                     TensorData::new(
-                        relation_rows.iter().map(|&r| r as i32).collect::<Vec<_>>(),
+                        locate_rows.iter().map(|&r| r as i32).collect::<Vec<_>>(),
                         [n],
                     ),
                     device,

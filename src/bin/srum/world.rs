@@ -80,6 +80,9 @@ pub struct PretrainArgs {
     /// Add the locate head: where a relation's two objects are, an auxiliary target.
     #[arg(long)]
     locate_head: bool,
+    /// With --locate-head: train it on object statements too (where the asked object is).
+    #[arg(long, requires = "locate_head")]
+    locate_objects: bool,
     /// Understanding batch weights: objects,counts,relations,regions,estimates,blank.
     #[arg(long, default_value = "7,3,4,2,2,2", value_parser = UnderstandingMix::parse)]
     mix: UnderstandingMix,
@@ -143,6 +146,7 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         time_budget_s: a.time_budget_min.map(|m| m * 60.0),
         understanding_only: a.understanding_only,
         mix: a.mix,
+        locate_objects: a.locate_objects,
     };
     let pb = bar(a.steps as u64, "pretraining");
     let mut metrics = match &a.metrics {
