@@ -354,3 +354,23 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
     assert!(moved >= 4, "only {moved} understanding parameters moved");
     assert!(kept > 0);
 }
+
+/// Both shipped checkpoints load and judge: the demo's model and the stronger judge.
+#[test]
+fn shipped_checkpoints_load_and_judge() {
+    let dev = device();
+    for dir in ["assets/tiny-umm", "assets/tiny-umm-strong-judge"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let (model, config) = TinyUmm::<Cpu>::load_dir(&path, &dev).unwrap();
+        let spec = srum::world::PromptSpec::parse("a red circle left of a blue square").unwrap();
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+        let image = spec
+            .sample_scene(&mut rng, config.image_size)
+            .render(config.image_size);
+        let p = model.match_probability(&[image], &[spec.text()]).unwrap();
+        assert!(
+            p[0].is_finite() && (0.0..=1.0).contains(&p[0]),
+            "{dir}: {p:?}"
+        );
+    }
+}
