@@ -238,6 +238,8 @@ fn patch_labels(
 ) -> PatchTargets {
     use crate::world::{Color, Shape};
     let g = size / patch;
+    let in_region =
+        |x: usize, y: usize| region.is_none_or(|b| x >= b[0] && x < b[2] && y >= b[1] && y < b[3]);
     let (mut colors, mut shapes) = (Vec::with_capacity(g * g), Vec::with_capacity(g * g));
     for py in 0..g {
         for px in 0..g {
@@ -246,9 +248,7 @@ fn patch_labels(
                 let mut n = 0;
                 for y in py * patch..(py + 1) * patch {
                     for x in px * patch..(px + 1) * patch {
-                        let inside =
-                            region.is_none_or(|b| x >= b[0] && x < b[2] && y >= b[1] && y < b[3]);
-                        if inside && o.covers(x, y) {
+                        if in_region(x, y) && o.covers(x, y) {
                             n += 1;
                         }
                     }
@@ -272,8 +272,7 @@ fn patch_labels(
     let mut centres = vec![0; g * g];
     for o in &scene.objects {
         let (x, y) = (o.cx.max(0.0) as usize, o.cy.max(0.0) as usize);
-        let inside = region.is_none_or(|b| x >= b[0] && x < b[2] && y >= b[1] && y < b[3]);
-        if inside && x < size && y < size {
+        if in_region(x, y) && x < size && y < size {
             centres[(y / patch) * g + x / patch] = 1;
         }
     }
@@ -290,10 +289,7 @@ const LOCATE_WEIGHT: f32 = 5.0;
 
 /// Centre of the first object of `np` in `scene`, as fractions of the side.
 fn object_position(scene: &crate::world::Scene, np: Np, size: usize) -> Option<[f32; 2]> {
-    let o = scene
-        .objects
-        .iter()
-        .find(|o| o.color == np.color && o.shape == np.shape)?;
+    let o = scene.objects.iter().find(|o| np.describes(o))?;
     Some([o.cx / size as f32, o.cy / size as f32])
 }
 

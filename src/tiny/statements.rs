@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{TinyUmm, atoms};
 use crate::error::{Result, SrumError};
-use crate::world::PromptSpec;
+use crate::world::{PromptSpec, shown_scene};
 
 /// Answers to one kind of statement, split by the right answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,8 +43,8 @@ pub fn statement_kind(statement: &PromptSpec) -> &'static str {
 }
 
 /// The judge's answers (`P(yes) > 0.5`) to every atomic statement of `n` prompts cycled from
-/// `prompts`, each shown on a render of itself (even `k`) or of a hard negative (odd `k`), as
-/// the prompt-level accuracy draws them; the right answer is the statement's truth in the scene
+/// `prompts`, each shown on the scene [`shown_scene`] draws (as the prompt-level accuracy
+/// does); the right answer is the statement's truth in the scene
 /// rendered. Keyed by [`statement_kind`].
 pub fn statement_report<B: Backend>(
     model: &TinyUmm<B>,
@@ -62,12 +62,7 @@ pub fn statement_report<B: Backend>(
     let (mut images, mut texts, mut asked) = (Vec::new(), Vec::new(), Vec::new());
     for k in 0..n {
         let p = &prompts[k % prompts.len()];
-        let shown = if k % 2 == 0 {
-            p.clone()
-        } else {
-            p.corrupt(&mut rng)
-        };
-        let scene = shown.sample_scene(&mut rng, size);
+        let scene = shown_scene(p, k, &mut rng, size);
         let image = scene.render(size);
         for a in atoms(&p.text()) {
             let spec = PromptSpec::parse(&a)?;

@@ -74,6 +74,22 @@ pub struct UnderstandingReport {
     pub n: usize,
 }
 
+/// The scene shown for the `k`-th pair of an understanding measure about prompt `p`: a scene
+/// of `p` itself for even `k`, of a hard negative ([`PromptSpec::corrupt`]) for odd `k`.
+pub fn shown_scene<R: rand::Rng>(
+    p: &PromptSpec,
+    k: usize,
+    rng: &mut R,
+    size: usize,
+) -> super::Scene {
+    let shown = if k.is_multiple_of(2) {
+        p.clone()
+    } else {
+        p.corrupt(rng)
+    };
+    shown.sample_scene(rng, size)
+}
+
 /// Understanding accuracy on `n` image/prompt pairs from `prompts`: half renders of the prompt,
 /// half renders of a hard negative; the right answer is the prompt's truth in the scene shown
 /// (yes: global self-score > 0).
@@ -120,12 +136,7 @@ pub fn understanding_report<B: Backend, M: UnifiedModel<B>>(
         let (mut imgs, mut texts, mut labels) = (Vec::new(), Vec::new(), Vec::new());
         for k in 0..m {
             let p = &prompts[(done + k) % prompts.len()];
-            let shown = if (done + k).is_multiple_of(2) {
-                p.clone()
-            } else {
-                p.corrupt(&mut rng)
-            };
-            let scene = shown.sample_scene(&mut rng, size);
+            let scene = shown_scene(p, done + k, &mut rng, size);
             // The truth of the prompt in the scene shown: a corruption can still satisfy it
             // (swapping the colours of two circles gives the same picture).
             let is_yes = p.holds_in(&scene);

@@ -26,6 +26,11 @@ impl Np {
             .collect()
     }
 
+    /// Whether `object` is this coloured shape.
+    pub fn describes(self, object: &Object) -> bool {
+        object.color == self.color && object.shape == self.shape
+    }
+
     /// "a red circle".
     pub fn text(self) -> String {
         format!("a {} {}", self.color.word(), self.shape.word())
@@ -246,20 +251,13 @@ impl PromptSpec {
     /// Whether `scene` satisfies the prompt: each object present (a count exactly), and the
     /// relation holding between some instance of its subject and of its object.
     pub fn holds_in(&self, scene: &Scene) -> bool {
-        let count = |np: &Np| {
-            scene
-                .objects
-                .iter()
-                .filter(|o| o.color == np.color && o.shape == np.shape)
-                .count()
-        };
+        let count = |np: &Np| scene.objects.iter().filter(|o| np.describes(o)).count();
         let related = |a: &Np, r: &Relation, b: &Np| {
-            let is = |o: &&Object, n: &Np| o.color == n.color && o.shape == n.shape;
-            scene.objects.iter().filter(|o| is(o, a)).any(|x| {
+            scene.objects.iter().filter(|o| a.describes(o)).any(|x| {
                 scene
                     .objects
                     .iter()
-                    .filter(|o| is(o, b))
+                    .filter(|o| b.describes(o))
                     .any(|y| !std::ptr::eq(x, y) && r.holds((x.cx, x.cy), (y.cx, y.cy)))
             })
         };

@@ -11,7 +11,7 @@ mod scene;
 
 pub use eval::{
     Agreement, GenerationEval, UnderstandingReport, evaluate_generation, self_oracle_agreement,
-    spearman, understanding_accuracy, understanding_report,
+    shown_scene, spearman, understanding_accuracy, understanding_report,
 };
 pub use grammar::{
     Category, Np, PromptSpec, Relation, Split, all_prompts, rollout_prompts, split_prompts,
