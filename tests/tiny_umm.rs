@@ -225,6 +225,7 @@ fn a_few_pretraining_steps_and_the_checkpoint_directory() {
         understanding_only: false,
         mix: UnderstandingMix::parse("3,3,3,1,1,1").unwrap(),
         locate_objects: true,
+        shards: 1,
     };
     let model = pretrain(model, &pc, &dev, |r| reports.push(*r)).unwrap();
     assert_eq!(reports.len(), 3);
@@ -337,6 +338,7 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
         understanding_only: true,
         mix: UnderstandingMix::default(),
         locate_objects: false,
+        shards: 1,
     };
     let model = pretrain(model, &pc, &dev, |_| {}).unwrap();
     let after = weights(&model);
@@ -373,4 +375,29 @@ fn shipped_checkpoints_load_and_judge() {
             "{dir}: {p:?}"
         );
     }
+}
+
+/// Sharded steps train: every shard's gradients reach the optimizer (a parameter moves only
+/// when it has a gradient), and the report counts the pairs of all shards.
+#[test]
+fn sharded_pretraining_moves_every_weight() {
+    let dev = device();
+    let config = tiny_config().with_locate_head(Some(true));
+    let model = config.init::<CpuAd>(build_tokenizer().unwrap(), &dev);
+    let before = weights(&model.valid());
+    let mut reports = Vec::new();
+    let pc = PretrainConfig {
+        steps: 2,
+        batch: 5,
+        understanding_batch: Some(9),
+        seed: 4,
+        shards: 2,
+        ..PretrainConfig::default()
+    };
+    let model = pretrain(model, &pc, &dev, |r| reports.push(*r)).unwrap();
+    assert_eq!(reports.len(), 2);
+    assert!(reports.iter().all(|r| r.generation_loss.is_finite()));
+    let after = weights(&model.valid());
+    let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    assert_eq!(moved, before.len(), "{moved} of {} tensors moved", before.len());
 }

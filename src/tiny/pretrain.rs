@@ -13,7 +13,7 @@
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, ParamId, list_param_ids};
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::seq::IndexedRandom;
@@ -57,6 +57,17 @@ pub struct PretrainConfig {
     /// not only on relations, for more examples of finding a named object.
     #[serde(default)]
     pub locate_objects: bool,
+    /// Split every step into this many shards run on parallel threads, each drawing its share
+    /// of both batches from its own random stream; their gradients are summed into one
+    /// optimizer step. burn's CPU kernels are too small here to use a second core on their
+    /// own, so this is how pretraining uses several. 1 runs the step on the calling thread and
+    /// draws exactly what earlier versions drew; 0 is taken as 1.
+    #[serde(default = "one")]
+    pub shards: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Relative weights of the kinds of example in the understanding batch; each pair's kind is
@@ -169,6 +180,7 @@ impl Default for PretrainConfig {
             understanding_only: false,
             mix: UnderstandingMix::default(),
             locate_objects: false,
+            shards: 1,
         }
     }
 }
@@ -519,6 +531,342 @@ fn flow_batch<B: burn::tensor::backend::Backend, R: Rng>(
     })
 }
 
+/// The read-only inputs every shard of a step shares.
+struct StepInputs<'a, B: AutodiffBackend> {
+    config: &'a PretrainConfig,
+    pools: &'a Pools,
+    device: &'a B::Device,
+    /// With `understanding_only`: the parameters that train.
+    understanding_ids: Option<&'a [ParamId]>,
+    /// How many shards the step is split into.
+    shards: usize,
+}
+
+/// What one shard of a step computed: its gradients (already divided by the shard count) and
+/// its share of the report.
+struct ShardOut {
+    grads: GradientsParams,
+    generation_loss: f32,
+    understanding_loss: f32,
+    correct: usize,
+    answered: usize,
+    relation_correct: usize,
+    relations: usize,
+    locate_loss: Option<f32>,
+}
+
+/// One shard of a pretraining step: draws `b` generation images and `ub` understanding pairs
+/// from `rng`, and returns the gradients of their losses with respect to `model`.
+fn shard_step<B: AutodiffBackend>(
+    model: &TinyUmm<B>,
+    rng: &mut ChaCha8Rng,
+    inputs: &StepInputs<'_, B>,
+    b: usize,
+    ub: usize,
+) -> Result<ShardOut> {
+    let StepInputs {
+        config,
+        pools,
+        device,
+        understanding_ids,
+        shards,
+    } = *inputs;
+    let (by_cat, nps) = (&pools.by_cat, &pools.nps);
+    let size = model.image_size();
+    // Generation batch.
+    let mut gen_prompts = Vec::with_capacity(b);
+    let mut gen_imgs = Vec::with_capacity(b);
+    let mut gen_specs = Vec::with_capacity(b);
+    let mut gen_scenes = Vec::with_capacity(b);
+    for _ in 0..b {
+        let p = pick(rng, by_cat);
+        let scene = p.sample_scene(rng, size);
+        gen_imgs.push(scene.render(size));
+        gen_scenes.push(scene);
+        gen_specs.push(p.clone());
+        gen_prompts.push(if rng.random_bool(0.1) {
+            String::new()
+        } else {
+            p.text()
+        });
+    }
+    // The flow-matching loss; with `understanding_only` the generator runs without autodiff
+    // (its output still feeds the understanding mix) and its loss is only reported.
+    let (gen_loss, gen_loss_host, x_t, v, t_host) = if config.understanding_only {
+        let f = flow_batch(&model.valid(), rng, &gen_imgs, &gen_prompts, device)?;
+        (None, f.loss(), f.x_t, f.v, f.t_host)
+    } else {
+        let f = flow_batch(&model, rng, &gen_imgs, &gen_prompts, device)?;
+        let loss = f.loss();
+        let host = loss.clone().inner();
+        (Some(loss), host, f.x_t.inner(), f.v.inner(), f.t_host)
+    };
+    let t_inner =
+        Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(t_host.clone(), [b]), device);
+
+    // The generator's one-step denoised estimates, for imperfect understanding inputs.
+    let x0_hat = (x_t - v * t_inner.reshape([b, 1, 1])).clamp(-1.0, 1.0);
+    let estimates = PixelImage::from_tensor(model.valid().decode_latents(x0_hat, size, size)?)?;
+
+    // Understanding batch, on the atomic statements the model judges (see
+    // `tiny::model::atoms`), in the proportions of `config.mix`. Labels are the truth of
+    // the statement in the scene that was rendered; statements are balanced between true
+    // and false.
+        let patch = model.patch_size();
+    let n_patches = (size / patch).pow(2);
+    let mut und_imgs = Vec::with_capacity(ub);
+    let mut und_prompts = Vec::with_capacity(ub);
+    let mut labels = Vec::with_capacity(ub);
+    let mut patch_colors: Vec<i32> = Vec::with_capacity(ub * n_patches);
+    let mut patch_shapes: Vec<i32> = Vec::with_capacity(ub * n_patches);
+    let mut patch_centres: Vec<i32> = Vec::with_capacity(ub * n_patches);
+    // Relation statements: where their two objects are (locate head targets), and which
+    // rows they are (for the relation accuracy).
+    let mut locate: Vec<f32> = Vec::with_capacity(ub * 4);
+    let mut relation_rows: Vec<usize> = Vec::new();
+    let mut locate_rows: Vec<usize> = Vec::new();
+    for j in 0..ub {
+        let k = j % b;
+        let kind = config.mix.kind(rng.random_range(0..config.mix.total()));
+        let mut targets: Option<PatchTargets> = None;
+        let (img, prompt, yes) = if matches!(kind, Kind::Object | Kind::Count | Kind::Relation)
+        {
+            // Half true, half false statements: drawn freely, most statements about a
+            // corrupted scene are still true (one atom of several is wrong), and a judge
+            // trained on that says yes to near misses.
+            let want = rng.random_bool(0.5);
+            let Some((scene, spec, holds)) = draw_labelled(rng, kind, pools, size, want)
+            else {
+                continue;
+            };
+            targets = Some(patch_labels(&scene, None, size, patch));
+            let at = |np: Np| object_position(&scene, np, size).unwrap_or([f32::NAN; 2]);
+            match &spec {
+                PromptSpec::Relation(a, _, b) => {
+                    relation_rows.push(labels.len());
+                    locate_rows.push(labels.len());
+                    locate.extend(at(*a));
+                    locate.extend(at(*b));
+                }
+                PromptSpec::Objects(v) if config.locate_objects => {
+                    if let Some(np) = v.first() {
+                        locate_rows.push(labels.len());
+                        locate.extend(at(*np));
+                        locate.extend([f32::NAN; 2]);
+                    }
+                }
+                _ => {}
+            }
+            (scene.render(size), spec.text(), holds)
+        } else if kind == Kind::Region {
+            let p = pick(rng, by_cat);
+            let scene = p.sample_scene(rng, size);
+            let Some(o) = scene.objects.choose(rng).copied() else {
+                continue;
+            };
+            let r = o.radius + 1.0;
+            let bx = [
+                (o.cx - r).max(0.0) as usize,
+                (o.cy - r).max(0.0) as usize,
+                ((o.cx + r) as usize).min(size),
+                ((o.cy + r) as usize).min(size),
+            ];
+            targets = Some(patch_labels(&scene, Some(bx), size, patch));
+            let img = mask_to_region(&scene.render(size), bx);
+            let np = Np {
+                color: o.color,
+                shape: o.shape,
+            };
+            let yes = rng.random_bool(0.5);
+            let asked = if yes {
+                np
+            } else {
+                *nps.iter()
+                    .filter(|x| **x != np)
+                    .collect::<Vec<_>>()
+                    .choose(rng)
+                    .copied()
+                    .unwrap_or(&np)
+            };
+            (img, asked.text(), yes)
+        } else if kind == Kind::Estimate {
+            // The generator's estimate of a render: nearly clean estimates are judged by
+            // the rendered scene's truth, blurred ones (high noise) show nothing.
+            let t = t_host[k];
+            let atom = gen_specs[k]
+                .nps()
+                .choose(rng)
+                .map(|n| PromptSpec::Objects(vec![*n]))
+                .unwrap_or_else(|| PromptSpec::Objects(vec![nps[0]]));
+            if t < 0.25 {
+                targets = Some(patch_labels(&gen_scenes[k], None, size, patch));
+                (
+                    estimates[k].clone(),
+                    atom.text(),
+                    atom.holds_in(&gen_scenes[k]),
+                )
+            } else if t > 0.7 {
+                (estimates[k].clone(), atom.text(), false)
+            } else {
+                continue;
+            }
+        } else {
+            let p = pick(rng, by_cat);
+            let asked = *p.nps().choose(rng).unwrap_or(&nps[0]);
+            let blank = rng.random_bool(0.5);
+            let img = if blank {
+                targets = Some(patch_labels(
+                    &crate::world::Scene::default(),
+                    None,
+                    size,
+                    patch,
+                ));
+                PixelImage::filled(size, size, [1.0; 3])
+            } else {
+                noisy(rng, &PixelImage::filled(size, size, [0.5; 3]), 2.0)
+            };
+            (img, asked.text(), false)
+        };
+        let img = match rng.random_range(0..4) {
+            0 => {
+                let amount = rng.random_range(0.05..0.4);
+                noisy(rng, &img, amount)
+            }
+            1 => blur(&img),
+            _ => img,
+        };
+        let t = targets.unwrap_or_else(|| PatchTargets::none(n_patches));
+        patch_colors.extend(t.colors);
+        patch_shapes.extend(t.shapes);
+        patch_centres.extend(t.centres);
+        und_imgs.push(img);
+        und_prompts.push(prompt);
+        labels.push(if yes { 0i32 } else { 1 });
+    }
+    let nb = labels.len();
+    let text = model.text_batch(&und_prompts)?;
+    let heads =
+        model.understand_heads(PixelImage::to_tensor::<B>(&und_imgs, device)?, &text)?;
+    let (logits, patch_logits) = (heads.answer, heads.patches);
+    // Mean squared error of the locate head on the relation rows whose objects are both
+    // in the scene.
+    let locate_loss = match (&heads.locate, locate_rows.is_empty()) {
+        (Some(pred), false) => {
+            let n = locate_rows.len();
+            let mask: Vec<f32> = locate.iter().map(|v| f32::from(v.is_finite())).collect();
+            let target: Vec<f32> = locate
+                .iter()
+                .map(|v| if v.is_finite() { *v } else { 0.0 })
+                .collect();
+            let count = mask.iter().sum::<f32>().max(1.0);
+            let rows = Tensor::<B, 1, Int>::from_data(
+                TensorData::new(
+                    locate_rows.iter().map(|&r| r as i32).collect::<Vec<_>>(),
+                    [n],
+                ),
+                device,
+            );
+            let diff = pred.clone().select(0, rows)
+                - Tensor::<B, 2>::from_data(TensorData::new(target, [n, 4]), device);
+            let m = Tensor::<B, 2>::from_data(TensorData::new(mask, [n, 4]), device);
+            Some((diff.powi_scalar(2) * m).sum().div_scalar(count))
+        }
+        _ => None,
+    };
+    let patch_loss = {
+        let ce = |logits: Tensor<B, 3>, targets: Vec<i32>, classes: usize| {
+            let n = targets.len();
+            let mask: Vec<f32> = targets
+                .iter()
+                .map(|&t| if t >= 0 { 1.0 } else { 0.0 })
+                .collect();
+            let count = mask.iter().sum::<f32>().max(1.0);
+            let idx: Vec<i32> = targets.iter().map(|&t| t.max(0)).collect();
+            let log_p = burn::tensor::activation::log_softmax(logits.reshape([n, classes]), 1);
+            let picked = log_p.gather(
+                1,
+                Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [n, 1]), device),
+            );
+            let m = Tensor::<B, 2>::from_data(TensorData::new(mask, [n, 1]), device);
+            (picked * m).sum().div_scalar(count).neg()
+        };
+        let colour_shape = ce(patch_logits.clone().narrow(2, 0, 5), patch_colors, 5)
+            + ce(patch_logits.clone().narrow(2, 5, 4), patch_shapes, 4);
+        if patch_logits.dims()[2] > PATCH_CLASSES {
+            // The centre logit as two classes (no, yes): the same masked cross-entropy.
+            let c = patch_logits.narrow(2, PATCH_CLASSES, 1);
+            colour_shape + ce(Tensor::cat(vec![c.zeros_like(), c], 2), patch_centres, 2)
+        } else {
+            colour_shape
+        }
+    };
+    let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(labels.clone(), [nb]), device);
+    let log_p = burn::tensor::activation::log_softmax(logits.clone(), 1);
+    let und_loss = log_p.gather(1, targets.reshape([nb, 1])).mean().neg();
+    let pred: Vec<i64> = logits
+        .clone()
+        .inner()
+        .argmax(1)
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .unwrap_or_default();
+    let correct = pred
+        .iter()
+        .zip(&labels)
+        .filter(|(p, l)| **p == **l as i64)
+        .count();
+
+    let relation_correct = relation_rows
+        .iter()
+        .filter(|&&r| pred.get(r).is_some_and(|p| *p == labels[r] as i64))
+        .count();
+    let locate_host = locate_loss.as_ref().map(|l| l.clone().inner());
+    let mut und_terms = und_loss.clone() + patch_loss.mul_scalar(0.5);
+    if let Some(l) = locate_loss {
+        und_terms = und_terms + l.mul_scalar(LOCATE_WEIGHT);
+    }
+    let loss = match gen_loss {
+        Some(g) => g + und_terms,
+        None => und_terms,
+    };
+    // Each shard's losses are means over its share: dividing by the shard count makes the
+    // summed gradients those of the mean over the whole step.
+    let loss = match shards {
+        1 => loss,
+        n => loss.div_scalar(n as f32),
+    };
+    let mut grads = loss.backward();
+    let grads = match understanding_ids {
+        Some(ids) => GradientsParams::from_params(&mut grads, model, ids),
+        None => GradientsParams::from_grads(grads, model),
+    };
+    let host = |t: Tensor<B, 1>| {
+        t.into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map(|v| v[0])
+            .unwrap_or(f32::NAN)
+    };
+    Ok(ShardOut {
+        grads,
+        generation_loss: host(Tensor::from_inner(gen_loss_host)),
+        understanding_loss: host(und_loss),
+        correct,
+        answered: nb,
+        relation_correct,
+        relations: relation_rows.len(),
+        locate_loss: locate_host.map(|l| host(Tensor::from_inner(l))),
+    })
+}
+
+/// `total` split into `parts` near-equal shares, the larger ones first.
+fn shares(total: usize, parts: usize) -> Vec<usize> {
+    (0..parts)
+        .map(|i| total / parts + usize::from(i < total % parts))
+        .collect()
+}
+
 /// Pretrains `model` in place of itself and returns it; `on_step` sees every report.
 pub fn pretrain<B: AutodiffBackend>(
     mut model: TinyUmm<B>,
@@ -526,11 +874,28 @@ pub fn pretrain<B: AutodiffBackend>(
     device: &B::Device,
     mut on_step: impl FnMut(&PretrainReport),
 ) -> Result<TinyUmm<B>> {
-    let size = model.image_size();
     let train = split_prompts(Split::Train, 0);
     let pools = Pools::new(&train);
-    let (by_cat, nps) = (&pools.by_cat, &pools.nps);
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let shards = config.shards.max(1);
+    let b = config.batch;
+    let ub = config.understanding_batch.unwrap_or(b);
+    if b < shards || ub < shards {
+        return Err(crate::error::SrumError::Training(format!(
+            "pretraining: {shards} shards need at least {shards} images and pairs per step \
+             (batch {b}, understanding batch {ub})"
+        )));
+    }
+    let (gen_shares, und_shares) = (shares(b, shards), shares(ub, shards));
+    // Shard 0 draws from the seed's own stream, so one shard is the unsharded run.
+    let mut rngs: Vec<ChaCha8Rng> = (0..shards)
+        .map(|s| {
+            let mut r = ChaCha8Rng::seed_from_u64(config.seed);
+            if s > 0 {
+                r.set_stream(s as u64);
+            }
+            r
+        })
+        .collect();
     let mut optim = AdamWConfig::new()
         .with_weight_decay(0.01)
         .init::<B, TinyUmm<B>>();
@@ -546,8 +911,14 @@ pub fn pretrain<B: AutodiffBackend>(
             .filter(|id| roles.role(*id) == ParamRole::Understanding)
             .collect()
     });
+    let inputs = StepInputs {
+        config,
+        pools: &pools,
+        device,
+        understanding_ids: understanding_ids.as_deref(),
+        shards,
+    };
     let start = Instant::now();
-    let b = config.batch;
     for step in 0..config.steps {
         if config
             .time_budget_s
@@ -556,286 +927,66 @@ pub fn pretrain<B: AutodiffBackend>(
             tracing::info!(step, "pretraining time budget reached");
             break;
         }
-        // Generation batch.
-        let mut gen_prompts = Vec::with_capacity(b);
-        let mut gen_imgs = Vec::with_capacity(b);
-        let mut gen_specs = Vec::with_capacity(b);
-        let mut gen_scenes = Vec::with_capacity(b);
-        for _ in 0..b {
-            let p = pick(&mut rng, by_cat);
-            let scene = p.sample_scene(&mut rng, size);
-            gen_imgs.push(scene.render(size));
-            gen_scenes.push(scene);
-            gen_specs.push(p.clone());
-            gen_prompts.push(if rng.random_bool(0.1) {
-                String::new()
-            } else {
-                p.text()
-            });
-        }
-        // The flow-matching loss; with `understanding_only` the generator runs without autodiff
-        // (its output still feeds the understanding mix) and its loss is only reported.
-        let (gen_loss, gen_loss_host, x_t, v, t_host) = if config.understanding_only {
-            let f = flow_batch(&model.valid(), &mut rng, &gen_imgs, &gen_prompts, device)?;
-            (None, f.loss(), f.x_t, f.v, f.t_host)
+        let outs: Vec<ShardOut> = if shards == 1 {
+            vec![shard_step(&model, &mut rngs[0], &inputs, b, ub)?]
         } else {
-            let f = flow_batch(&model, &mut rng, &gen_imgs, &gen_prompts, device)?;
-            let loss = f.loss();
-            let host = loss.clone().inner();
-            (Some(loss), host, f.x_t.inner(), f.v.inner(), f.t_host)
-        };
-        let t_inner =
-            Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(t_host.clone(), [b]), device);
-
-        // The generator's one-step denoised estimates, for imperfect understanding inputs.
-        let x0_hat = (x_t - v * t_inner.reshape([b, 1, 1])).clamp(-1.0, 1.0);
-        let estimates = PixelImage::from_tensor(model.valid().decode_latents(x0_hat, size, size)?)?;
-
-        // Understanding batch, on the atomic statements the model judges (see
-        // `tiny::model::atoms`), in the proportions of `config.mix`. Labels are the truth of
-        // the statement in the scene that was rendered; statements are balanced between true
-        // and false.
-        let ub = config.understanding_batch.unwrap_or(b);
-        let patch = model.patch_size();
-        let n_patches = (size / patch).pow(2);
-        let mut und_imgs = Vec::with_capacity(ub);
-        let mut und_prompts = Vec::with_capacity(ub);
-        let mut labels = Vec::with_capacity(ub);
-        let mut patch_colors: Vec<i32> = Vec::with_capacity(ub * n_patches);
-        let mut patch_shapes: Vec<i32> = Vec::with_capacity(ub * n_patches);
-        let mut patch_centres: Vec<i32> = Vec::with_capacity(ub * n_patches);
-        // Relation statements: where their two objects are (locate head targets), and which
-        // rows they are (for the relation accuracy).
-        let mut locate: Vec<f32> = Vec::with_capacity(ub * 4);
-        let mut relation_rows: Vec<usize> = Vec::new();
-        let mut locate_rows: Vec<usize> = Vec::new();
-        for j in 0..ub {
-            let k = j % b;
-            let kind = config.mix.kind(rng.random_range(0..config.mix.total()));
-            let mut targets: Option<PatchTargets> = None;
-            let (img, prompt, yes) = if matches!(kind, Kind::Object | Kind::Count | Kind::Relation)
-            {
-                // Half true, half false statements: drawn freely, most statements about a
-                // corrupted scene are still true (one atom of several is wrong), and a judge
-                // trained on that says yes to near misses.
-                let want = rng.random_bool(0.5);
-                let Some((scene, spec, holds)) = draw_labelled(&mut rng, kind, &pools, size, want)
-                else {
-                    continue;
-                };
-                targets = Some(patch_labels(&scene, None, size, patch));
-                let at = |np: Np| object_position(&scene, np, size).unwrap_or([f32::NAN; 2]);
-                match &spec {
-                    PromptSpec::Relation(a, _, b) => {
-                        relation_rows.push(labels.len());
-                        locate_rows.push(labels.len());
-                        locate.extend(at(*a));
-                        locate.extend(at(*b));
-                    }
-                    PromptSpec::Objects(v) if config.locate_objects => {
-                        if let Some(np) = v.first() {
-                            locate_rows.push(labels.len());
-                            locate.extend(at(*np));
-                            locate.extend([f32::NAN; 2]);
-                        }
-                    }
-                    _ => {}
-                }
-                (scene.render(size), spec.text(), holds)
-            } else if kind == Kind::Region {
-                let p = pick(&mut rng, by_cat);
-                let scene = p.sample_scene(&mut rng, size);
-                let Some(o) = scene.objects.choose(&mut rng).copied() else {
-                    continue;
-                };
-                let r = o.radius + 1.0;
-                let bx = [
-                    (o.cx - r).max(0.0) as usize,
-                    (o.cy - r).max(0.0) as usize,
-                    ((o.cx + r) as usize).min(size),
-                    ((o.cy + r) as usize).min(size),
-                ];
-                targets = Some(patch_labels(&scene, Some(bx), size, patch));
-                let img = mask_to_region(&scene.render(size), bx);
-                let np = Np {
-                    color: o.color,
-                    shape: o.shape,
-                };
-                let yes = rng.random_bool(0.5);
-                let asked = if yes {
-                    np
-                } else {
-                    *nps.iter()
-                        .filter(|x| **x != np)
-                        .collect::<Vec<_>>()
-                        .choose(&mut rng)
-                        .copied()
-                        .unwrap_or(&np)
-                };
-                (img, asked.text(), yes)
-            } else if kind == Kind::Estimate {
-                // The generator's estimate of a render: nearly clean estimates are judged by
-                // the rendered scene's truth, blurred ones (high noise) show nothing.
-                let t = t_host[k];
-                let atom = gen_specs[k]
-                    .nps()
-                    .choose(&mut rng)
-                    .map(|n| PromptSpec::Objects(vec![*n]))
-                    .unwrap_or_else(|| PromptSpec::Objects(vec![nps[0]]));
-                if t < 0.25 {
-                    targets = Some(patch_labels(&gen_scenes[k], None, size, patch));
-                    (
-                        estimates[k].clone(),
-                        atom.text(),
-                        atom.holds_in(&gen_scenes[k]),
-                    )
-                } else if t > 0.7 {
-                    (estimates[k].clone(), atom.text(), false)
-                } else {
-                    continue;
-                }
-            } else {
-                let p = pick(&mut rng, by_cat);
-                let asked = *p.nps().choose(&mut rng).unwrap_or(&nps[0]);
-                let blank = rng.random_bool(0.5);
-                let img = if blank {
-                    targets = Some(patch_labels(
-                        &crate::world::Scene::default(),
-                        None,
-                        size,
-                        patch,
-                    ));
-                    PixelImage::filled(size, size, [1.0; 3])
-                } else {
-                    noisy(&mut rng, &PixelImage::filled(size, size, [0.5; 3]), 2.0)
-                };
-                (img, asked.text(), false)
-            };
-            let img = match rng.random_range(0..4) {
-                0 => {
-                    let amount = rng.random_range(0.05..0.4);
-                    noisy(&mut rng, &img, amount)
-                }
-                1 => blur(&img),
-                _ => img,
-            };
-            let t = targets.unwrap_or_else(|| PatchTargets::none(n_patches));
-            patch_colors.extend(t.colors);
-            patch_shapes.extend(t.shapes);
-            patch_centres.extend(t.centres);
-            und_imgs.push(img);
-            und_prompts.push(prompt);
-            labels.push(if yes { 0i32 } else { 1 });
-        }
-        let nb = labels.len();
-        let text = model.text_batch(&und_prompts)?;
-        let heads =
-            model.understand_heads(PixelImage::to_tensor::<B>(&und_imgs, device)?, &text)?;
-        let (logits, patch_logits) = (heads.answer, heads.patches);
-        // Mean squared error of the locate head on the relation rows whose objects are both
-        // in the scene.
-        let locate_loss = match (&heads.locate, locate_rows.is_empty()) {
-            (Some(pred), false) => {
-                let n = locate_rows.len();
-                let mask: Vec<f32> = locate.iter().map(|v| f32::from(v.is_finite())).collect();
-                let target: Vec<f32> = locate
-                    .iter()
-                    .map(|v| if v.is_finite() { *v } else { 0.0 })
+            // Every shard runs on its own copy of the weights: fresh autodiff leaves, so each
+            // shard's graph is its own and the backward passes run in parallel (burn locks a
+            // graph while it runs backward). Gradients come back keyed by parameter id. Each
+            // copy is made by its own `valid()`: cloning an inner module drops the parameters'
+            // `require_grad` (burn 0.21), and the copy would then get no gradients.
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = rngs
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(s, rng)| {
+                        let copy = TinyUmm::<B>::from_inner(model.valid());
+                        let (inputs, gb, ub) = (&inputs, gen_shares[s], und_shares[s]);
+                        scope.spawn(move || shard_step(&copy, rng, inputs, gb, ub))
+                    })
                     .collect();
-                let count = mask.iter().sum::<f32>().max(1.0);
-                let rows = Tensor::<B, 1, Int>::from_data(
-                    TensorData::new(
-                        locate_rows.iter().map(|&r| r as i32).collect::<Vec<_>>(),
-                        [n],
-                    ),
-                    device,
-                );
-                let diff = pred.clone().select(0, rows)
-                    - Tensor::<B, 2>::from_data(TensorData::new(target, [n, 4]), device);
-                let m = Tensor::<B, 2>::from_data(TensorData::new(mask, [n, 4]), device);
-                Some((diff.powi_scalar(2) * m).sum().div_scalar(count))
-            }
-            _ => None,
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(crate::error::SrumError::Training(
+                                "a pretraining shard panicked".into(),
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })?
         };
-        let patch_loss = {
-            let ce = |logits: Tensor<B, 3>, targets: Vec<i32>, classes: usize| {
-                let n = targets.len();
-                let mask: Vec<f32> = targets
-                    .iter()
-                    .map(|&t| if t >= 0 { 1.0 } else { 0.0 })
-                    .collect();
-                let count = mask.iter().sum::<f32>().max(1.0);
-                let idx: Vec<i32> = targets.iter().map(|&t| t.max(0)).collect();
-                let log_p = burn::tensor::activation::log_softmax(logits.reshape([n, classes]), 1);
-                let picked = log_p.gather(
-                    1,
-                    Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [n, 1]), device),
-                );
-                let m = Tensor::<B, 2>::from_data(TensorData::new(mask, [n, 1]), device);
-                (picked * m).sum().div_scalar(count).neg()
-            };
-            let colour_shape = ce(patch_logits.clone().narrow(2, 0, 5), patch_colors, 5)
-                + ce(patch_logits.clone().narrow(2, 5, 4), patch_shapes, 4);
-            if patch_logits.dims()[2] > PATCH_CLASSES {
-                // The centre logit as two classes (no, yes): the same masked cross-entropy.
-                let c = patch_logits.narrow(2, PATCH_CLASSES, 1);
-                colour_shape + ce(Tensor::cat(vec![c.zeros_like(), c], 2), patch_centres, 2)
-            } else {
-                colour_shape
+        let n = outs.len() as f32;
+        let mean = |f: fn(&ShardOut) -> f32| outs.iter().map(f).sum::<f32>() / n;
+        let (generation_loss, understanding_loss) =
+            (mean(|o| o.generation_loss), mean(|o| o.understanding_loss));
+        let sum = |f: fn(&ShardOut) -> usize| outs.iter().map(f).sum::<usize>();
+        let (correct, answered) = (sum(|o| o.correct), sum(|o| o.answered));
+        let (relation_correct, relations) = (sum(|o| o.relation_correct), sum(|o| o.relations));
+        let locates: Vec<f32> = outs.iter().filter_map(|o| o.locate_loss).collect();
+        let locate_loss =
+            (!locates.is_empty()).then(|| locates.iter().sum::<f32>() / locates.len() as f32);
+        let mut shard_grads: Vec<GradientsParams> = outs.into_iter().map(|o| o.grads).collect();
+        let grads = if shard_grads.len() == 1 {
+            shard_grads.remove(0)
+        } else {
+            let mut sum = GradientsAccumulator::<TinyUmm<B>>::new();
+            for g in shard_grads {
+                sum.accumulate(&model, g);
             }
-        };
-        let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(labels.clone(), [nb]), device);
-        let log_p = burn::tensor::activation::log_softmax(logits.clone(), 1);
-        let und_loss = log_p.gather(1, targets.reshape([nb, 1])).mean().neg();
-        let pred: Vec<i64> = logits
-            .clone()
-            .inner()
-            .argmax(1)
-            .into_data()
-            .convert::<i64>()
-            .into_vec::<i64>()
-            .unwrap_or_default();
-        let correct = pred
-            .iter()
-            .zip(&labels)
-            .filter(|(p, l)| **p == **l as i64)
-            .count();
-
-        let relation_correct = relation_rows
-            .iter()
-            .filter(|&&r| pred.get(r).is_some_and(|p| *p == labels[r] as i64))
-            .count();
-        let locate_host = locate_loss.as_ref().map(|l| l.clone().inner());
-        let mut und_terms = und_loss.clone() + patch_loss.mul_scalar(0.5);
-        if let Some(l) = locate_loss {
-            und_terms = und_terms + l.mul_scalar(LOCATE_WEIGHT);
-        }
-        let loss = match gen_loss {
-            Some(g) => g + und_terms,
-            None => und_terms,
+            sum.grads()
         };
         let lr = learning_rate(config.lr, warmup, decay, step as u64);
-        let mut grads = loss.backward();
-        let grads = match &understanding_ids {
-            Some(ids) => GradientsParams::from_params(&mut grads, &model, ids),
-            None => GradientsParams::from_grads(grads, &model),
-        };
         model = optim.step(lr, model, grads);
-        let host = |t: Tensor<B, 1>| {
-            t.into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .map(|v| v[0])
-                .unwrap_or(f32::NAN)
-        };
         on_step(&PretrainReport {
             step: step + 1,
-            generation_loss: host(Tensor::from_inner(gen_loss_host)),
-            understanding_loss: host(und_loss),
-            understanding_accuracy: correct as f32 / nb.max(1) as f32,
-            relation_accuracy: (!relation_rows.is_empty())
-                .then(|| relation_correct as f32 / relation_rows.len() as f32),
-            locate_loss: locate_host.map(|l| host(Tensor::from_inner(l))),
+            generation_loss,
+            understanding_loss,
+            understanding_accuracy: correct as f32 / answered.max(1) as f32,
+            relation_accuracy: (relations > 0)
+                .then(|| relation_correct as f32 / relations as f32),
+            locate_loss,
             lr,
         });
     }
@@ -901,6 +1052,61 @@ mod tests {
         let t = patch_labels(&scene, Some([0, 0, 12, 12]), 32, 4);
         let marked: Vec<usize> = (0..64).filter(|&i| t.centres[i] == 1).collect();
         assert_eq!(marked, vec![9]);
+    }
+
+    /// A shard's copy of the weights gets the model's own gradients, keyed by parameter id and
+    /// divided by the shard count: the same draws through a copy at two shards give exactly
+    /// half of each gradient the model gets at one shard.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn a_shard_copy_gets_the_models_gradients_over_the_shard_count() {
+        use burn::backend::{Autodiff, Flex};
+        type Ad = Autodiff<Flex>;
+        let dev = Default::default();
+        let config = super::super::TinyUmmConfig::new()
+            .with_d_model(16)
+            .with_n_heads(2)
+            .with_n_layers(1)
+            .with_d_ff(32)
+            .with_locate_head(Some(true));
+        let model = config.init::<Ad>(super::super::build_tokenizer().unwrap(), &dev);
+        let train = split_prompts(Split::Train, 0);
+        let pools = Pools::new(&train);
+        let pc = PretrainConfig::default();
+        let inputs = |shards| StepInputs::<Ad> {
+            config: &pc,
+            pools: &pools,
+            device: &dev,
+            understanding_ids: None,
+            shards,
+        };
+        let rng = ChaCha8Rng::seed_from_u64(9);
+        let whole = shard_step(&model, &mut rng.clone(), &inputs(1), 3, 5).unwrap();
+        let copy = TinyUmm::<Ad>::from_inner(model.valid());
+        let half = shard_step(&copy, &mut rng.clone(), &inputs(2), 3, 5).unwrap();
+        assert_eq!(whole.answered, half.answered);
+        let ids = list_param_ids(&model);
+        // All but the heads a draw may not reach (no relation drawn: no locate gradient).
+        assert!(whole.grads.len() + 2 >= ids.len(), "{}", whole.grads.len());
+        assert_eq!(half.grads.len(), whole.grads.len());
+        let grad = |g: &GradientsParams, id| -> Option<Vec<f32>> {
+            let t = g
+                .get::<Flex, 2>(id)
+                .map(|t| t.into_data())
+                .or_else(|| g.get::<Flex, 1>(id).map(|t| t.into_data()))
+                .or_else(|| g.get::<Flex, 3>(id).map(|t| t.into_data()));
+            t.map(|t| t.to_vec().unwrap())
+        };
+        for id in ids {
+            let (Some(w), Some(h)) = (grad(&whole.grads, id), grad(&half.grads, id)) else {
+                assert!(grad(&whole.grads, id).is_none() && grad(&half.grads, id).is_none());
+                continue;
+            };
+            assert_eq!(w.len(), h.len());
+            for (w, h) in w.iter().zip(&h) {
+                assert!((w / 2.0 - h).abs() <= 1e-6 * (1.0 + w.abs()), "{id}: {w} vs {h}");
+            }
+        }
     }
 
     /// Free draws about corrupted scenes are mostly true; the labelled draws are not, for every

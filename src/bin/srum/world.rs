@@ -86,6 +86,10 @@ pub struct PretrainArgs {
     /// Understanding batch weights: objects,counts,relations,regions,estimates,blank.
     #[arg(long, default_value = "7,3,4,2,2,2", value_parser = UnderstandingMix::parse)]
     mix: UnderstandingMix,
+    /// Split every step into this many shards on parallel threads (gradients summed); use
+    /// the machine's cores. 1 draws exactly what earlier versions drew.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    shards: u16,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -147,6 +151,7 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         understanding_only: a.understanding_only,
         mix: a.mix,
         locate_objects: a.locate_objects,
+        shards: usize::from(a.shards),
     };
     let pb = bar(a.steps as u64, "pretraining");
     let mut metrics = match &a.metrics {
