@@ -399,5 +399,10 @@ fn sharded_pretraining_moves_every_weight() {
     assert!(reports.iter().all(|r| r.generation_loss.is_finite()));
     let after = weights(&model.valid());
     let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
-    assert_eq!(moved, before.len(), "{moved} of {} tensors moved", before.len());
+    assert_eq!(
+        moved,
+        before.len(),
+        "{moved} of {} tensors moved",
+        before.len()
+    );
 }

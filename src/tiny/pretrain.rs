@@ -612,7 +612,7 @@ fn shard_step<B: AutodiffBackend>(
     // `tiny::model::atoms`), in the proportions of `config.mix`. Labels are the truth of
     // the statement in the scene that was rendered; statements are balanced between true
     // and false.
-        let patch = model.patch_size();
+    let patch = model.patch_size();
     let n_patches = (size / patch).pow(2);
     let mut und_imgs = Vec::with_capacity(ub);
     let mut und_prompts = Vec::with_capacity(ub);
@@ -629,14 +629,12 @@ fn shard_step<B: AutodiffBackend>(
         let k = j % b;
         let kind = config.mix.kind(rng.random_range(0..config.mix.total()));
         let mut targets: Option<PatchTargets> = None;
-        let (img, prompt, yes) = if matches!(kind, Kind::Object | Kind::Count | Kind::Relation)
-        {
+        let (img, prompt, yes) = if matches!(kind, Kind::Object | Kind::Count | Kind::Relation) {
             // Half true, half false statements: drawn freely, most statements about a
             // corrupted scene are still true (one atom of several is wrong), and a judge
             // trained on that says yes to near misses.
             let want = rng.random_bool(0.5);
-            let Some((scene, spec, holds)) = draw_labelled(rng, kind, pools, size, want)
-            else {
+            let Some((scene, spec, holds)) = draw_labelled(rng, kind, pools, size, want) else {
                 continue;
             };
             targets = Some(patch_labels(&scene, None, size, patch));
@@ -745,8 +743,7 @@ fn shard_step<B: AutodiffBackend>(
     }
     let nb = labels.len();
     let text = model.text_batch(&und_prompts)?;
-    let heads =
-        model.understand_heads(PixelImage::to_tensor::<B>(&und_imgs, device)?, &text)?;
+    let heads = model.understand_heads(PixelImage::to_tensor::<B>(&und_imgs, device)?, &text)?;
     let (logits, patch_logits) = (heads.answer, heads.patches);
     // Mean squared error of the locate head on the relation rows whose objects are both
     // in the scene.
@@ -984,8 +981,7 @@ pub fn pretrain<B: AutodiffBackend>(
             generation_loss,
             understanding_loss,
             understanding_accuracy: correct as f32 / answered.max(1) as f32,
-            relation_accuracy: (relations > 0)
-                .then(|| relation_correct as f32 / relations as f32),
+            relation_accuracy: (relations > 0).then(|| relation_correct as f32 / relations as f32),
             locate_loss,
             lr,
         });
@@ -1104,7 +1100,10 @@ mod tests {
             };
             assert_eq!(w.len(), h.len());
             for (w, h) in w.iter().zip(&h) {
-                assert!((w / 2.0 - h).abs() <= 1e-6 * (1.0 + w.abs()), "{id}: {w} vs {h}");
+                assert!(
+                    (w / 2.0 - h).abs() <= 1e-6 * (1.0 + w.abs()),
+                    "{id}: {w} vs {h}"
+                );
             }
         }
     }
