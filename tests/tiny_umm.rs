@@ -212,7 +212,8 @@ fn a_few_pretraining_steps_and_the_checkpoint_directory() {
         .with_prediction(Some(srum::tiny::Prediction::Clean))
         .with_sincos_positions(Some(true))
         .with_centre_head(Some(true))
-        .with_locate_head(Some(true));
+        .with_locate_head(Some(true))
+        .with_ground_head(Some(true));
     let model = config.init::<CpuAd>(build_tokenizer().unwrap(), &dev);
     let mut reports = Vec::new();
     let pc = PretrainConfig {
@@ -269,8 +270,8 @@ fn a_few_pretraining_steps_and_the_checkpoint_directory() {
         .count();
     assert_eq!(
         understanding,
-        understanding0 + 4,
-        "centre and locate heads' weights and biases"
+        understanding0 + 6,
+        "centre, locate and ground heads' weights and biases"
     );
     // The statement breakdown asks every atom of every prompt, labelled by its truth.
     let prompts: Vec<srum::world::PromptSpec> = [

@@ -74,6 +74,12 @@ pub struct TinyUmmConfig {
     /// "is A left of B" (find A, find B), which the yes/no answer alone did not teach: trained on
     /// relations only, that answer stayed at chance for 500 steps. `None`: no such head.
     pub locate_head: Option<bool>,
+    /// An understanding head that marks, per patch, which of the statement's objects covers it
+    /// (none, the first, the second): a referring segmentation, an auxiliary pretraining target.
+    /// The patch head learns colour and shape without reading the statement; this one must
+    /// bind them to the words, per patch, which is what a near miss ("a red circle" beside a
+    /// red square and a blue circle) tests. `None`: no such head.
+    pub ground_head: Option<bool>,
 }
 
 /// What the generation head outputs; [`UnifiedModel::velocity`] returns a velocity either way.
@@ -196,6 +202,9 @@ pub struct UnderstandingHeads<B: Backend> {
     pub patches: Tensor<B, 3>,
     /// With a locate head: `[b, 4]`, the two objects' `[x_a, y_a, x_b, y_b]` as fractions.
     pub locate: Option<Tensor<B, 2>>,
+    /// With a ground head: `[b, patches, 3]` logits of which of the statement's objects covers
+    /// each patch (none, first, second).
+    pub ground: Option<Tensor<B, 3>>,
 }
 
 /// The small unified model: see the [module docs](self).
@@ -218,6 +227,8 @@ pub struct TinyUmm<B: Backend> {
     centre_head: Option<Linear<B>>,
     /// Understanding only, optional: where the statement's two objects are, from `[CLS]`.
     locate_head: Option<Linear<B>>,
+    /// Understanding only, optional: which of the statement's objects covers each patch.
+    ground_head: Option<Linear<B>>,
     image_size: usize,
     patch: usize,
     max_text: usize,
@@ -243,11 +254,13 @@ impl TinyUmmConfig {
         let sincos = Some(self.sincos_positions.unwrap_or(false));
         let centre = Some(self.centre_head.unwrap_or(false));
         let locate = Some(self.locate_head.unwrap_or(false));
+        let ground = Some(self.ground_head.unwrap_or(false));
         self.with_prediction(prediction)
             .with_task_experts(task_experts)
             .with_sincos_positions(sincos)
             .with_centre_head(centre)
             .with_locate_head(locate)
+            .with_ground_head(ground)
     }
 
     /// Builds the model with random weights.
@@ -307,6 +320,10 @@ impl TinyUmmConfig {
                 .locate_head
                 .unwrap_or(false)
                 .then(|| LinearConfig::new(d, 4).init(device)),
+            ground_head: self
+                .ground_head
+                .unwrap_or(false)
+                .then(|| LinearConfig::new(d, 3).init(device)),
             image_size: self.image_size,
             patch: self.patch,
             max_text: self.max_text,
@@ -451,6 +468,7 @@ impl<B: Backend> TinyUmm<B> {
             Task::Understand,
         );
         let [b, _, d] = t.dims();
+        let ground = self.ground_head.as_ref().map(|h| h.forward(i.clone()));
         let patches = match &self.centre_head {
             Some(head) => Tensor::cat(vec![self.patch_head.forward(i.clone()), head.forward(i)], 2),
             None => self.patch_head.forward(i),
@@ -460,6 +478,7 @@ impl<B: Backend> TinyUmm<B> {
             locate: self.locate_head.as_ref().map(|h| h.forward(cls.clone())),
             answer: self.answer_head.forward(cls),
             patches,
+            ground,
         })
     }
 
@@ -844,7 +863,10 @@ impl<B: Backend> UnifiedModel<B> for TinyUmm<B> {
             .with_module(ParamRole::Generation, &self.velocity_head)
             .with_module(ParamRole::Understanding, &self.answer_head)
             .with_module(ParamRole::Understanding, &self.patch_head);
-        for head in [&self.centre_head, &self.locate_head].into_iter().flatten() {
+        for head in [&self.centre_head, &self.locate_head, &self.ground_head]
+            .into_iter()
+            .flatten()
+        {
             roles = roles.with_module(ParamRole::Understanding, head);
         }
         // With task experts each image expert serves one ability; without, both share one.

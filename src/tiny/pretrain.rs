@@ -241,18 +241,22 @@ fn noisy<R: Rng>(rng: &mut R, img: &PixelImage, amount: f32) -> PixelImage {
 
 /// Per-patch colour and shape classes of the object covering most of each patch (background
 /// when no object covers a quarter of it), from the rendered scene. `region` keeps only pixels
-/// inside that box, as the region-masked image shows.
+/// inside that box, as the region-masked image shows. `asked` are the statement's objects, in
+/// order: a patch's ground class is 1 + the index of the first of them its object is (0: none
+/// of them, or background); with none asked there is no ground target.
 fn patch_labels(
     scene: &crate::world::Scene,
     region: Option<[usize; 4]>,
     size: usize,
     patch: usize,
+    asked: &[Np],
 ) -> PatchTargets {
     use crate::world::{Color, Shape};
     let g = size / patch;
     let in_region =
         |x: usize, y: usize| region.is_none_or(|b| x >= b[0] && x < b[2] && y >= b[1] && y < b[3]);
     let (mut colors, mut shapes) = (Vec::with_capacity(g * g), Vec::with_capacity(g * g));
+    let mut ground = Vec::with_capacity(g * g);
     for py in 0..g {
         for px in 0..g {
             let mut best = (0usize, None);
@@ -273,10 +277,12 @@ fn patch_labels(
                 (n, Some(o)) if n * 4 >= patch * patch => {
                     colors.push(Color::ALL.iter().position(|c| *c == o.color).unwrap_or(0) as i32);
                     shapes.push(Shape::ALL.iter().position(|s| *s == o.shape).unwrap_or(0) as i32);
+                    ground.push(asked.iter().position(|np| np.describes(o)).map_or(0, |i| i + 1));
                 }
                 _ => {
                     colors.push(4);
                     shapes.push(3);
+                    ground.push(0);
                 }
             }
         }
@@ -288,10 +294,16 @@ fn patch_labels(
             centres[(y / patch) * g + x / patch] = 1;
         }
     }
+    let ground = if asked.is_empty() {
+        vec![-1; g * g]
+    } else {
+        ground.into_iter().map(|c| c.min(2) as i32).collect()
+    };
     PatchTargets {
         colors,
         shapes,
         centres,
+        ground,
     }
 }
 
@@ -313,6 +325,8 @@ struct PatchTargets {
     shapes: Vec<i32>,
     /// 1 where an object's centre lies in the patch, else 0.
     centres: Vec<i32>,
+    /// Which of the statement's objects covers the patch: 0 none, 1 the first, 2 the second.
+    ground: Vec<i32>,
 }
 
 impl PatchTargets {
@@ -321,6 +335,7 @@ impl PatchTargets {
             colors: vec![-1; n],
             shapes: vec![-1; n],
             centres: vec![-1; n],
+            ground: vec![-1; n],
         }
     }
 }
@@ -620,6 +635,7 @@ fn shard_step<B: AutodiffBackend>(
     let mut patch_colors: Vec<i32> = Vec::with_capacity(ub * n_patches);
     let mut patch_shapes: Vec<i32> = Vec::with_capacity(ub * n_patches);
     let mut patch_centres: Vec<i32> = Vec::with_capacity(ub * n_patches);
+    let mut patch_ground: Vec<i32> = Vec::with_capacity(ub * n_patches);
     // Relation statements: where their two objects are (locate head targets), and which
     // rows they are (for the relation accuracy).
     let mut locate: Vec<f32> = Vec::with_capacity(ub * 4);
@@ -637,7 +653,13 @@ fn shard_step<B: AutodiffBackend>(
             let Some((scene, spec, holds)) = draw_labelled(rng, kind, pools, size, want) else {
                 continue;
             };
-            targets = Some(patch_labels(&scene, None, size, patch));
+            let asked: Vec<Np> = match &spec {
+                PromptSpec::Objects(v) => v.clone(),
+                PromptSpec::Count(_, np) => vec![*np],
+                PromptSpec::Relation(a, _, b) => vec![*a, *b],
+                PromptSpec::Complex(..) => Vec::new(),
+            };
+            targets = Some(patch_labels(&scene, None, size, patch, &asked));
             let at = |np: Np| object_position(&scene, np, size).unwrap_or([f32::NAN; 2]);
             match &spec {
                 PromptSpec::Relation(a, _, b) => {
@@ -669,7 +691,7 @@ fn shard_step<B: AutodiffBackend>(
                 ((o.cx + r) as usize).min(size),
                 ((o.cy + r) as usize).min(size),
             ];
-            targets = Some(patch_labels(&scene, Some(bx), size, patch));
+            targets = Some(patch_labels(&scene, Some(bx), size, patch, &[]));
             let img = mask_to_region(&scene.render(size), bx);
             let np = Np {
                 color: o.color,
@@ -697,7 +719,7 @@ fn shard_step<B: AutodiffBackend>(
                 .map(|n| PromptSpec::Objects(vec![*n]))
                 .unwrap_or_else(|| PromptSpec::Objects(vec![nps[0]]));
             if t < 0.25 {
-                targets = Some(patch_labels(&gen_scenes[k], None, size, patch));
+                targets = Some(patch_labels(&gen_scenes[k], None, size, patch, &[]));
                 (
                     estimates[k].clone(),
                     atom.text(),
@@ -718,6 +740,7 @@ fn shard_step<B: AutodiffBackend>(
                     None,
                     size,
                     patch,
+                    &[],
                 ));
                 PixelImage::filled(size, size, [1.0; 3])
             } else {
@@ -737,6 +760,7 @@ fn shard_step<B: AutodiffBackend>(
         patch_colors.extend(t.colors);
         patch_shapes.extend(t.shapes);
         patch_centres.extend(t.centres);
+        patch_ground.extend(t.ground);
         und_imgs.push(img);
         und_prompts.push(prompt);
         labels.push(if yes { 0i32 } else { 1 });
@@ -787,8 +811,11 @@ fn shard_step<B: AutodiffBackend>(
             let m = Tensor::<B, 2>::from_data(TensorData::new(mask, [n, 1]), device);
             (picked * m).sum().div_scalar(count).neg()
         };
-        let colour_shape = ce(patch_logits.clone().narrow(2, 0, 5), patch_colors, 5)
+        let mut colour_shape = ce(patch_logits.clone().narrow(2, 0, 5), patch_colors, 5)
             + ce(patch_logits.clone().narrow(2, 5, 4), patch_shapes, 4);
+        if let Some(g) = heads.ground {
+            colour_shape = colour_shape + ce(g, patch_ground, 3);
+        }
         if patch_logits.dims()[2] > PATCH_CLASSES {
             // The centre logit as two classes (no, yes): the same masked cross-entropy.
             let c = patch_logits.narrow(2, PATCH_CLASSES, 1);
@@ -1040,14 +1067,59 @@ mod tests {
         let scene = Scene {
             objects: vec![obj(5.5, 6.0), obj(21.0, 26.5)],
         };
-        let t = patch_labels(&scene, None, 32, 4);
+        let t = patch_labels(&scene, None, 32, 4, &[]);
         let marked: Vec<usize> = (0..64).filter(|&i| t.centres[i] == 1).collect();
         // (5.5, 6.0) is in patch row 1, column 1; (21.0, 26.5) in row 6, column 5.
         assert_eq!(marked, vec![8 + 1, 6 * 8 + 5]);
         assert!(t.centres.iter().all(|&c| c == 0 || c == 1));
-        let t = patch_labels(&scene, Some([0, 0, 12, 12]), 32, 4);
+        let t = patch_labels(&scene, Some([0, 0, 12, 12]), 32, 4, &[]);
         let marked: Vec<usize> = (0..64).filter(|&i| t.centres[i] == 1).collect();
         assert_eq!(marked, vec![9]);
+    }
+
+    /// Ground targets mark the patches of each asked object by its place in the statement, and
+    /// nothing for an object that is not asked or a statement about nothing in the scene.
+    #[test]
+    fn ground_targets_follow_the_statements_objects() {
+        let obj = |color, shape, cx: f32, cy: f32| Object {
+            color,
+            shape,
+            cx,
+            cy,
+            radius: 3.5,
+        };
+        let scene = Scene {
+            objects: vec![
+                obj(Color::Red, Shape::Square, 5.5, 6.0),
+                obj(Color::Blue, Shape::Circle, 21.0, 26.5),
+            ],
+        };
+        let red_square = Np {
+            color: Color::Red,
+            shape: Shape::Square,
+        };
+        let blue_circle = Np {
+            color: Color::Blue,
+            shape: Shape::Circle,
+        };
+        let t = patch_labels(&scene, None, 32, 4, &[blue_circle, red_square]);
+        // The square's centre patch (row 1, column 1) and the circle's (row 6, column 5).
+        assert_eq!((t.ground[8 + 1], t.ground[6 * 8 + 5]), (2, 1));
+        // Every patch the ground target marks is one the colour target gives an object.
+        for (g, c) in t.ground.iter().zip(&t.colors) {
+            assert_eq!(*g != 0, *c != 4);
+        }
+        let t = patch_labels(&scene, None, 32, 4, &[red_square]);
+        assert_eq!(t.ground.iter().filter(|&&g| g == 2).count(), 0);
+        assert!(t.ground[8 + 1] == 1 && t.ground[6 * 8 + 5] == 0);
+        let red_circle = Np {
+            color: Color::Red,
+            shape: Shape::Circle,
+        };
+        let t = patch_labels(&scene, None, 32, 4, &[red_circle]);
+        assert!(t.ground.iter().all(|&g| g == 0));
+        let t = patch_labels(&scene, None, 32, 4, &[]);
+        assert!(t.ground.iter().all(|&g| g == -1));
     }
 
     /// A shard's copy of the weights gets the model's own gradients, keyed by parameter id and

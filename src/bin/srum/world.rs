@@ -80,6 +80,10 @@ pub struct PretrainArgs {
     /// Add the locate head: where a relation's two objects are, an auxiliary target.
     #[arg(long)]
     locate_head: bool,
+    /// Add the ground head: which of the statement's objects covers each patch, an auxiliary
+    /// target for binding words to objects.
+    #[arg(long)]
+    ground_head: bool,
     /// With --locate-head: train it on object statements too (where the asked object is).
     #[arg(long, requires = "locate_head")]
     locate_objects: bool,
@@ -125,7 +129,8 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         .with_task_experts(Some(!a.shared_image_expert))
         .with_sincos_positions(Some(a.sincos_positions))
         .with_centre_head(Some(a.centre_head))
-        .with_locate_head(Some(a.locate_head));
+        .with_locate_head(Some(a.locate_head))
+        .with_ground_head(Some(a.ground_head));
     <Flex as burn::tensor::backend::Backend>::seed(&device, a.seed);
     let model = match &a.init {
         Some(dir) => {
