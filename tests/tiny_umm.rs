@@ -362,7 +362,11 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
 #[test]
 fn shipped_checkpoints_load_and_judge() {
     let dev = device();
-    for dir in ["assets/tiny-umm", "assets/tiny-umm-strong-judge"] {
+    for dir in [
+        "assets/tiny-umm",
+        "assets/tiny-umm-strong-judge",
+        "assets/tiny-umm-sharp-judge",
+    ] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
         let (model, config) = TinyUmm::<Cpu>::load_dir(&path, &dev).unwrap();
         let spec = srum::world::PromptSpec::parse("a red circle left of a blue square").unwrap();
@@ -378,8 +382,8 @@ fn shipped_checkpoints_load_and_judge() {
     }
 }
 
-/// Sharded steps train: every shard's gradients reach the optimizer (a parameter moves only
-/// when it has a gradient), and the report counts the pairs of all shards.
+/// Sharded steps train: the shards' gradients reach the optimizer (AdamW moves a parameter
+/// only when it has a gradient; a copy that dropped `require_grad` gave none).
 #[test]
 fn sharded_pretraining_moves_every_weight() {
     let dev = device();

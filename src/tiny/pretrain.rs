@@ -277,7 +277,12 @@ fn patch_labels(
                 (n, Some(o)) if n * 4 >= patch * patch => {
                     colors.push(Color::ALL.iter().position(|c| *c == o.color).unwrap_or(0) as i32);
                     shapes.push(Shape::ALL.iter().position(|s| *s == o.shape).unwrap_or(0) as i32);
-                    ground.push(asked.iter().position(|np| np.describes(o)).map_or(0, |i| i + 1));
+                    ground.push(
+                        asked
+                            .iter()
+                            .position(|np| np.describes(o))
+                            .map_or(0, |i| i + 1),
+                    );
                 }
                 _ => {
                     colors.push(4);
@@ -611,7 +616,7 @@ fn shard_step<B: AutodiffBackend>(
         let f = flow_batch(&model.valid(), rng, &gen_imgs, &gen_prompts, device)?;
         (None, f.loss(), f.x_t, f.v, f.t_host)
     } else {
-        let f = flow_batch(&model, rng, &gen_imgs, &gen_prompts, device)?;
+        let f = flow_batch(model, rng, &gen_imgs, &gen_prompts, device)?;
         let loss = f.loss();
         let host = loss.clone().inner();
         (Some(loss), host, f.x_t.inner(), f.v.inner(), f.t_host)

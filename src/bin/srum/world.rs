@@ -444,9 +444,75 @@ pub struct EvalArgs {
     /// over this many prompts' statements, half on hard negatives.
     #[arg(long)]
     statements: Option<usize>,
+    /// With --understanding: also break the self/oracle agreement down by category, and show
+    /// it for two ways of scoring a prompt from its atomic statements (the least `P(yes)`, which
+    /// the model answers with, and their mean, which gives partial credit as the oracle does).
+    #[arg(long, requires = "understanding")]
+    agreement_breakdown: bool,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+/// Spearman of the self-score against the oracle, overall and per category, for the least and
+/// the mean of the atoms' `P(yes)`; printed as a table and returned as JSON. A diagnostic: the
+/// model's answer stays the least.
+fn agreement_breakdown(
+    model: &TinyUmm<Flex>,
+    images: &[srum::image::PixelImage],
+    prompts: &[srum::world::PromptSpec],
+    oracle: &[f32],
+) -> Result<serde_json::Value, String> {
+    use srum::world::spearman;
+    // Images are `samples` rounds over the prompts, in prompt order.
+    let spec = |i: usize| &prompts[i % prompts.len()];
+    let (mut imgs, mut texts, mut owner) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, img) in images.iter().enumerate() {
+        for atom in srum::tiny::atoms(&spec(i).text()) {
+            imgs.push(img.clone());
+            texts.push(atom);
+            owner.push(i);
+        }
+    }
+    let p = model
+        .atom_probability(&imgs, &texts)
+        .map_err(|e| e.to_string())?;
+    let (mut least, mut sum, mut n) = (
+        vec![1f32; images.len()],
+        vec![0f32; images.len()],
+        vec![0f32; images.len()],
+    );
+    for (k, i) in owner.into_iter().enumerate() {
+        least[i] = least[i].min(p[k]);
+        sum[i] += p[k];
+        n[i] += 1.0;
+    }
+    let mean: Vec<f32> = sum.iter().zip(&n).map(|(s, n)| s / n.max(1.0)).collect();
+    let mut cats: Vec<&str> = prompts.iter().map(|p| p.category().name()).collect();
+    cats.sort_unstable();
+    cats.dedup();
+    let mut rows = vec![("all".to_string(), (0..images.len()).collect::<Vec<_>>())];
+    for c in cats {
+        let idx = (0..images.len())
+            .filter(|&i| spec(i).category().name() == c)
+            .collect();
+        rows.push((c.to_string(), idx));
+    }
+    println!(
+        "\n| images | n | Spearman, least atom | Spearman, mean of atoms |\n|---|---:|---:|---:|"
+    );
+    let mut out = serde_json::Map::new();
+    for (name, idx) in rows {
+        let pick = |v: &[f32]| idx.iter().map(|&i| v[i]).collect::<Vec<f32>>();
+        let o = pick(oracle);
+        let (l, m) = (spearman(&pick(&least), &o), spearman(&pick(&mean), &o));
+        println!("| {name} | {} | {l:.3} | {m:.3} |", idx.len());
+        out.insert(
+            name,
+            serde_json::json!({"n": idx.len(), "least": l, "mean": m}),
+        );
+    }
+    Ok(serde_json::Value::Object(out))
 }
 
 pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
@@ -518,6 +584,9 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
             "self-judgement vs oracle, Spearman over {} generations: {:.3}",
             agree.n, agree.spearman
         );
+        if a.agreement_breakdown {
+            json["agreement_breakdown"] = agreement_breakdown(&model, &images, &prompts, &oracle)?;
+        }
         json["understanding_accuracy"] = serde_json::json!(acc);
         json["understanding"] = serde_json::json!(und);
         json["agreement"] = serde_json::json!(agree);
