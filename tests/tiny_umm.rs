@@ -402,6 +402,13 @@ fn sharded_pretraining_moves_every_weight() {
     let model = pretrain(model, &pc, &dev, |r| reports.push(*r)).unwrap();
     assert_eq!(reports.len(), 2);
     assert!(reports.iter().all(|r| r.generation_loss.is_finite()));
+    // More shards than images in a step is an error that names both.
+    let too_many = PretrainConfig { shards: 6, ..pc };
+    let err = pretrain(model.clone(), &too_many, &dev, |_| {})
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("6 shards") && err.contains("batch 5"), "{err}");
     let after = weights(&model.valid());
     let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
     assert_eq!(
