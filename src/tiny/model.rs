@@ -486,6 +486,20 @@ impl<B: Backend> TinyUmm<B> {
     /// prompt's [`atoms`] (a compound prompt holds when each of its parts does; the minimum is
     /// that "and" without the product's bias against prompts with more parts).
     pub fn match_probability(&self, images: &[PixelImage], prompts: &[String]) -> Result<Vec<f32>> {
+        Ok(self
+            .atom_probabilities(images, prompts)?
+            .iter()
+            .map(|ps| ps.iter().copied().fold(1f32, f32::min))
+            .collect())
+    }
+
+    /// For each (image, prompt) pair, the network's `P(yes)` for each of the prompt's
+    /// [`atoms`], in their order; one batched pass over all the atoms.
+    pub fn atom_probabilities(
+        &self,
+        images: &[PixelImage],
+        prompts: &[String],
+    ) -> Result<Vec<Vec<f32>>> {
         if images.len() != prompts.len() {
             return Err(SrumError::Shape(format!(
                 "{} prompts for {} images",
@@ -502,9 +516,9 @@ impl<B: Backend> TinyUmm<B> {
             }
         }
         let p = self.atom_probability(&imgs, &texts)?;
-        let mut out = vec![1f32; prompts.len()];
+        let mut out = vec![Vec::new(); prompts.len()];
         for (k, i) in owner.into_iter().enumerate() {
-            out[i] = out[i].min(p[k]);
+            out[i].push(p[k]);
         }
         Ok(out)
     }

@@ -658,13 +658,8 @@ fn shard_step<B: AutodiffBackend>(
             let Some((scene, spec, holds)) = draw_labelled(rng, kind, pools, size, want) else {
                 continue;
             };
-            let asked: Vec<Np> = match &spec {
-                PromptSpec::Objects(v) => v.clone(),
-                PromptSpec::Count(_, np) => vec![*np],
-                PromptSpec::Relation(a, _, b) => vec![*a, *b],
-                PromptSpec::Complex(..) => Vec::new(),
-            };
-            targets = Some(patch_labels(&scene, None, size, patch, &asked));
+            // Statements name one object or two (a relation); never a complex prompt's three.
+            targets = Some(patch_labels(&scene, None, size, patch, &spec.nps()));
             let at = |np: Np| object_position(&scene, np, size).unwrap_or([f32::NAN; 2]);
             match &spec {
                 PromptSpec::Relation(a, _, b) => {

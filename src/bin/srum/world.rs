@@ -456,45 +456,33 @@ pub struct EvalArgs {
 
 /// Spearman of the self-score against the oracle, overall and per category, for the least and
 /// the mean of the atoms' `P(yes)`; printed as a table and returned as JSON. A diagnostic: the
-/// model's answer stays the least.
+/// model's answer stays the least. `specs[i]` is the prompt of `images[i]`.
 fn agreement_breakdown(
     model: &TinyUmm<Flex>,
     images: &[srum::image::PixelImage],
-    prompts: &[srum::world::PromptSpec],
+    specs: &[&srum::world::PromptSpec],
     oracle: &[f32],
 ) -> Result<serde_json::Value, String> {
     use srum::world::spearman;
-    // Images are `samples` rounds over the prompts, in prompt order.
-    let spec = |i: usize| &prompts[i % prompts.len()];
-    let (mut imgs, mut texts, mut owner) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, img) in images.iter().enumerate() {
-        for atom in srum::tiny::atoms(&spec(i).text()) {
-            imgs.push(img.clone());
-            texts.push(atom);
-            owner.push(i);
-        }
-    }
-    let p = model
-        .atom_probability(&imgs, &texts)
+    let texts: Vec<String> = specs.iter().map(|p| p.text()).collect();
+    let per_atom = model
+        .atom_probabilities(images, &texts)
         .map_err(|e| e.to_string())?;
-    let (mut least, mut sum, mut n) = (
-        vec![1f32; images.len()],
-        vec![0f32; images.len()],
-        vec![0f32; images.len()],
-    );
-    for (k, i) in owner.into_iter().enumerate() {
-        least[i] = least[i].min(p[k]);
-        sum[i] += p[k];
-        n[i] += 1.0;
-    }
-    let mean: Vec<f32> = sum.iter().zip(&n).map(|(s, n)| s / n.max(1.0)).collect();
-    let mut cats: Vec<&str> = prompts.iter().map(|p| p.category().name()).collect();
+    let least: Vec<f32> = per_atom
+        .iter()
+        .map(|ps| ps.iter().copied().fold(1f32, f32::min))
+        .collect();
+    let mean: Vec<f32> = per_atom
+        .iter()
+        .map(|ps| ps.iter().sum::<f32>() / ps.len().max(1) as f32)
+        .collect();
+    let mut cats: Vec<&str> = specs.iter().map(|p| p.category().name()).collect();
     cats.sort_unstable();
     cats.dedup();
     let mut rows = vec![("all".to_string(), (0..images.len()).collect::<Vec<_>>())];
     for c in cats {
         let idx = (0..images.len())
-            .filter(|&i| spec(i).category().name() == c)
+            .filter(|&i| specs[i].category().name() == c)
             .collect();
         rows.push((c.to_string(), idx));
     }
@@ -563,9 +551,10 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
         let und = understanding_report(&model, &prompts, size, n, a.sampling.seed + 1000, &device)
             .map_err(|e| e.to_string())?;
         let acc = und.accuracy;
-        let texts: Vec<String> = (0..a.samples)
-            .flat_map(|_| prompts.iter().map(|p| p.text()))
-            .collect();
+        // `evaluate_generation` makes `samples` rounds over the prompts, in prompt order.
+        let specs: Vec<&srum::world::PromptSpec> =
+            (0..a.samples).flat_map(|_| prompts.iter()).collect();
+        let texts: Vec<String> = specs.iter().map(|p| p.text()).collect();
         let oracle: Vec<f32> = scores.iter().map(|(_, s)| *s).collect();
         let agree = self_oracle_agreement(&model, &images, &texts, &oracle, &device)
             .map_err(|e| e.to_string())?;
@@ -585,7 +574,7 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
             agree.n, agree.spearman
         );
         if a.agreement_breakdown {
-            json["agreement_breakdown"] = agreement_breakdown(&model, &images, &prompts, &oracle)?;
+            json["agreement_breakdown"] = agreement_breakdown(&model, &images, &specs, &oracle)?;
         }
         json["understanding_accuracy"] = serde_json::json!(acc);
         json["understanding"] = serde_json::json!(und);
