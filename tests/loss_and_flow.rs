@@ -164,6 +164,45 @@ fn euler_sampler_lands_on_the_point_mass() {
 }
 
 #[test]
+fn sampling_from_a_partly_noised_point_lands_on_the_point_mass_on_the_schedule_grid() {
+    let mu = t3(vec![0.5, -1.0], [1, 1, 2]);
+    let x_t = t3(vec![0.2, 0.9], [1, 1, 2]);
+    let sampler = EulerSampler::new(EulerSamplerConfig {
+        steps: 20,
+        guidance_scale: 1.0,
+        ..Default::default()
+    });
+    // From 0.43: one step to 0.40, then the grid's 0.40, 0.35, ..., 0.05 (9 starts): 9 steps.
+    let mut field = point_mass(mu.clone());
+    let mut starts = Vec::new();
+    let x = sampler
+        .sample_from(x_t.clone(), 0.43, |x, t, _| {
+            starts.push(t.clone().into_data().into_vec::<f32>().unwrap()[0]);
+            Ok(field(x, t))
+        })
+        .unwrap();
+    assert_eq!(starts.len(), 9, "{starts:?}");
+    assert!((starts[0] - 0.43).abs() < 1e-6 && (starts[1] - 0.40).abs() < 1e-6);
+    let got = x.into_data().into_vec::<f32>().unwrap();
+    assert!(
+        (got[0] - 0.5).abs() < 1e-5 && (got[1] + 1.0).abs() < 1e-5,
+        "{got:?}"
+    );
+    // From 1.0 it is the full sample, bit for bit.
+    let f = |x: Tensor<Cpu, 3>, _: Tensor<Cpu, 1>, _| Ok(x.mul_scalar(0.5).sin());
+    let full = sampler.sample(x_t.clone(), f).unwrap().into_data();
+    let from_one = sampler
+        .sample_from(x_t.clone(), 1.0, f)
+        .unwrap()
+        .into_data();
+    assert_eq!(full, from_one);
+    for bad in [0.0, -0.1, 1.5, f32::NAN] {
+        let err = sampler.sample_from(x_t.clone(), bad, f).unwrap_err();
+        assert!(err.to_string().contains("t_start"), "{err}");
+    }
+}
+
+#[test]
 fn guidance_extrapolates_between_branches_inside_its_interval() {
     // Conditional mass at mu_c, unconditional at mu_u: with guidance on every step the guided
     // field is the point mass at mu_u + w (mu_c - mu_u).

@@ -337,7 +337,8 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
         seed: 2,
         time_budget_s: None,
         understanding_only: true,
-        mix: UnderstandingMix::default(),
+        // Sample rows too: the sampler's completions use the frozen generator.
+        mix: UnderstandingMix::parse("7,3,4,2,2,2,8").unwrap(),
         locate_objects: false,
         shards: 1,
     };

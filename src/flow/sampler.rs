@@ -86,17 +86,48 @@ impl EulerSampler {
     ///
     /// Shapes: `noise`: `[batch, tokens, channels]`; `t` passed to `velocity`: `[batch]`;
     /// returns `[batch, tokens, channels]`.
-    pub fn sample<B, F>(&self, noise: Tensor<B, 3>, mut velocity: F) -> Result<Tensor<B, 3>>
+    pub fn sample<B, F>(&self, noise: Tensor<B, 3>, velocity: F) -> Result<Tensor<B, 3>>
+    where
+        B: Backend,
+        F: FnMut(Tensor<B, 3>, Tensor<B, 1>, Guidance) -> Result<Tensor<B, 3>>,
+    {
+        self.sample_from(noise, 1.0, velocity)
+    }
+
+    /// Integrates from `x` at time `t_start` down to `t = 0`: a first step to the next time of
+    /// the schedule below `t_start`, then the schedule's own steps. SDEdit-style completion of
+    /// a partly noised image, on the same grid as a full sample (`t_start = 1` is
+    /// [`sample`](Self::sample)).
+    ///
+    /// Shapes: `x`: `[batch, tokens, channels]`; returns `[batch, tokens, channels]`.
+    pub fn sample_from<B, F>(
+        &self,
+        x: Tensor<B, 3>,
+        t_start: f32,
+        mut velocity: F,
+    ) -> Result<Tensor<B, 3>>
     where
         B: Backend,
         F: FnMut(Tensor<B, 3>, Tensor<B, 1>, Guidance) -> Result<Tensor<B, 3>>,
     {
         let cfg = &self.config;
         cfg.validate()?;
-        let device = noise.device();
-        let [batch, _, _] = noise.dims();
-        let times = sampling_schedule(cfg.steps, cfg.shift);
-        let mut x = noise;
+        if !(t_start > 0.0 && t_start <= 1.0) {
+            return Err(SrumError::config(
+                "t_start",
+                format!("must be in (0, 1], got {t_start}"),
+            ));
+        }
+        let device = x.device();
+        let [batch, _, _] = x.dims();
+        let times: Vec<f32> = std::iter::once(t_start)
+            .chain(
+                sampling_schedule(cfg.steps, cfg.shift)
+                    .into_iter()
+                    .filter(|&t| t < t_start),
+            )
+            .collect();
+        let mut x = x;
         for w in times.windows(2) {
             let (t, t_next) = (w[0], w[1]);
             let t_batch =

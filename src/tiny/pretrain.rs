@@ -23,7 +23,10 @@ use rand_distr::{Distribution, StandardNormal};
 
 use super::model::{PATCH_CLASSES, TinyUmm, mask_to_region};
 use crate::error::Result;
-use crate::flow::{TimestepSampling, noisy_latents, sample_timesteps};
+use crate::flow::{
+    EulerSampler, EulerSamplerConfig, TimestepSampling, host_normal, noisy_latents,
+    sample_timesteps,
+};
 use crate::image::PixelImage;
 use crate::model::{ParamRole, UnifiedModel};
 use crate::train::learning_rate;
@@ -86,7 +89,18 @@ pub struct UnderstandingMix {
     pub estimates: u32,
     /// Blank and noise images (always no). Default 2.
     pub blank: u32,
+    /// Object, count and relation statements about the generator's own multi-step completion
+    /// of a partly noised render (SDEdit-style, unconditional, on the 20-step grid from a time
+    /// in [`SAMPLE_START`]), labelled by the rendered scene. The judge must read images the
+    /// sampler made, whose textures a render or a one-step estimate does not have. Default 0.
+    #[serde(default)]
+    pub samples: u32,
 }
+
+/// The range the start time of a [`UnderstandingMix::samples`] completion is drawn from (one
+/// per shard and step): late enough that the sampler redraws edges and colours, early enough
+/// that the render's objects, and so the labels, survive.
+pub const SAMPLE_START: (f32, f32) = (0.2, 0.6);
 
 impl Default for UnderstandingMix {
     fn default() -> Self {
@@ -97,6 +111,7 @@ impl Default for UnderstandingMix {
             regions: 2,
             estimates: 2,
             blank: 2,
+            samples: 0,
         }
     }
 }
@@ -110,11 +125,12 @@ enum Kind {
     Region,
     Estimate,
     Blank,
+    Sample,
 }
 
 impl UnderstandingMix {
     /// The weights in [`Kind`] order.
-    fn weights(&self) -> [(Kind, u32); 6] {
+    fn weights(&self) -> [(Kind, u32); 7] {
         [
             (Kind::Object, self.objects),
             (Kind::Count, self.counts),
@@ -122,7 +138,25 @@ impl UnderstandingMix {
             (Kind::Region, self.regions),
             (Kind::Estimate, self.estimates),
             (Kind::Blank, self.blank),
+            (Kind::Sample, self.samples),
         ]
+    }
+
+    /// The statement kind of a sample row: object, count or relation in the mix's own
+    /// proportions of those (evenly when they are all zero).
+    fn statement_kind<R: Rng>(&self, rng: &mut R) -> Kind {
+        let total = self.objects + self.counts + self.relations;
+        if total == 0 {
+            return [Kind::Object, Kind::Count, Kind::Relation][rng.random_range(0..3)];
+        }
+        let u = rng.random_range(0..total);
+        if u < self.objects {
+            Kind::Object
+        } else if u < self.objects + self.counts {
+            Kind::Count
+        } else {
+            Kind::Relation
+        }
     }
 
     /// Sum of the weights.
@@ -141,17 +175,23 @@ impl UnderstandingMix {
         Kind::Blank
     }
 
-    /// Parses `objects,counts,relations,regions,estimates,blank` (as the CLI takes it).
+    /// Parses `objects,counts,relations,regions,estimates,blank[,samples]` (as the CLI takes
+    /// it; `samples` is 0 when left out).
     pub fn parse(s: &str) -> std::result::Result<Self, String> {
         let v: Vec<u32> = s
             .split(',')
             .map(|x| x.trim().parse::<u32>())
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| format!("mix {s:?}: {e}"))?;
-        let [objects, counts, relations, regions, estimates, blank] = v[..] else {
-            return Err(format!(
-                "mix {s:?}: want 6 weights (objects,counts,relations,regions,estimates,blank)"
-            ));
+        let (objects, counts, relations, regions, estimates, blank, samples) = match v[..] {
+            [o, c, r, g, e, b] => (o, c, r, g, e, b, 0),
+            [o, c, r, g, e, b, s] => (o, c, r, g, e, b, s),
+            _ => {
+                return Err(format!(
+                    "mix {s:?}: want 6 or 7 weights \
+                     (objects,counts,relations,regions,estimates,blank[,samples])"
+                ));
+            }
         };
         let mix = Self {
             objects,
@@ -160,6 +200,7 @@ impl UnderstandingMix {
             regions,
             estimates,
             blank,
+            samples,
         };
         if mix.total() == 0 {
             return Err(format!("mix {s:?}: the weights sum to zero"));
@@ -551,6 +592,30 @@ fn flow_batch<B: burn::tensor::backend::Backend, R: Rng>(
     })
 }
 
+/// The generator's unconditional completions of `renders`, each noised to one start time drawn
+/// from [`SAMPLE_START`] and integrated on the 20-step Euler grid from there (SDEdit).
+fn complete_renders<B: burn::tensor::backend::Backend, R: Rng>(
+    model: &TinyUmm<B>,
+    rng: &mut R,
+    renders: &[PixelImage],
+    device: &B::Device,
+) -> Result<Vec<PixelImage>> {
+    let size = model.image_size();
+    let x0 = model.encode_images(PixelImage::to_tensor::<B>(renders, device)?)?;
+    let [n, tokens, channels] = x0.dims();
+    let t0 = rng.random_range(SAMPLE_START.0..SAMPLE_START.1);
+    let eps = host_normal::<B, _, 3>(rng, [n, tokens, channels], device);
+    let t = Tensor::<B, 1>::from_data(TensorData::new(vec![t0; n], [n]), device);
+    let x_t = noisy_latents(x0, eps, t);
+    let uncond = model.unconditional(n)?;
+    let sampler = EulerSampler::new(EulerSamplerConfig {
+        guidance_scale: 1.0,
+        ..Default::default()
+    });
+    let x = sampler.sample_from(x_t, t0, |x, t, _| Ok(model.velocity(x, t, &uncond)))?;
+    PixelImage::from_tensor(model.decode_latents(x, size, size)?)
+}
+
 /// The read-only inputs every shard of a step shares.
 struct StepInputs<'a, B: AutodiffBackend> {
     config: &'a PretrainConfig,
@@ -626,7 +691,8 @@ fn shard_step<B: AutodiffBackend>(
 
     // The generator's one-step denoised estimates, for imperfect understanding inputs.
     let x0_hat = (x_t - v * t_inner.reshape([b, 1, 1])).clamp(-1.0, 1.0);
-    let estimates = PixelImage::from_tensor(model.valid().decode_latents(x0_hat, size, size)?)?;
+    let inner = model.valid();
+    let estimates = PixelImage::from_tensor(inner.decode_latents(x0_hat, size, size)?)?;
 
     // Understanding batch, on the atomic statements the model judges (see
     // `tiny::model::atoms`), in the proportions of `config.mix`. Labels are the truth of
@@ -646,10 +712,32 @@ fn shard_step<B: AutodiffBackend>(
     let mut locate: Vec<f32> = Vec::with_capacity(ub * 4);
     let mut relation_rows: Vec<usize> = Vec::new();
     let mut locate_rows: Vec<usize> = Vec::new();
+    // Rows whose render is replaced by the sampler's completion of it once the loop is done.
+    let mut sample_rows: Vec<usize> = Vec::new();
     for j in 0..ub {
         let k = j % b;
         let kind = config.mix.kind(rng.random_range(0..config.mix.total()));
         let mut targets: Option<PatchTargets> = None;
+        if kind == Kind::Sample {
+            // Labelled by the rendered scene; no patch or locate targets, since the completion
+            // may move an edge or shade a colour.
+            let want = rng.random_bool(0.5);
+            let statement = config.mix.statement_kind(rng);
+            let Some((scene, spec, holds)) = draw_labelled(rng, statement, pools, size, want)
+            else {
+                continue;
+            };
+            sample_rows.push(labels.len());
+            let t = PatchTargets::none(n_patches);
+            patch_colors.extend(t.colors);
+            patch_shapes.extend(t.shapes);
+            patch_centres.extend(t.centres);
+            patch_ground.extend(t.ground);
+            und_imgs.push(scene.render(size));
+            und_prompts.push(spec.text());
+            labels.push(if holds { 0i32 } else { 1 });
+            continue;
+        }
         let (img, prompt, yes) = if matches!(kind, Kind::Object | Kind::Count | Kind::Relation) {
             // Half true, half false statements: drawn freely, most statements about a
             // corrupted scene are still true (one atom of several is wrong), and a judge
@@ -764,6 +852,15 @@ fn shard_step<B: AutodiffBackend>(
         und_imgs.push(img);
         und_prompts.push(prompt);
         labels.push(if yes { 0i32 } else { 1 });
+    }
+    if !sample_rows.is_empty() {
+        let renders: Vec<PixelImage> = sample_rows.iter().map(|&r| und_imgs[r].clone()).collect();
+        for (&r, img) in sample_rows
+            .iter()
+            .zip(complete_renders(&inner, rng, &renders, device)?)
+        {
+            und_imgs[r] = img;
+        }
     }
     let nb = labels.len();
     let text = model.text_batch(&und_prompts)?;
@@ -1040,12 +1137,43 @@ mod tests {
         assert_eq!(UnderstandingMix::parse("7,3,4,2,2,2"), Ok(mix));
         let zero = UnderstandingMix::parse("0,5,0,0,0,0").unwrap();
         assert!((0..5).all(|u| zero.kind(u) == Kind::Count));
+        // The seventh weight, samples, comes last and is 0 when left out (and in older
+        // configs' JSON).
+        let with = UnderstandingMix::parse("7,3,4,2,2,2,5").unwrap();
+        assert_eq!((with.samples, with.total()), (5, 25));
+        assert!((20..25).all(|u| with.kind(u) == Kind::Sample));
+        let old: UnderstandingMix = serde_json::from_str(
+            r#"{"objects":7,"counts":3,"relations":4,"regions":2,"estimates":2,"blank":2}"#,
+        )
+        .unwrap();
+        assert_eq!(old, mix);
+    }
+
+    /// Sample rows ask object, count and relation statements in the mix's proportions of them.
+    #[test]
+    fn sample_statements_follow_the_mix() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mix = UnderstandingMix::parse("2,0,1,0,0,0,1").unwrap();
+        let kinds: Vec<Kind> = (0..3000).map(|_| mix.statement_kind(&mut rng)).collect();
+        let n = |k: Kind| kinds.iter().filter(|x| **x == k).count();
+        assert_eq!(n(Kind::Count), 0);
+        assert!(
+            (1850..2150).contains(&n(Kind::Object)),
+            "{}",
+            n(Kind::Object)
+        );
+        let none = UnderstandingMix::parse("0,0,0,0,0,0,1").unwrap();
+        let kinds: Vec<Kind> = (0..300).map(|_| none.statement_kind(&mut rng)).collect();
+        for k in [Kind::Object, Kind::Count, Kind::Relation] {
+            assert!(kinds.contains(&k));
+        }
     }
 
     #[test]
     fn bad_mixes_are_errors_that_say_why() {
         for (s, why) in [
-            ("7,3,4", "want 6 weights"),
+            ("7,3,4", "want 6 or 7 weights"),
+            ("7,3,4,2,2,2,1,1", "want 6 or 7 weights"),
             ("7,3,4,2,2,x", "invalid digit"),
             ("0,0,0,0,0,0", "sum to zero"),
         ] {
