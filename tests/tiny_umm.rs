@@ -357,6 +357,25 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
     }
     assert!(moved >= 4, "only {moved} understanding parameters moved");
     assert!(kept > 0);
+    // Completions alone (every pair a sample row) train the judge the same way.
+    let only_samples = PretrainConfig {
+        steps: 1,
+        mix: UnderstandingMix::parse("0,0,0,0,0,0,1").unwrap(),
+        ..pc
+    };
+    let mut reports = Vec::new();
+    let model = pretrain(model, &only_samples, &dev, |r| reports.push(*r)).unwrap();
+    assert!(reports[0].understanding_loss.is_finite(), "{reports:?}");
+    let again = weights(&model);
+    let mut moved = 0;
+    for ((id, (path, x)), (_, y)) in ids.iter().zip(&after).zip(&again) {
+        if roles.role(*id) == ParamRole::Understanding {
+            moved += usize::from(x != y);
+        } else {
+            assert_eq!(x, y, "`{path}` changed on completions");
+        }
+    }
+    assert!(moved >= 4, "only {moved} understanding parameters moved on completions");
 }
 
 /// Both shipped checkpoints load and judge: the demo's model and the stronger judge.

@@ -11,7 +11,10 @@ pub use model::{
     Block, Expert, PATCH_CLASSES, Prediction, TextBatch, TinyUmm, TinyUmmConfig,
     UnderstandingHeads, atoms, mask_to_region, sincos_2d,
 };
-pub use pretrain::{PretrainConfig, PretrainReport, UnderstandingMix, pretrain};
+pub use pretrain::{
+    PretrainConfig, PretrainReport, SAMPLE_CLEAR, SAMPLE_REDRAWN, UnderstandingMix,
+    complete_renders, pretrain,
+};
 pub use statements::{StatementTally, statement_kind, statement_report};
 pub use tokenizer::{PAD, UNK, WORDS, build_tokenizer, encode, load_tokenizer};
 

@@ -6,8 +6,10 @@
 //! v-loss". Understanding: yes/no on the atomic statements the model judges prompts by (each
 //! object, count and relation), half of them true and half near misses (a swapped colour or
 //! shape, a flipped relation, a count off by one), on single-object regions, on blank and
-//! noise images (no), with imperfect inputs: noise blends, blur, and the generator's own
-//! one-step denoised estimates of renders, since the judge must read imperfect generations.
+//! noise images (no), with imperfect inputs: noise blends, blur, the generator's own
+//! one-step denoised estimates of renders and, with [`UnderstandingMix::samples`], its
+//! multi-step completions of partly noised renders, since the judge must read imperfect
+//! generations.
 //! Labels come from the scene that was rendered, never from the oracle.
 
 use std::time::Instant;
@@ -90,17 +92,44 @@ pub struct UnderstandingMix {
     /// Blank and noise images (always no). Default 2.
     pub blank: u32,
     /// Object, count and relation statements about the generator's own multi-step completion
-    /// of a partly noised render (SDEdit-style, unconditional, on the 20-step grid from a time
-    /// in [`SAMPLE_START`]), labelled by the rendered scene. The judge must read images the
-    /// sampler made, whose textures a render or a one-step estimate does not have. Default 0.
+    /// of a partly noised render (SDEdit-style, unconditional, on the 20-step grid), labelled
+    /// by the rule of the one-step estimates: from a start time in [`SAMPLE_CLEAR`] the render
+    /// survives and the scene's truth is the label; from one in [`SAMPLE_REDRAWN`] the sampler
+    /// has redrawn it and the answer is no. The judge must read images the sampler made, whose
+    /// speckle and broken edges a render or a one-step estimate does not have. Default 0.
     #[serde(default)]
     pub samples: u32,
 }
 
-/// The range the start time of a [`UnderstandingMix::samples`] completion is drawn from (one
-/// per shard and step): late enough that the sampler redraws edges and colours, early enough
-/// that the render's objects, and so the labels, survive.
-pub const SAMPLE_START: (f32, f32) = (0.2, 0.6);
+/// Below this time a one-step estimate or a completion still shows the render: it is labelled
+/// by the rendered scene.
+const CLEAR_BELOW: f32 = 0.25;
+
+/// Above this time a one-step estimate or a completion no longer shows the render: every
+/// statement about it is labelled false.
+const REDRAWN_ABOVE: f32 = 0.7;
+
+/// The label of a statement about the generator's redrawing of a render from time `t` (a
+/// one-step estimate or a completion), given whether it `holds` in the rendered scene: the
+/// scene's truth below [`CLEAR_BELOW`], false above [`REDRAWN_ABOVE`], none in between (the
+/// render may or may not show through).
+fn redrawn_label(t: f32, holds: bool) -> Option<bool> {
+    if t < CLEAR_BELOW {
+        Some(holds)
+    } else if t > REDRAWN_ABOVE {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Start times of [`UnderstandingMix::samples`] completions labelled by the scene (one time
+/// per shard and step; this band or [`SAMPLE_REDRAWN`], evenly). From below 0.1 the completion
+/// is the render itself.
+pub const SAMPLE_CLEAR: (f32, f32) = (0.1, CLEAR_BELOW);
+
+/// Start times of [`UnderstandingMix::samples`] completions labelled false.
+pub const SAMPLE_REDRAWN: (f32, f32) = (REDRAWN_ABOVE, 1.0);
 
 impl Default for UnderstandingMix {
     fn default() -> Self {
@@ -592,27 +621,34 @@ fn flow_batch<B: burn::tensor::backend::Backend, R: Rng>(
     })
 }
 
-/// The generator's unconditional completions of `renders`, each noised to one start time drawn
-/// from [`SAMPLE_START`] and integrated on the 20-step Euler grid from there (SDEdit).
-fn complete_renders<B: burn::tensor::backend::Backend, R: Rng>(
+/// The generator's unconditional completions of `renders`: each noised to time `t0` with noise
+/// from `rng`, then integrated on the 20-step Euler grid from there (SDEdit). Pretraining's
+/// [`UnderstandingMix::samples`] rows are these, with `t0` drawn from [`SAMPLE_CLEAR`] or
+/// [`SAMPLE_REDRAWN`]; `prompts` conditions the velocity (no guidance), `None` leaves it
+/// unconditional.
+pub fn complete_renders<B: burn::tensor::backend::Backend, R: Rng>(
     model: &TinyUmm<B>,
-    rng: &mut R,
     renders: &[PixelImage],
+    prompts: Option<&[String]>,
+    t0: f32,
+    rng: &mut R,
     device: &B::Device,
 ) -> Result<Vec<PixelImage>> {
     let size = model.image_size();
     let x0 = model.encode_images(PixelImage::to_tensor::<B>(renders, device)?)?;
     let [n, tokens, channels] = x0.dims();
-    let t0 = rng.random_range(SAMPLE_START.0..SAMPLE_START.1);
     let eps = host_normal::<B, _, 3>(rng, [n, tokens, channels], device);
     let t = Tensor::<B, 1>::from_data(TensorData::new(vec![t0; n], [n]), device);
     let x_t = noisy_latents(x0, eps, t);
-    let uncond = model.unconditional(n)?;
+    let cond = match prompts {
+        Some(p) => model.condition(p)?,
+        None => model.unconditional(n)?,
+    };
     let sampler = EulerSampler::new(EulerSamplerConfig {
         guidance_scale: 1.0,
         ..Default::default()
     });
-    let x = sampler.sample_from(x_t, t0, |x, t, _| Ok(model.velocity(x, t, &uncond)))?;
+    let x = sampler.sample_from(x_t, t0, |x, t, _| Ok(model.velocity(x, t, &cond)))?;
     PixelImage::from_tensor(model.decode_latents(x, size, size)?)
 }
 
@@ -806,18 +842,13 @@ fn shard_step<B: AutodiffBackend>(
                 .choose(rng)
                 .map(|n| PromptSpec::Objects(vec![*n]))
                 .unwrap_or_else(|| PromptSpec::Objects(vec![nps[0]]));
-            if t < 0.25 {
-                targets = Some(patch_labels(&gen_scenes[k], None, size, patch, &[]));
-                (
-                    estimates[k].clone(),
-                    atom.text(),
-                    atom.holds_in(&gen_scenes[k]),
-                )
-            } else if t > 0.7 {
-                (estimates[k].clone(), atom.text(), false)
-            } else {
+            let Some(yes) = redrawn_label(t, atom.holds_in(&gen_scenes[k])) else {
                 continue;
+            };
+            if t < CLEAR_BELOW {
+                targets = Some(patch_labels(&gen_scenes[k], None, size, patch, &[]));
             }
+            (estimates[k].clone(), atom.text(), yes)
         } else {
             let p = pick(rng, by_cat);
             let asked = *p.nps().choose(rng).unwrap_or(&nps[0]);
@@ -855,11 +886,21 @@ fn shard_step<B: AutodiffBackend>(
     }
     if !sample_rows.is_empty() {
         let renders: Vec<PixelImage> = sample_rows.iter().map(|&r| und_imgs[r].clone()).collect();
+        let (lo, hi) = if rng.random_bool(0.5) {
+            SAMPLE_CLEAR
+        } else {
+            SAMPLE_REDRAWN
+        };
+        let t0 = rng.random_range(lo..hi);
         for (&r, img) in sample_rows
             .iter()
-            .zip(complete_renders(&inner, rng, &renders, device)?)
+            .zip(complete_renders(&inner, &renders, None, t0, rng, device)?)
         {
             und_imgs[r] = img;
+            // The drawn bands always give a label; a no-label time would keep the scene's.
+            if redrawn_label(t0, labels[r] == 0) == Some(false) {
+                labels[r] = 1;
+            }
         }
     }
     let nb = labels.len();
@@ -1147,6 +1188,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(old, mix);
+    }
+
+    /// Redrawn images keep the scene's truth only while the render shows through; the bands
+    /// sample completions start in always give a label.
+    #[test]
+    fn redrawn_labels_follow_the_start_time() {
+        assert_eq!(redrawn_label(0.1, true), Some(true));
+        assert_eq!(redrawn_label(0.24, false), Some(false));
+        assert_eq!(redrawn_label(0.5, true), None);
+        assert_eq!(redrawn_label(0.71, true), Some(false));
+        for (lo, hi) in [SAMPLE_CLEAR, SAMPLE_REDRAWN] {
+            for i in 1..100 {
+                let t = lo + (hi - lo) * i as f32 / 100.0;
+                assert!(redrawn_label(t, true).is_some(), "{t}");
+            }
+        }
     }
 
     /// Sample rows ask object, count and relation statements in the mix's proportions of them.
