@@ -378,7 +378,7 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
     assert!(moved >= 4, "only {moved} understanding parameters moved on completions");
 }
 
-/// Both shipped checkpoints load and judge: the demo's model and the stronger judge.
+/// Every shipped checkpoint loads and judges: the demo's model and the three judges.
 #[test]
 fn shipped_checkpoints_load_and_judge() {
     let dev = device();
@@ -386,6 +386,7 @@ fn shipped_checkpoints_load_and_judge() {
         "assets/tiny-umm",
         "assets/tiny-umm-strong-judge",
         "assets/tiny-umm-sharp-judge",
+        "assets/tiny-umm-agreeing-judge",
     ] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
         let (model, config) = TinyUmm::<Cpu>::load_dir(&path, &dev).unwrap();
