@@ -375,7 +375,10 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
             assert_eq!(x, y, "`{path}` changed on completions");
         }
     }
-    assert!(moved >= 4, "only {moved} understanding parameters moved on completions");
+    assert!(
+        moved >= 4,
+        "only {moved} understanding parameters moved on completions"
+    );
 }
 
 /// Every shipped checkpoint loads and judges: the demo's model and the three judges.
