@@ -1,6 +1,6 @@
 //! How much of a render survives the generator's own completion of it: the measurement behind
-//! pretraining's `samples` rows (`UnderstandingMix::samples`), which label a completion by the
-//! scene that was rendered. Renders of training prompts are noised to a start time `t0` and
+//! the labels of pretraining's `samples` rows (`UnderstandingMix::samples`): the rendered
+//! scene's truth for completions from an early start time, false for those from a late one. Renders of training prompts are noised to a start time `t0` and
 //! completed with `complete_renders`; the oracle then scores the completions against the
 //! prompt each scene was drawn from. The oracle only measures here: pretraining never calls it.
 //!

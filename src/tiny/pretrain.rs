@@ -621,8 +621,9 @@ fn flow_batch<B: burn::tensor::backend::Backend, R: Rng>(
     })
 }
 
-/// The generator's unconditional completions of `renders`: each noised to time `t0` with noise
-/// from `rng`, then integrated on the 20-step Euler grid from there (SDEdit). Pretraining's
+/// The generator's completions of `renders` (unconditional unless `prompts` is given): each
+/// noised to time `t0` with noise from `rng`, then integrated on the 20-step Euler grid from
+/// there (SDEdit). Pretraining's
 /// [`UnderstandingMix::samples`] rows are these, with `t0` drawn from [`SAMPLE_CLEAR`] or
 /// [`SAMPLE_REDRAWN`]; `prompts` conditions the velocity (no guidance), `None` leaves it
 /// unconditional.
@@ -634,6 +635,15 @@ pub fn complete_renders<B: burn::tensor::backend::Backend, R: Rng>(
     rng: &mut R,
     device: &B::Device,
 ) -> Result<Vec<PixelImage>> {
+    if let Some(p) = prompts
+        && p.len() != renders.len()
+    {
+        return Err(crate::error::SrumError::Shape(format!(
+            "complete_renders: {} prompts for {} renders",
+            p.len(),
+            renders.len()
+        )));
+    }
     let size = model.image_size();
     let x0 = model.encode_images(PixelImage::to_tensor::<B>(renders, device)?)?;
     let [n, tokens, channels] = x0.dims();
@@ -754,9 +764,10 @@ fn shard_step<B: AutodiffBackend>(
         let k = j % b;
         let kind = config.mix.kind(rng.random_range(0..config.mix.total()));
         let mut targets: Option<PatchTargets> = None;
-        if kind == Kind::Sample {
-            // Labelled by the rendered scene; no patch or locate targets, since the completion
-            // may move an edge or shade a colour.
+        let (img, prompt, yes) = if kind == Kind::Sample {
+            // The render stands in until the loop is done and the sampler completes it; the
+            // label is then set by the start time. No patch or locate targets, since the
+            // completion may move an edge or shade a colour.
             let want = rng.random_bool(0.5);
             let statement = config.mix.statement_kind(rng);
             let Some((scene, spec, holds)) = draw_labelled(rng, statement, pools, size, want)
@@ -764,17 +775,8 @@ fn shard_step<B: AutodiffBackend>(
                 continue;
             };
             sample_rows.push(labels.len());
-            let t = PatchTargets::none(n_patches);
-            patch_colors.extend(t.colors);
-            patch_shapes.extend(t.shapes);
-            patch_centres.extend(t.centres);
-            patch_ground.extend(t.ground);
-            und_imgs.push(scene.render(size));
-            und_prompts.push(spec.text());
-            labels.push(if holds { 0i32 } else { 1 });
-            continue;
-        }
-        let (img, prompt, yes) = if matches!(kind, Kind::Object | Kind::Count | Kind::Relation) {
+            (scene.render(size), spec.text(), holds)
+        } else if matches!(kind, Kind::Object | Kind::Count | Kind::Relation) {
             // Half true, half false statements: drawn freely, most statements about a
             // corrupted scene are still true (one atom of several is wrong), and a judge
             // trained on that says yes to near misses.
@@ -867,7 +869,13 @@ fn shard_step<B: AutodiffBackend>(
             };
             (img, asked.text(), false)
         };
-        let img = match rng.random_range(0..4) {
+        // Completions are imperfect already, and get no noise or blur.
+        let augment = if kind == Kind::Sample {
+            2
+        } else {
+            rng.random_range(0..4)
+        };
+        let img = match augment {
             0 => {
                 let amount = rng.random_range(0.05..0.4);
                 noisy(rng, &img, amount)
@@ -897,10 +905,9 @@ fn shard_step<B: AutodiffBackend>(
             .zip(complete_renders(&inner, &renders, None, t0, rng, device)?)
         {
             und_imgs[r] = img;
-            // The drawn bands always give a label; a no-label time would keep the scene's.
-            if redrawn_label(t0, labels[r] == 0) == Some(false) {
-                labels[r] = 1;
-            }
+            // Yes only where the rule says the scene's truth and it is true (a start time
+            // exactly at the redrawn band's lower end, which has no label, counts as redrawn).
+            labels[r] = i32::from(redrawn_label(t0, labels[r] == 0) != Some(true));
         }
     }
     let nb = labels.len();
