@@ -86,34 +86,33 @@ fn main() -> srum::Result<()> {
     Ok(())
 }
 
-/// Columns of images side by side, each pixel a 4x4 block, 2 white pixels between cells.
+/// Columns of images side by side, each enlarged 4x (nearest pixel), 2 white pixels between
+/// cells.
 fn write_sheet(columns: &[Vec<srum::image::PixelImage>], path: &str) -> srum::Result<()> {
+    use image::imageops::{FilterType, replace, resize};
     const ZOOM: u32 = 4;
-    let size = columns
-        .first()
-        .and_then(|c| c.first())
-        .map_or(32, |i| i.width) as u32;
-    let cell = size * ZOOM + 2;
-    let rows = columns.iter().map(Vec::len).max().unwrap_or(0) as u32;
-    let mut out = image::RgbImage::from_pixel(
-        cell * columns.len() as u32,
-        cell * rows,
-        image::Rgb([255; 3]),
-    );
+    let mut cells = Vec::new();
     for (c, column) in columns.iter().enumerate() {
         for (r, img) in column.iter().enumerate() {
-            let bytes = img.to_rgb8();
-            for y in 0..size * ZOOM {
-                for x in 0..size * ZOOM {
-                    let i = (((y / ZOOM) * size + x / ZOOM) * 3) as usize;
-                    out.put_pixel(
-                        c as u32 * cell + x,
-                        r as u32 * cell + y,
-                        image::Rgb([bytes[i], bytes[i + 1], bytes[i + 2]]),
-                    );
-                }
-            }
+            let (w, h) = (img.width as u32, img.height as u32);
+            let small = image::RgbImage::from_raw(w, h, img.to_rgb8()).ok_or_else(|| {
+                srum::SrumError::config("SHEET", format!("image {r} of column {c}: bad size"))
+            })?;
+            cells.push((
+                c as u32,
+                r as u32,
+                resize(&small, w * ZOOM, h * ZOOM, FilterType::Nearest),
+            ));
         }
+    }
+    let (cw, ch) = cells
+        .first()
+        .map_or((1, 1), |(_, _, i)| (i.width() + 2, i.height() + 2));
+    let cols = columns.len() as u32;
+    let rows = columns.iter().map(Vec::len).max().unwrap_or(0) as u32;
+    let mut out = image::RgbImage::from_pixel(cw * cols, ch * rows, image::Rgb([255; 3]));
+    for (c, r, cell) in &cells {
+        replace(&mut out, cell, i64::from(c * cw), i64::from(r * ch));
     }
     out.save(path)
         .map_err(|e| srum::SrumError::config("SHEET", format!("{path}: {e}")))

@@ -589,6 +589,23 @@ impl<B: burn::tensor::backend::Backend> FlowBatch<B> {
     }
 }
 
+/// `images` encoded and noised to the times `t_host` (one per image) with standard-normal noise
+/// drawn from `rng`: clean latents, noise, times and noisy latents.
+#[allow(clippy::type_complexity)]
+fn noised<B: burn::tensor::backend::Backend, R: Rng>(
+    model: &TinyUmm<B>,
+    images: &[PixelImage],
+    t_host: &[f32],
+    rng: &mut R,
+    device: &B::Device,
+) -> Result<(Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 3>)> {
+    let x0 = model.encode_images(PixelImage::to_tensor::<B>(images, device)?)?;
+    let eps = host_normal::<B, _, 3>(rng, x0.dims(), device);
+    let t = Tensor::<B, 1>::from_data(TensorData::new(t_host.to_vec(), [t_host.len()]), device);
+    let x_t = noisy_latents(x0.clone(), eps.clone(), t.clone());
+    Ok((x0, eps, t, x_t))
+}
+
 fn flow_batch<B: burn::tensor::backend::Backend, R: Rng>(
     model: &TinyUmm<B>,
     rng: &mut R,
@@ -597,8 +614,6 @@ fn flow_batch<B: burn::tensor::backend::Backend, R: Rng>(
     device: &B::Device,
 ) -> Result<FlowBatch<B>> {
     let b = images.len();
-    let x0 = model.encode_images(PixelImage::to_tensor::<B>(images, device)?)?;
-    let [_, n, c] = x0.dims();
     // Half logit-normal, half uniform: the ends of the schedule (pure noise, nearly clean)
     // are where sampling starts and finishes, and logit-normal alone rarely visits them.
     let ln = sample_timesteps(rng, b, TimestepSampling::default(), 1.0);
@@ -606,10 +621,7 @@ fn flow_batch<B: burn::tensor::backend::Backend, R: Rng>(
     let t_host: Vec<f32> = (0..b)
         .map(|i| if i % 2 == 0 { ln[i] } else { un[i] })
         .collect();
-    let eps_host: Vec<f32> = (0..b * n * c).map(|_| StandardNormal.sample(rng)).collect();
-    let eps = Tensor::<B, 3>::from_data(TensorData::new(eps_host, [b, n, c]), device);
-    let t = Tensor::<B, 1>::from_data(TensorData::new(t_host.clone(), [b]), device);
-    let x_t = noisy_latents(x0.clone(), eps.clone(), t.clone());
+    let (x0, eps, t, x_t) = noised(model, images, &t_host, rng, device)?;
     let cond = model.condition(prompts)?;
     let v = model.velocity(x_t.clone(), t, &cond);
     Ok(FlowBatch {
@@ -645,11 +657,8 @@ pub fn complete_renders<B: burn::tensor::backend::Backend, R: Rng>(
         )));
     }
     let size = model.image_size();
-    let x0 = model.encode_images(PixelImage::to_tensor::<B>(renders, device)?)?;
-    let [n, tokens, channels] = x0.dims();
-    let eps = host_normal::<B, _, 3>(rng, [n, tokens, channels], device);
-    let t = Tensor::<B, 1>::from_data(TensorData::new(vec![t0; n], [n]), device);
-    let x_t = noisy_latents(x0, eps, t);
+    let n = renders.len();
+    let (_, _, _, x_t) = noised(model, renders, &vec![t0; n], rng, device)?;
     let cond = match prompts {
         Some(p) => model.condition(p)?,
         None => model.unconditional(n)?,
