@@ -8,8 +8,8 @@ mod statements;
 mod tokenizer;
 
 pub use model::{
-    Block, Expert, PATCH_CLASSES, Prediction, TextBatch, TinyUmm, TinyUmmConfig,
-    UnderstandingHeads, atoms, mask_to_region, sincos_2d,
+    Block, Expert, PATCH_CLASSES, Prediction, PromptScore, TextBatch, TinyUmm, TinyUmmConfig,
+    UnderstandingHeads, atoms, mask_to_region, prompt_score, sincos_2d,
 };
 pub use pretrain::{
     PretrainConfig, PretrainReport, SAMPLE_CLEAR, SAMPLE_REDRAWN, UnderstandingMix,

@@ -80,6 +80,46 @@ pub struct TinyUmmConfig {
     /// bind them to the words, per patch, which is what a near miss ("a red circle" beside a
     /// red square and a blue circle) tests. `None`: no such head.
     pub ground_head: Option<bool>,
+    /// How the judge's graded answer (the global `Score:`) is made from its statements'
+    /// `P(yes)`; its yes/no answer is always [`PromptScore::All`]. `None` (checkpoints that
+    /// predate the choice): [`PromptScore::All`].
+    pub prompt_score: Option<PromptScore>,
+}
+
+/// How [`TinyUmm`] scores a whole prompt from the `P(yes)` of its [`atoms`].
+///
+/// A yes/no question ("does the image match?") is a conjunction: every statement must hold.
+/// A graded question ("score how well the image follows the prompt, -1 to 1") is not: an image
+/// with the relation right and the third object missing follows the prompt better than one
+/// with nothing right, and T2I-CompBench's scores give that partial credit. Both rules read
+/// the prompt's words only; every probability comes from the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptScore {
+    /// Every statement must hold: the least `P(yes)`.
+    #[default]
+    All,
+    /// The share of the prompt's parts that hold, each part scored as a conjunction of its
+    /// statements: every noun phrase of an objects prompt is a part; a relation is one part
+    /// (its two objects and the relation between them); a count is one; a complex prompt has
+    /// two, its relation and its extra object.
+    Parts,
+}
+
+/// The score of `prompt` under `rule` from `p`, the `P(yes)` of its [`atoms`] in their order.
+/// A prompt outside the grammar, or `p` of another length than its atoms, is scored as one
+/// conjunction (the least).
+pub fn prompt_score(prompt: &str, p: &[f32], rule: PromptScore) -> f32 {
+    let all = |q: &[f32]| q.iter().copied().fold(1f32, f32::min);
+    if rule == PromptScore::All {
+        return all(p);
+    }
+    let mean = |q: &[f32]| q.iter().sum::<f32>() / q.len().max(1) as f32;
+    match PromptSpec::parse(prompt) {
+        Ok(PromptSpec::Objects(nps)) if p.len() == nps.len() => mean(p),
+        Ok(PromptSpec::Complex(..)) if p.len() == 4 => mean(&[all(&p[..3]), p[3]]),
+        _ => all(p),
+    }
 }
 
 /// What the generation head outputs; [`UnifiedModel::velocity`] returns a velocity either way.
@@ -235,6 +275,8 @@ pub struct TinyUmm<B: Backend> {
     #[module(skip)]
     prediction: Prediction,
     #[module(skip)]
+    prompt_score: PromptScore,
+    #[module(skip)]
     tokenizer: Arc<Tokenizer>,
 }
 
@@ -255,12 +297,14 @@ impl TinyUmmConfig {
         let centre = Some(self.centre_head.unwrap_or(false));
         let locate = Some(self.locate_head.unwrap_or(false));
         let ground = Some(self.ground_head.unwrap_or(false));
+        let score = Some(self.prompt_score.unwrap_or_default());
         self.with_prediction(prediction)
             .with_task_experts(task_experts)
             .with_sincos_positions(sincos)
             .with_centre_head(centre)
             .with_locate_head(locate)
             .with_ground_head(ground)
+            .with_prompt_score(score)
     }
 
     /// Builds the model with random weights.
@@ -328,6 +372,7 @@ impl TinyUmmConfig {
             patch: self.patch,
             max_text: self.max_text,
             prediction: self.prediction.unwrap_or(Prediction::Velocity),
+            prompt_score: self.prompt_score.unwrap_or_default(),
             tokenizer: Arc::new(tokenizer),
         }
     }
@@ -375,6 +420,11 @@ impl<B: Backend> TinyUmm<B> {
     /// Image side in pixels.
     pub fn image_size(&self) -> usize {
         self.image_size
+    }
+
+    /// How the graded answer scores a prompt (from `model.json`).
+    pub fn prompt_score_rule(&self) -> PromptScore {
+        self.prompt_score
     }
 
     /// Patch side in pixels.
@@ -489,7 +539,7 @@ impl<B: Backend> TinyUmm<B> {
         Ok(self
             .atom_probabilities(images, prompts)?
             .iter()
-            .map(|ps| ps.iter().copied().fold(1f32, f32::min))
+            .map(|ps| prompt_score("", ps, PromptScore::All))
             .collect())
     }
 
@@ -704,16 +754,23 @@ impl<B: Backend> TinyUmm<B> {
             }
         }
         let _ = as_text;
-        let p = if prompts.is_empty() {
+        let per_atom = if prompts.is_empty() {
             Vec::new()
         } else {
-            self.match_probability(&imgs, &prompts)?
+            self.atom_probabilities(&imgs, &prompts)?
         };
+        let p: Vec<f32> = per_atom
+            .iter()
+            .map(|q| prompt_score("", q, PromptScore::All))
+            .collect();
         Ok(plan
             .into_iter()
             .map(|step| match step {
                 Plan::Unreadable => Response::Unreadable,
-                Plan::Match(k) => Response::Match(p[k]),
+                Plan::Match(k) => Response::Match {
+                    all: p[k],
+                    graded: prompt_score(&prompts[k], &per_atom[k], self.prompt_score),
+                },
                 Plan::Regions(regions) => Response::Regions(
                     regions
                         .into_iter()
@@ -747,7 +804,12 @@ enum Plan {
 
 enum Response {
     Unreadable,
-    Match(f32),
+    /// `all`: `P(yes)` that every statement holds (the yes/no answer); `graded`: the score
+    /// under the model's [`PromptScore`] (the text answer).
+    Match {
+        all: f32,
+        graded: f32,
+    },
     Regions(Vec<(f32, String)>),
 }
 
@@ -833,9 +895,16 @@ impl<B: Backend> UnifiedModel<B> for TinyUmm<B> {
             .into_iter()
             .map(|r| match r {
                 Response::Unreadable => "I cannot read this question.".to_string(),
-                Response::Match(p) => {
-                    format!("Score: {:.3}\nReason: P(match) = {p:.3}", 2.0 * p - 1.0)
-                }
+                Response::Match { all, graded } => match self.prompt_score {
+                    PromptScore::All => {
+                        format!("Score: {:.3}\nReason: P(match) = {all:.3}", 2.0 * all - 1.0)
+                    }
+                    PromptScore::Parts => format!(
+                        "Score: {:.3}\nReason: share of parts held = {graded:.3}, \
+                         P(match) = {all:.3}",
+                        2.0 * graded - 1.0
+                    ),
+                },
                 Response::Regions(v) => v
                     .iter()
                     .enumerate()
@@ -860,7 +929,7 @@ impl<B: Backend> UnifiedModel<B> for TinyUmm<B> {
         Some(self.respond(images, questions, false).map(|rs| {
             rs.into_iter()
                 .map(|r| match r {
-                    Response::Match(p) => (p, 1.0 - p),
+                    Response::Match { all, .. } => (all, 1.0 - all),
                     Response::Regions(v) => {
                         let p = v.iter().map(|(p, _)| *p).sum::<f32>() / v.len().max(1) as f32;
                         (p, 1.0 - p)

@@ -10,7 +10,7 @@ use super::{Category, Oracle, OracleReport, PromptSpec};
 use crate::error::Result;
 use crate::flow::{EulerSampler, generate};
 use crate::image::PixelImage;
-use crate::judge::{GridProposer, SelfEvaluator, SelfEvaluatorConfig};
+use crate::judge::{GridProposer, JudgeTemplates, SelfEvaluator, SelfEvaluatorConfig};
 use crate::model::UnifiedModel;
 
 /// What [`evaluate_generation`] returns.
@@ -91,8 +91,11 @@ pub fn shown_scene<R: rand::Rng>(
 }
 
 /// Understanding accuracy on `n` image/prompt pairs from `prompts`: half renders of the prompt,
-/// half renders of a hard negative; the right answer is the prompt's truth in the scene shown
-/// (yes: global self-score > 0).
+/// half renders of a hard negative; the right answer is the prompt's truth in the scene shown.
+/// The model's answer is its yes/no answer to the global question (`P(yes) > P(no)`) where it
+/// exposes one ([`UnifiedModel::yes_no_probabilities`]), else its global score > 0: a graded
+/// score gives partial credit, and "is this image what the prompt asks for" is a yes/no
+/// question.
 pub fn understanding_accuracy<B: Backend, M: UnifiedModel<B>>(
     model: &M,
     prompts: &[PromptSpec],
@@ -144,10 +147,22 @@ pub fn understanding_report<B: Backend, M: UnifiedModel<B>>(
             texts.push(p.text());
             labels.push((is_yes, p.category().name().to_string()));
         }
-        let out = evaluator.judge(model, PixelImage::to_tensor::<B>(&imgs, device)?, &texts)?;
-        for (o, (is_yes, cat)) in out.iter().zip(labels) {
-            let said_yes = o.judgement.global.unwrap_or(0.0) > 0.0;
-            let ok = usize::from(said_yes == is_yes && !o.global_defaulted);
+        let images = PixelImage::to_tensor::<B>(&imgs, device)?;
+        let questions: Vec<String> = texts
+            .iter()
+            .map(|t| JudgeTemplates::render(&evaluator.config.templates.global, t, &[], size, size))
+            .collect();
+        // Some(answer) per pair; None where the global score was not read (counted wrong).
+        let said: Vec<Option<bool>> = match model.yes_no_probabilities(images.clone(), &questions) {
+            Some(probs) => probs?.into_iter().map(|(y, n)| Some(y > n)).collect(),
+            None => evaluator
+                .judge(model, images, &texts)?
+                .iter()
+                .map(|o| (!o.global_defaulted).then_some(o.judgement.global.unwrap_or(0.0) > 0.0))
+                .collect(),
+        };
+        for (said_yes, (is_yes, cat)) in said.into_iter().zip(labels) {
+            let ok = usize::from(said_yes == Some(is_yes));
             let tally = if is_yes { &mut yes } else { &mut no };
             tally.0 += ok;
             tally.1 += 1;

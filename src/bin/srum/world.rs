@@ -10,7 +10,8 @@ use burn::module::AutodiffModule;
 use indicatif::{ProgressBar, ProgressStyle};
 use srum::flow::{EulerSampler, EulerSamplerConfig};
 use srum::tiny::{
-    Prediction, PretrainConfig, TinyUmm, TinyUmmConfig, UnderstandingMix, build_tokenizer, pretrain,
+    Prediction, PretrainConfig, PromptScore, TinyUmm, TinyUmmConfig, UnderstandingMix,
+    build_tokenizer, pretrain,
 };
 
 type Ad = Autodiff<Flex>;
@@ -94,6 +95,17 @@ pub struct PretrainArgs {
     /// the machine's cores. 1 draws exactly what earlier versions drew.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     shards: u16,
+    /// How the judge's graded answer (the global score) is made from its statements' `P(yes)`:
+    /// `all` (the least: every statement must hold) or `parts` (the share of the prompt's
+    /// parts that hold). Written to `model.json`; it changes no weight.
+    #[arg(long, value_enum, default_value_t = PromptScoreArg::All)]
+    prompt_score: PromptScoreArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum PromptScoreArg {
+    All,
+    Parts,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -130,12 +142,17 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         .with_sincos_positions(Some(a.sincos_positions))
         .with_centre_head(Some(a.centre_head))
         .with_locate_head(Some(a.locate_head))
-        .with_ground_head(Some(a.ground_head));
+        .with_ground_head(Some(a.ground_head))
+        .with_prompt_score(Some(match a.prompt_score {
+            PromptScoreArg::All => PromptScore::All,
+            PromptScoreArg::Parts => PromptScore::Parts,
+        }));
     <Flex as burn::tensor::backend::Backend>::seed(&device, a.seed);
     let model = match &a.init {
         Some(dir) => {
             let (m, c) = TinyUmm::<Ad>::load_dir(dir, &device).map_err(|e| e.to_string())?;
-            let c = c.resolved();
+            // The graded answer's rule changes no weight: the flags may set it anew.
+            let c = c.resolved().with_prompt_score(config.prompt_score);
             if c != config {
                 return Err(format!(
                     "--init {}: its config differs from the flags' ({c})",
@@ -445,8 +462,9 @@ pub struct EvalArgs {
     #[arg(long)]
     statements: Option<usize>,
     /// With --understanding: also break the self/oracle agreement down by category, and show
-    /// it for two ways of scoring a prompt from its atomic statements (the least `P(yes)`, which
-    /// the model answers with, and their mean, which gives partial credit as the oracle does).
+    /// it for three ways of scoring a prompt from its atomic statements: the least `P(yes)`,
+    /// their mean, and the share of the prompt's parts that hold (see `--prompt-score` of
+    /// `pretrain`); the model itself answers with the rule in its `model.json`.
     #[arg(long, requires = "understanding")]
     agreement_breakdown: bool,
     /// Write the results as JSON here.
@@ -454,9 +472,10 @@ pub struct EvalArgs {
     json: Option<PathBuf>,
 }
 
-/// Spearman of the self-score against the oracle, overall and per category, for the least and
-/// the mean of the atoms' `P(yes)`; printed as a table and returned as JSON. A diagnostic: the
-/// model's answer stays the least. `specs[i]` is the prompt of `images[i]`.
+/// Spearman of the self-score against the oracle, overall and per category, for three ways of
+/// scoring a prompt from its atoms' `P(yes)`: the least, the mean, and the share of the
+/// prompt's parts ([`PromptScore`]); printed as a table and returned as JSON. A diagnostic: the
+/// model answers with the rule in its `model.json`. `specs[i]` is the prompt of `images[i]`.
 fn agreement_breakdown(
     model: &TinyUmm<Flex>,
     images: &[srum::image::PixelImage],
@@ -476,6 +495,11 @@ fn agreement_breakdown(
         .iter()
         .map(|ps| ps.iter().sum::<f32>() / ps.len().max(1) as f32)
         .collect();
+    let parts: Vec<f32> = per_atom
+        .iter()
+        .zip(&texts)
+        .map(|(ps, t)| srum::tiny::prompt_score(t, ps, PromptScore::Parts))
+        .collect();
     let mut cats: Vec<&str> = specs.iter().map(|p| p.category().name()).collect();
     cats.sort_unstable();
     cats.dedup();
@@ -487,17 +511,18 @@ fn agreement_breakdown(
         rows.push((c.to_string(), idx));
     }
     println!(
-        "\n| images | n | Spearman, least atom | Spearman, mean of atoms |\n|---|---:|---:|---:|"
+        "\n| images | n | Spearman, least atom | mean of atoms | share of parts |\n|---|---:|---:|---:|---:|"
     );
     let mut out = serde_json::Map::new();
     for (name, idx) in rows {
         let pick = |v: &[f32]| idx.iter().map(|&i| v[i]).collect::<Vec<f32>>();
         let o = pick(oracle);
         let (l, m) = (spearman(&pick(&least), &o), spearman(&pick(&mean), &o));
-        println!("| {name} | {} | {l:.3} | {m:.3} |", idx.len());
+        let g = spearman(&pick(&parts), &o);
+        println!("| {name} | {} | {l:.3} | {m:.3} | {g:.3} |", idx.len());
         out.insert(
             name,
-            serde_json::json!({"n": idx.len(), "least": l, "mean": m}),
+            serde_json::json!({"n": idx.len(), "least": l, "mean": m, "parts": g}),
         );
     }
     Ok(serde_json::Value::Object(out))
