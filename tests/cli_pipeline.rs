@@ -33,9 +33,14 @@ fn rollout_judge_convert_train_eval() {
             "16",
             "--layers",
             "1",
+            "--prompt-score",
+            "parts",
         ],
         d,
     );
+    // The graded answer's rule is part of the model directory; the rest of the loop judges with it.
+    let card = std::fs::read_to_string(d.join("base/model.json")).unwrap();
+    assert!(card.contains(r#""prompt_score": "parts""#), "{card}");
     std::fs::write(d.join("prompts.txt"), "a red circle\nthree blue squares\na green triangle left of a yellow circle\na red square and a red circle\n").unwrap();
     srum(
         &[

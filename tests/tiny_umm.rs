@@ -10,8 +10,8 @@ use srum::image::PixelImage;
 use srum::judge::{GridProposer, SelfEvaluator, SelfEvaluatorConfig, parse_global};
 use srum::model::UnifiedModel;
 use srum::tiny::{
-    PretrainConfig, TinyUmm, TinyUmmConfig, UnderstandingMix, build_tokenizer, encode,
-    load_tokenizer, pretrain,
+    PretrainConfig, PromptScore, TinyUmm, TinyUmmConfig, UnderstandingMix, atoms, build_tokenizer,
+    encode, load_tokenizer, pretrain, prompt_score,
 };
 
 fn tiny_config() -> TinyUmmConfig {
@@ -138,6 +138,90 @@ fn task_experts_split_the_image_expert_by_ability() {
     );
     assert_eq!(count(Some(false)), (all, und, generation));
     assert_eq!(count(Some(true)), (all + 6, und + 6, generation + 6));
+}
+
+/// The graded rule's closed forms: a prompt's parts are its noun phrases (objects prompts), its
+/// relation with both objects (one part), its count (one), or a complex prompt's relation and
+/// extra object (two); the yes/no rule is the least atom throughout.
+#[test]
+fn prompt_scores_follow_the_prompts_parts() {
+    let cases: [(&str, &[f32], f32, f32); 6] = [
+        ("a red circle and a blue square", &[0.9, 0.1], 0.1, 0.5),
+        ("a red circle left of a blue square", &[0.9, 0.8, 0.2], 0.2, 0.2),
+        ("a red circle left of a blue square", &[0.3, 0.8, 0.9], 0.3, 0.3),
+        (
+            "a red circle left of a blue square and a green triangle",
+            &[0.9, 0.8, 0.7, 0.1],
+            0.1,
+            0.4,
+        ),
+        ("three blue squares", &[0.25], 0.25, 0.25),
+        // Outside the grammar: one statement, a conjunction either way.
+        ("a purple cow", &[0.6], 0.6, 0.6),
+    ];
+    for (prompt, p, all, parts) in cases {
+        assert_eq!(atoms(prompt).len(), p.len(), "{prompt}");
+        let got = (
+            prompt_score(prompt, p, PromptScore::All),
+            prompt_score(prompt, p, PromptScore::Parts),
+        );
+        assert!(
+            (got.0 - all).abs() < 1e-6 && (got.1 - parts).abs() < 1e-6,
+            "{prompt}: {got:?}"
+        );
+    }
+    // Probabilities that do not match the prompt's atoms are one conjunction.
+    let odd = prompt_score("a red circle and a blue square", &[0.9, 0.5, 0.7], PromptScore::Parts);
+    assert!((odd - 0.5).abs() < 1e-6);
+}
+
+/// The graded judge (the sharp judge's weights, the parts rule) writes `2 * parts - 1` as its
+/// global score and the sharp judge `2 * least - 1`, from the same network probabilities; both
+/// keep the conjunction as their yes/no answer. The image shows the complex prompt's relation
+/// but not its third object, where the two rules differ most.
+#[test]
+fn the_graded_answer_follows_the_models_rule() {
+    let dev = device();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let prompt = "a red circle left of a blue square and a green triangle".to_string();
+    let shown = srum::world::PromptSpec::parse("a red circle left of a blue square").unwrap();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3);
+    let image = shown.sample_scene(&mut rng, 32).render(32);
+    let question = srum::judge::JudgeTemplates::render(
+        &srum::judge::JudgeTemplates::default().global,
+        &prompt,
+        &[],
+        32,
+        32,
+    );
+    let mut scores = Vec::new();
+    for (dir, rule) in [
+        ("assets/tiny-umm-sharp-judge", PromptScore::All),
+        ("assets/tiny-umm-graded-judge", PromptScore::Parts),
+    ] {
+        let (model, _) = TinyUmm::<Cpu>::load_dir(root.join(dir), &dev).unwrap();
+        let p = model
+            .atom_probabilities(std::slice::from_ref(&image), std::slice::from_ref(&prompt))
+            .unwrap()
+            .remove(0);
+        let images = PixelImage::to_tensor::<Cpu>(std::slice::from_ref(&image), &dev).unwrap();
+        let text = model
+            .answer(images.clone(), std::slice::from_ref(&question))
+            .unwrap();
+        let score = parse_global(&text[0]).unwrap().score;
+        let want = 2.0 * prompt_score(&prompt, &p, rule) - 1.0;
+        assert!((score - want).abs() <= 5e-4, "{dir}: {} vs {want}", text[0]);
+        let yes = model
+            .yes_no_probabilities(images, std::slice::from_ref(&question))
+            .unwrap()
+            .unwrap()[0]
+            .0;
+        let least = p.iter().copied().fold(1f32, f32::min);
+        assert!((yes - least).abs() < 1e-6, "{dir}: {yes} vs {least}");
+        scores.push(score);
+    }
+    // The relation part holds and the third object does not: about 0 against about -1.
+    assert!(scores[1] - scores[0] > 0.5, "{scores:?}");
 }
 
 #[test]
@@ -381,18 +465,22 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
     );
 }
 
-/// Every shipped checkpoint loads and judges: the demo's model and the three judges.
+/// Every shipped checkpoint loads and judges: the demo's model and the four judges. The
+/// graded judge is the sharp judge's network answering with [`PromptScore::Parts`]; the
+/// others predate the choice and read as [`PromptScore::All`].
 #[test]
 fn shipped_checkpoints_load_and_judge() {
     let dev = device();
-    for dir in [
-        "assets/tiny-umm",
-        "assets/tiny-umm-strong-judge",
-        "assets/tiny-umm-sharp-judge",
-        "assets/tiny-umm-agreeing-judge",
+    for (dir, rule) in [
+        ("assets/tiny-umm", PromptScore::All),
+        ("assets/tiny-umm-strong-judge", PromptScore::All),
+        ("assets/tiny-umm-sharp-judge", PromptScore::All),
+        ("assets/tiny-umm-agreeing-judge", PromptScore::All),
+        ("assets/tiny-umm-graded-judge", PromptScore::Parts),
     ] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
         let (model, config) = TinyUmm::<Cpu>::load_dir(&path, &dev).unwrap();
+        assert_eq!(model.prompt_score_rule(), rule, "{dir}");
         let spec = srum::world::PromptSpec::parse("a red circle left of a blue square").unwrap();
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
         let image = spec

@@ -110,16 +110,20 @@ pub enum PromptScore {
 /// A prompt outside the grammar, or `p` of another length than its atoms, is scored as one
 /// conjunction (the least).
 pub fn prompt_score(prompt: &str, p: &[f32], rule: PromptScore) -> f32 {
-    let all = |q: &[f32]| q.iter().copied().fold(1f32, f32::min);
     if rule == PromptScore::All {
-        return all(p);
+        return conjunction(p);
     }
     let mean = |q: &[f32]| q.iter().sum::<f32>() / q.len().max(1) as f32;
     match PromptSpec::parse(prompt) {
         Ok(PromptSpec::Objects(nps)) if p.len() == nps.len() => mean(p),
-        Ok(PromptSpec::Complex(..)) if p.len() == 4 => mean(&[all(&p[..3]), p[3]]),
-        _ => all(p),
+        Ok(PromptSpec::Complex(..)) if p.len() == 4 => mean(&[conjunction(&p[..3]), p[3]]),
+        _ => conjunction(p),
     }
+}
+
+/// `P(yes)` that every statement holds, read as the least of theirs.
+fn conjunction(p: &[f32]) -> f32 {
+    p.iter().copied().fold(1f32, f32::min)
 }
 
 /// What the generation head outputs; [`UnifiedModel::velocity`] returns a velocity either way.
@@ -539,7 +543,7 @@ impl<B: Backend> TinyUmm<B> {
         Ok(self
             .atom_probabilities(images, prompts)?
             .iter()
-            .map(|ps| prompt_score("", ps, PromptScore::All))
+            .map(|ps| conjunction(ps))
             .collect())
     }
 
@@ -759,10 +763,7 @@ impl<B: Backend> TinyUmm<B> {
         } else {
             self.atom_probabilities(&imgs, &prompts)?
         };
-        let p: Vec<f32> = per_atom
-            .iter()
-            .map(|q| prompt_score("", q, PromptScore::All))
-            .collect();
+        let p: Vec<f32> = per_atom.iter().map(|q| conjunction(q)).collect();
         Ok(plan
             .into_iter()
             .map(|step| match step {
