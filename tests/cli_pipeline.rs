@@ -38,7 +38,7 @@ fn rollout_judge_convert_train_eval() {
         ],
         d,
     );
-    // The graded answer's rule is part of the model directory; the rest of the loop judges with it.
+    // The graded answer's rule is written to the model directory (the judge below answers with it).
     let card = std::fs::read_to_string(d.join("base/model.json")).unwrap();
     assert!(card.contains(r#""prompt_score": "parts""#), "{card}");
     std::fs::write(d.join("prompts.txt"), "a red circle\nthree blue squares\na green triangle left of a yellow circle\na red square and a red circle\n").unwrap();

@@ -10,8 +10,8 @@ mod oracle;
 mod scene;
 
 pub use eval::{
-    Agreement, GenerationEval, UnderstandingReport, evaluate_generation, self_oracle_agreement,
-    shown_scene, spearman, understanding_accuracy, understanding_report,
+    Agreement, GenerationEval, MATCH_QUESTION, UnderstandingReport, evaluate_generation,
+    self_oracle_agreement, shown_scene, spearman, understanding_accuracy, understanding_report,
 };
 pub use grammar::{
     Category, Np, PromptSpec, Relation, Split, all_prompts, rollout_prompts, split_prompts,

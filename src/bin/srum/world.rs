@@ -97,9 +97,10 @@ pub struct PretrainArgs {
     shards: u16,
     /// How the judge's graded answer (the global score) is made from its statements' `P(yes)`:
     /// `all` (the least: every statement must hold) or `parts` (the share of the prompt's
-    /// parts that hold). Written to `model.json`; it changes no weight.
-    #[arg(long, value_enum, default_value_t = PromptScoreArg::All)]
-    prompt_score: PromptScoreArg,
+    /// parts that hold). Written to `model.json`; it changes no weight. Default: the --init
+    /// model's rule, else `all`.
+    #[arg(long, value_enum)]
+    prompt_score: Option<PromptScoreArg>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -142,26 +143,32 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         .with_sincos_positions(Some(a.sincos_positions))
         .with_centre_head(Some(a.centre_head))
         .with_locate_head(Some(a.locate_head))
-        .with_ground_head(Some(a.ground_head))
-        .with_prompt_score(Some(match a.prompt_score {
-            PromptScoreArg::All => PromptScore::All,
-            PromptScoreArg::Parts => PromptScore::Parts,
-        }));
+        .with_ground_head(Some(a.ground_head));
+    let flag_rule = a.prompt_score.map(|r| match r {
+        PromptScoreArg::All => PromptScore::All,
+        PromptScoreArg::Parts => PromptScore::Parts,
+    });
     <Flex as burn::tensor::backend::Backend>::seed(&device, a.seed);
-    let model = match &a.init {
+    let (model, config) = match &a.init {
         Some(dir) => {
             let (m, c) = TinyUmm::<Ad>::load_dir(dir, &device).map_err(|e| e.to_string())?;
-            // The graded answer's rule changes no weight: the flags may set it anew.
-            let c = c.resolved().with_prompt_score(config.prompt_score);
+            // The graded answer's rule changes no weight: the flag may set it anew, and
+            // without it the loaded model keeps its own.
+            let c = c.resolved();
+            let config = config.with_prompt_score(flag_rule.or(c.prompt_score));
+            let c = c.with_prompt_score(config.prompt_score);
             if c != config {
                 return Err(format!(
                     "--init {}: its config differs from the flags' ({c})",
                     dir.display()
                 ));
             }
-            m
+            (m, config)
         }
-        None => config.init::<Ad>(tokenizer, &device),
+        None => {
+            let config = config.with_prompt_score(Some(flag_rule.unwrap_or_default()));
+            (config.init::<Ad>(tokenizer, &device), config)
+        }
     };
     let pc = PretrainConfig {
         steps: a.steps,
