@@ -147,8 +147,18 @@ fn task_experts_split_the_image_expert_by_ability() {
 fn prompt_scores_follow_the_prompts_parts() {
     let cases: [(&str, &[f32], f32, f32); 6] = [
         ("a red circle and a blue square", &[0.9, 0.1], 0.1, 0.5),
-        ("a red circle left of a blue square", &[0.9, 0.8, 0.2], 0.2, 0.2),
-        ("a red circle left of a blue square", &[0.3, 0.8, 0.9], 0.3, 0.3),
+        (
+            "a red circle left of a blue square",
+            &[0.9, 0.8, 0.2],
+            0.2,
+            0.2,
+        ),
+        (
+            "a red circle left of a blue square",
+            &[0.3, 0.8, 0.9],
+            0.3,
+            0.3,
+        ),
         (
             "a red circle left of a blue square and a green triangle",
             &[0.9, 0.8, 0.7, 0.1],
@@ -171,7 +181,11 @@ fn prompt_scores_follow_the_prompts_parts() {
         );
     }
     // Probabilities that do not match the prompt's atoms are one conjunction.
-    let odd = prompt_score("a red circle and a blue square", &[0.9, 0.5, 0.7], PromptScore::Parts);
+    let odd = prompt_score(
+        "a red circle and a blue square",
+        &[0.9, 0.5, 0.7],
+        PromptScore::Parts,
+    );
     assert!((odd - 0.5).abs() < 1e-6);
 }
 
