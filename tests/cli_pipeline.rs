@@ -41,6 +41,29 @@ fn rollout_judge_convert_train_eval() {
     // The graded answer's rule is written to the model directory (the judge below answers with it).
     let card = std::fs::read_to_string(d.join("base/model.json")).unwrap();
     assert!(card.contains(r#""prompt_score": "parts""#), "{card}");
+    // Continuing from it keeps its rule unless the flag sets another (it changes no weight).
+    let cont = |out: &str, rule: &[&str]| {
+        let mut args = vec![
+            "pretrain",
+            "--out",
+            out,
+            "--init",
+            "base",
+            "--steps",
+            "1",
+            "--batch",
+            "4",
+            "--d-model",
+            "16",
+            "--layers",
+            "1",
+        ];
+        args.extend_from_slice(rule);
+        srum(&args, d);
+        std::fs::read_to_string(d.join(out).join("model.json")).unwrap()
+    };
+    assert!(cont("kept", &[]).contains(r#""prompt_score": "parts""#));
+    assert!(cont("reset", &["--prompt-score", "all"]).contains(r#""prompt_score": "all""#));
     std::fs::write(d.join("prompts.txt"), "a red circle\nthree blue squares\na green triangle left of a yellow circle\na red square and a red circle\n").unwrap();
     srum(
         &[
