@@ -545,3 +545,86 @@ fn sharded_pretraining_moves_every_weight() {
         before.len()
     );
 }
+
+/// [`TinyUmm`] with its yes/no probabilities hidden, so the evaluator reads its text answers.
+#[derive(burn::module::Module, Debug)]
+struct TextOnly<B: burn::tensor::backend::Backend> {
+    inner: TinyUmm<B>,
+}
+
+impl<B: burn::tensor::backend::Backend> UnifiedModel<B> for TextOnly<B> {
+    type Condition = <TinyUmm<B> as UnifiedModel<B>>::Condition;
+
+    fn condition(&self, prompts: &[String]) -> srum::Result<Self::Condition> {
+        self.inner.condition(prompts)
+    }
+
+    fn unconditional(&self, batch: usize) -> srum::Result<Self::Condition> {
+        self.inner.unconditional(batch)
+    }
+
+    fn velocity(
+        &self,
+        x_t: Tensor<B, 3>,
+        t: Tensor<B, 1>,
+        condition: &Self::Condition,
+    ) -> Tensor<B, 3> {
+        self.inner.velocity(x_t, t, condition)
+    }
+
+    fn latent_channels(&self) -> usize {
+        self.inner.latent_channels()
+    }
+
+    fn latent_grid(&self, width: usize, height: usize) -> (usize, usize) {
+        self.inner.latent_grid(width, height)
+    }
+
+    fn encode_images(&self, images: Tensor<B, 4>) -> srum::Result<Tensor<B, 3>> {
+        self.inner.encode_images(images)
+    }
+
+    fn decode_latents(
+        &self,
+        latents: Tensor<B, 3>,
+        width: usize,
+        height: usize,
+    ) -> srum::Result<Tensor<B, 4>> {
+        self.inner.decode_latents(latents, width, height)
+    }
+
+    fn answer(&self, images: Tensor<B, 4>, questions: &[String]) -> srum::Result<Vec<String>> {
+        self.inner.answer(images, questions)
+    }
+
+    fn param_roles(&self) -> srum::model::ParamRoles {
+        self.inner.param_roles()
+    }
+}
+
+/// Understanding accuracy reads the yes/no answer where the model has one: the graded judge
+/// (the sharp judge's network answering with partial credit) answers every pair as the sharp
+/// judge does. A model without yes/no probabilities is read through its global score, which
+/// for the least-atom rule gives the same answers up to the text's three decimals.
+#[test]
+fn understanding_reads_the_yes_no_answer() {
+    let dev = device();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let load = |dir: &str| TinyUmm::<Cpu>::load_dir(root.join(dir), &dev).unwrap().0;
+    let prompts = srum::world::split_prompts(srum::world::Split::Heldout, 4);
+    let n = 96;
+    let sharp = load("assets/tiny-umm-sharp-judge");
+    let by_yes_no = srum::world::understanding_report(&sharp, &prompts, 32, n, 5, &dev).unwrap();
+    let graded = load("assets/tiny-umm-graded-judge");
+    let graded_report =
+        srum::world::understanding_report(&graded, &prompts, 32, n, 5, &dev).unwrap();
+    assert_eq!(graded_report, by_yes_no);
+    let by_text =
+        srum::world::understanding_report(&TextOnly { inner: sharp }, &prompts, 32, n, 5, &dev)
+            .unwrap();
+    assert!(
+        (by_text.accuracy - by_yes_no.accuracy).abs() <= 1.0 / n as f32,
+        "{by_text:?} vs {by_yes_no:?}"
+    );
+    assert!(by_yes_no.accuracy > 0.75, "{by_yes_no:?}");
+}
