@@ -20,46 +20,23 @@ fn srum(args: &[&str], dir: &Path) -> String {
 fn rollout_judge_convert_train_eval() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    srum(
-        &[
-            "pretrain",
-            "--out",
-            "base",
-            "--steps",
-            "3",
-            "--batch",
-            "4",
-            "--d-model",
-            "16",
-            "--layers",
-            "1",
-            "--prompt-score",
-            "parts",
-        ],
-        d,
-    );
+    // The tiny model's shape, shared by every pretraining call below.
+    const TINY: [&str; 6] = ["--batch", "4", "--d-model", "16", "--layers", "1"];
+    let pretrain = |extra: &[&str]| {
+        let mut args = vec!["pretrain"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&TINY);
+        srum(&args, d);
+    };
+    pretrain(&["--out", "base", "--steps", "3", "--prompt-score", "parts"]);
     // The graded answer's rule is written to the model directory (the judge below answers with it).
     let card = std::fs::read_to_string(d.join("base/model.json")).unwrap();
     assert!(card.contains(r#""prompt_score": "parts""#), "{card}");
     // Continuing from it keeps its rule unless the flag sets another (it changes no weight).
     let cont = |out: &str, rule: &[&str]| {
-        let mut args = vec![
-            "pretrain",
-            "--out",
-            out,
-            "--init",
-            "base",
-            "--steps",
-            "1",
-            "--batch",
-            "4",
-            "--d-model",
-            "16",
-            "--layers",
-            "1",
-        ];
+        let mut args = vec!["--out", out, "--init", "base", "--steps", "1"];
         args.extend_from_slice(rule);
-        srum(&args, d);
+        pretrain(&args);
         std::fs::read_to_string(d.join(out).join("model.json")).unwrap()
     };
     assert!(cont("kept", &[]).contains(r#""prompt_score": "parts""#));

@@ -480,11 +480,11 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
     );
 }
 
-/// Every shipped checkpoint loads and judges: the demo's model and the four judges. The
+/// Every shipped checkpoint loads, generates and judges: the demo's model and the four judges. The
 /// graded judge is the sharp judge's network answering with [`PromptScore::Parts`]; the
 /// others predate the choice and read as [`PromptScore::All`].
 #[test]
-fn shipped_checkpoints_load_and_judge() {
+fn shipped_checkpoints_load_generate_and_judge() {
     let dev = device();
     for (dir, rule) in [
         ("assets/tiny-umm", PromptScore::All),
@@ -501,6 +501,21 @@ fn shipped_checkpoints_load_and_judge() {
         let image = spec
             .sample_scene(&mut rng, config.image_size)
             .render(config.image_size);
+        let sampler = srum::flow::EulerSampler::new(srum::flow::EulerSamplerConfig {
+            steps: 2,
+            ..Default::default()
+        });
+        let made = srum::flow::generate(
+            &model,
+            &[spec.text()],
+            (32, 32),
+            &sampler,
+            1,
+            &mut rng,
+            &dev,
+        )
+        .unwrap();
+        assert!(made[0].data.iter().all(|v| v.is_finite()), "{dir}");
         let p = model.match_probability(&[image], &[spec.text()]).unwrap();
         assert!(
             p[0].is_finite() && (0.0..=1.0).contains(&p[0]),

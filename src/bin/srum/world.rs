@@ -494,18 +494,17 @@ fn agreement_breakdown(
     let per_atom = model
         .atom_probabilities(images, &texts)
         .map_err(|e| e.to_string())?;
-    let least: Vec<f32> = per_atom
-        .iter()
-        .map(|ps| ps.iter().copied().fold(1f32, f32::min))
-        .collect();
+    let rule = |r: PromptScore| -> Vec<f32> {
+        per_atom
+            .iter()
+            .zip(&texts)
+            .map(|(ps, t)| srum::tiny::prompt_score(t, ps, r))
+            .collect()
+    };
+    let (least, parts) = (rule(PromptScore::All), rule(PromptScore::Parts));
     let mean: Vec<f32> = per_atom
         .iter()
         .map(|ps| ps.iter().sum::<f32>() / ps.len().max(1) as f32)
-        .collect();
-    let parts: Vec<f32> = per_atom
-        .iter()
-        .zip(&texts)
-        .map(|(ps, t)| srum::tiny::prompt_score(t, ps, PromptScore::Parts))
         .collect();
     let mut cats: Vec<&str> = specs.iter().map(|p| p.category().name()).collect();
     cats.sort_unstable();
