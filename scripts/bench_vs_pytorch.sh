@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side by side with PyTorch on this machine's CPU: same model, same thread count, same operations.
 #
-#   scripts/bench_vs_pytorch.sh [MODEL_DIR]     (default assets/tiny-umm)
+#   scripts/bench_vs_pytorch.sh [MODEL_DIR]     (default crates/srum-world/assets/tiny-umm)
 #   env: THREADS (default: nproc), ITERS (timed runs per operation, default 5)
 #
 # Fails when the PyTorch model, given the inputs our peer saved, disagrees with our outputs by more
@@ -9,7 +9,7 @@
 # Run it on an idle machine: with every core busy elsewhere, multi-threaded timings are noise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model=${1:-assets/tiny-umm}
+model=${1:-crates/srum-world/assets/tiny-umm}
 threads=${THREADS:-$(nproc)}
 iters=${ITERS:-5}
 out=target/bench-vs-pytorch
@@ -24,9 +24,9 @@ if [ ! -x .venv-bench/bin/python ]; then
 fi
 py=.venv-bench/bin/python
 
-$py benches/reference/reward_map.py
+$py crates/srum-world/benches/reference/reward_map.py
 
-exe=$(cargo bench --bench peer --no-run --message-format=json |
+exe=$(cargo bench -p srum-world --bench peer --no-run --message-format=json |
   $py -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -35,10 +35,10 @@ for line in sys.stdin:
 
 RAYON_NUM_THREADS=$threads "$exe" --model "$model" --threads "$threads" --iters "$iters" \
   --json "$out/ours.json" --dump "$out/dump.safetensors"
-OMP_NUM_THREADS=$threads $py benches/reference/peer.py --model "$model" --threads "$threads" \
+OMP_NUM_THREADS=$threads $py crates/srum-world/benches/reference/peer.py --model "$model" --threads "$threads" \
   --iters "$iters" --json "$out/pytorch.json" --dump "$out/dump.safetensors"
 
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n1)
-$py benches/reference/table.py "$out/ours.json" "$out/pytorch.json" \
+$py crates/srum-world/benches/reference/table.py "$out/ours.json" "$out/pytorch.json" \
   --machine "$cpu, $(nproc) cores (load average before the run: $load)" |
   tee "$out/table.md"

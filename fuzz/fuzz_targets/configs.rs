@@ -26,5 +26,5 @@ fuzz_target!(|data: &[u8]| {
         let _ = JudgeTemplates::render(&t.regions, "a red circle", &[], 8, 8);
     }
     let _ = serde_json::from_slice::<ModelCard>(data);
-    let _ = serde_json::from_slice::<srum::tiny::TinyUmmConfig>(data);
+    let _ = serde_json::from_slice::<srum_world::tiny::TinyUmmConfig>(data);
 });

@@ -1,0 +1,345 @@
+//! `srum train`: reward-weighted training from records and images (stage 2 of SRUM).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::backend::{Ad, Back};
+use burn::module::AutodiffModule;
+use burn::tensor::Tensor;
+use indicatif::{ProgressBar, ProgressStyle};
+use srum::data::RewardDataset;
+use srum::image::PixelImage;
+use srum::model::{TrainableSet, UnifiedModel};
+use srum::reward::RewardComposer;
+use srum_world::tiny::TinyUmm;
+use srum::train::{Constraint, SrumBatch, StepReport, Trainer, TrainerConfig};
+
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Model directory to start from (model.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Training-format records.
+    #[arg(long)]
+    records: PathBuf,
+    /// Folder of the images the records name.
+    #[arg(long)]
+    images: PathBuf,
+    /// Run folder: metrics.jsonl, checkpoint/ (trainer state), model/ (final model directory).
+    #[arg(long)]
+    out: PathBuf,
+    /// Optimizer steps in total.
+    #[arg(long, default_value_t = 100)]
+    steps: u64,
+    /// Images per step.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Trainer settings as JSON (`TrainerConfig` fields); flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Weight of the constraint term.
+    #[arg(long)]
+    lambda: Option<f32>,
+    /// `anchor` (reference code) or `reference` (frozen copy of the generator).
+    #[arg(long, value_parser = ["anchor", "reference"])]
+    constraint: Option<String>,
+    /// Train generation-only parameters (shared ones frozen too).
+    #[arg(long)]
+    generation_only: bool,
+    /// Warmup steps.
+    #[arg(long)]
+    warmup: Option<u64>,
+    /// Seed of noise, timesteps and data order.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Checkpoint every this many steps.
+    #[arg(long, default_value_t = 25)]
+    save_every: u64,
+    /// Continue the run in --out from its checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Nodes (processes, one device each) training together, data-parallel. `--batch` is the
+    /// global batch and must divide by it; node r trains on its r-th share of every batch.
+    #[cfg(feature = "collective")]
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// This node's rank in `0..nodes`. Rank 0 writes metrics, checkpoints and the model.
+    #[cfg(feature = "collective")]
+    #[arg(long, default_value_t = 0)]
+    node_rank: usize,
+    /// Address of the orchestrator (`srum orchestrator`), e.g. `ws://10.0.0.1:3000`.
+    #[cfg(feature = "collective")]
+    #[arg(long, default_value = "ws://127.0.0.1:3000")]
+    orchestrator: String,
+    /// Port this node serves gradients on; the other nodes must reach it.
+    #[cfg(feature = "collective")]
+    #[arg(long, default_value_t = 3001)]
+    data_port: u16,
+    /// Host name or IP the other nodes reach this node at.
+    #[cfg(feature = "collective")]
+    #[arg(long, default_value = "127.0.0.1")]
+    node_host: String,
+}
+
+#[cfg(feature = "collective")]
+#[derive(clap::Args)]
+pub struct OrchestratorArgs {
+    /// Port to listen on (WebSocket).
+    #[arg(long, default_value_t = 3000)]
+    port: u16,
+}
+
+#[cfg(feature = "collective")]
+pub fn run_orchestrator(a: OrchestratorArgs) -> Result<ExitCode, String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the orchestrator's runtime: {e}"))?;
+    eprintln!("orchestrator listening on port {}", a.port);
+    rt.block_on(burn::collective::start_global_orchestrator(a.port));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// This process's `(rank, world)` among the nodes, and the group to join (none for one node).
+#[cfg(feature = "collective")]
+fn group(a: &TrainArgs) -> Result<(usize, usize, Option<srum::train::DataParallel>), String> {
+    if a.nodes <= 1 {
+        return Ok((0, 1, None));
+    }
+    if !a.batch.is_multiple_of(a.nodes) {
+        return Err(format!(
+            "--batch {} does not divide into {} nodes",
+            a.batch, a.nodes
+        ));
+    }
+    let dp = srum::train::DataParallel::node(
+        a.node_rank,
+        a.nodes,
+        &a.orchestrator,
+        &format!("ws://{}:{}", a.node_host, a.data_port),
+        a.data_port,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((a.node_rank, a.nodes, Some(dp)))
+}
+
+#[cfg(not(feature = "collective"))]
+fn group(_: &TrainArgs) -> Result<(usize, usize, Option<()>), String> {
+    Ok((0, 1, None))
+}
+
+/// FNV-1a over the bits of every weight: equal on all nodes when they are in step.
+fn checksum<M: burn::module::Module<Back>>(m: &M) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for p in srum::train::params::collect_params(m) {
+        let v = p.flat.into_data().into_vec::<f32>().unwrap_or_default();
+        for x in v {
+            for b in x.to_bits().to_le_bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+            }
+        }
+    }
+    h
+}
+
+fn config(a: &TrainArgs) -> Result<TrainerConfig, String> {
+    let mut c = match &a.config {
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            TrainerConfig::from_json_partial(&bytes).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+        None => TrainerConfig::default(),
+    };
+    if let Some(v) = a.lr {
+        c.lr = v;
+    }
+    if let Some(v) = a.lambda {
+        c.lambda = v;
+    }
+    if let Some(v) = &a.constraint {
+        c.constraint = if v == "reference" {
+            Constraint::ReferenceModel
+        } else {
+            Constraint::Anchor
+        };
+    }
+    if a.generation_only {
+        c.trainable = TrainableSet::GenerationOnly;
+    }
+    if let Some(v) = a.warmup {
+        c.warmup_steps = v;
+    }
+    if let Some(v) = a.seed {
+        c.seed = v;
+    }
+    c.validate().map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+pub fn run_train(a: TrainArgs) -> Result<ExitCode, String> {
+    if a.batch == 0 || a.steps == 0 || a.save_every == 0 {
+        return Err("--steps, --batch and --save-every must be at least 1".into());
+    }
+    let device = Default::default();
+    let (rank, world, dp) = group(&a)?;
+    let root = rank == 0;
+    let (model, model_config) =
+        TinyUmm::<Ad>::load_dir(&a.checkpoint, &device).map_err(|e| e.to_string())?;
+    let size = model_config.image_size;
+    let grid = model.latent_grid(size, size);
+    let ckpt = a.out.join("checkpoint");
+    let metrics_path = a.out.join("metrics.jsonl");
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    let trainer = if a.resume && ckpt.join(srum::train::LATEST).exists() {
+        let t = Trainer::resume(&ckpt, model, &device).map_err(|e| e.to_string())?;
+        // Metrics past the checkpoint were never committed: drop them.
+        let done = t.state().optimizer_steps;
+        let kept: String = std::fs::read_to_string(&metrics_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<StepReport>(l).is_ok_and(|r| r.optimizer_step <= done)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        srum::train::write_file_atomic(&metrics_path, kept.as_bytes())
+            .map_err(|e| e.to_string())?;
+        eprintln!("resumed at step {done} from {}", ckpt.display());
+        t
+    } else {
+        if a.resume {
+            eprintln!("no checkpoint in {}: starting fresh", ckpt.display());
+        }
+        if root {
+            let _ = std::fs::remove_file(&metrics_path);
+        }
+        Trainer::new(model, config(&a)?, &device).map_err(|e| e.to_string())?
+    };
+    #[cfg(feature = "collective")]
+    let mut trainer = match dp {
+        Some(dp) => {
+            eprintln!("node {rank} of {world}: joining the group");
+            trainer.data_parallel(dp).map_err(|e| e.to_string())?
+        }
+        None => trainer,
+    };
+    #[cfg(not(feature = "collective"))]
+    let (mut trainer, _) = (trainer, dp);
+    let (data, stats) = RewardDataset::load(
+        &a.records,
+        &a.images,
+        (size, size),
+        grid,
+        &RewardComposer::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    for s in &stats.skipped {
+        eprintln!("warning: {s} (skipped)");
+    }
+    let (r, c) = (&stats.records, &stats.compose);
+    eprintln!(
+        "{} training items, {} skipped; records: {} bad lines, regions dropped ({} without score, \
+         {} with a bad bbox); scores: {} clamped into [-1, 1], {} non-finite dropped; \
+         {} boxes empty or outside the image",
+        stats.items,
+        stats.skipped.len(),
+        r.bad_lines,
+        r.regions_without_score,
+        r.regions_bad_bbox,
+        c.clamped_scores,
+        c.non_finite_scores,
+        c.invalid_boxes,
+    );
+    let seed = trainer.config().seed;
+    // Only rank 0 logs: the loss terms it reports are already the group's means.
+    let mut metrics: Box<dyn Write> = if root {
+        Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .map_err(|e| format!("{}: {e}", metrics_path.display()))?,
+        )
+    } else {
+        Box::new(std::io::sink())
+    };
+    let start = trainer.state().optimizer_steps;
+    let pb = ProgressBar::new(a.steps).with_style(
+        ProgressStyle::with_template("training {bar:40} {pos}/{len} [{elapsed} < {eta}] {msg}")
+            .map_err(|e| e.to_string())?,
+    );
+    pb.set_position(start);
+    let mut step = start;
+    while step < a.steps {
+        let all = data.batch_indices(seed, trainer.state().micro_steps, a.batch);
+        let share = a.batch / world;
+        let idx = &all[rank * share..(rank + 1) * share];
+        let imgs: Vec<PixelImage> = idx.iter().map(|&i| data.items[i].image.clone()).collect();
+        let prompts: Vec<String> = idx.iter().map(|&i| data.items[i].prompt.clone()).collect();
+        let maps: Vec<_> = idx.iter().map(|&i| data.items[i].reward.clone()).collect();
+        let inner = trainer.model().valid();
+        let latents = inner
+            .encode_images(PixelImage::to_tensor(&imgs, &device).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        let mut batch = SrumBatch::from_maps(prompts, Tensor::from_inner(latents), &maps)
+            .map_err(|e| e.to_string())?;
+        if idx.iter().any(|&i| data.items[i].anchor.is_some()) {
+            let anchors: Vec<PixelImage> = idx
+                .iter()
+                .map(|&i| {
+                    data.items[i]
+                        .anchor
+                        .clone()
+                        .unwrap_or_else(|| data.items[i].image.clone())
+                })
+                .collect();
+            let a = inner
+                .encode_images(PixelImage::to_tensor(&anchors, &device).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+            batch.anchor = Some(Tensor::from_inner(a));
+        }
+        let report = trainer.step(batch).map_err(|e| e.to_string())?;
+        writeln!(
+            metrics,
+            "{}",
+            serde_json::to_string(&report).map_err(|e| e.to_string())?
+        )
+        .map_err(|e| e.to_string())?;
+        step = trainer.state().optimizer_steps;
+        pb.set_position(step);
+        pb.set_message(format!(
+            "loss {:.4} reward {:.4}",
+            report.loss, report.reward_loss
+        ));
+        if report.updated && (step % a.save_every == 0 || step == a.steps) {
+            metrics.flush().map_err(|e| e.to_string())?;
+            trainer.save_checkpoint(&ckpt).map_err(|e| e.to_string())?;
+        }
+    }
+    pb.finish_and_clear();
+    trainer.save_checkpoint(&ckpt).map_err(|e| e.to_string())?;
+    let model = trainer.model().valid();
+    if world > 1 {
+        eprintln!(
+            "node {rank}: weights checksum {:016x} after step {step}",
+            checksum(&model)
+        );
+    }
+    #[cfg(feature = "collective")]
+    trainer.leave_group().map_err(|e| e.to_string())?;
+    if root {
+        model
+            .save_dir(&model_config, a.out.join("model"))
+            .map_err(|e| e.to_string())?;
+        eprintln!(
+            "trained to step {step}; model in {}",
+            a.out.join("model").display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

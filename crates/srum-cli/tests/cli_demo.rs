@@ -1,0 +1,186 @@
+//! `srum demo` end to end at a tiny size on the shipped model: every stage runs, the outputs it
+//! promises exist, and the table it prints holds every category.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn demo_runs_every_stage_and_prints_the_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("demo");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../srum-world/assets/tiny-umm");
+    let args = [
+        "demo",
+        "--checkpoint",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--prompts",
+        "3",
+        "--candidates",
+        "2",
+        "--rounds",
+        "2",
+        "--train-steps",
+        "2",
+        "--batch",
+        "4",
+        "--per-category",
+        "1",
+        "--samples",
+        "1",
+        "--understanding",
+        "10",
+        "--pictures",
+        "2",
+        "--steps",
+        "4",
+    ];
+    let o = Command::new(env!("CARGO_BIN_EXE_srum"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for cat in [
+        "color",
+        "complex",
+        "numeracy",
+        "shape",
+        "spatial",
+        "**overall**",
+        "understanding accuracy",
+    ] {
+        assert!(stdout.contains(cat), "table lacks {cat}:\n{stdout}");
+    }
+    for f in [
+        "results.json",
+        "metrics.jsonl",
+        "model/model.safetensors",
+        "rollout/manifest-r1.jsonl",
+        "rollout/manifest-r2.jsonl",
+        "pictures/r1-00000.png",
+        "pictures/r2-00001.png",
+    ] {
+        assert!(out.join(f).is_file(), "missing {f}");
+    }
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 4, "two rounds of two steps");
+    let manifest = std::fs::read_to_string(out.join("rollout/manifest-r1.jsonl")).unwrap();
+    assert_eq!(
+        manifest.lines().count(),
+        6,
+        "three prompts, two candidates each"
+    );
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["rounds"], 2);
+    assert!(results["after"]["overall"].as_f64().is_some());
+}
+
+#[test]
+fn rollout_writes_k_candidates_that_judge_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = tmp.path().join("rollout");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../srum-world/assets/tiny-umm");
+    let srum = || Command::new(env!("CARGO_BIN_EXE_srum"));
+    let o = srum()
+        .args(["rollout", "--checkpoint", model.to_str().unwrap(), "--out"])
+        .arg(&imgs)
+        .args(["--candidates", "3", "--limit", "2", "--steps", "2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let manifest = std::fs::read_to_string(imgs.join("manifest.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = manifest
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 6, "two prompts, three candidates each");
+    assert_eq!(rows[0]["prompt"], rows[2]["prompt"]);
+    assert_ne!(rows[2]["prompt"], rows[3]["prompt"]);
+    let scores = tmp.path().join("scores.jsonl");
+    let o = srum()
+        .args(["judge", "--checkpoint", model.to_str().unwrap(), "--images"])
+        .arg(&imgs)
+        .arg("--prompts")
+        .arg(imgs.join("manifest.jsonl"))
+        .arg("--out")
+        .arg(&scores)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&scores).unwrap().lines().count(), 6);
+}
+
+#[test]
+fn iterate_runs_rounds_from_the_previous_model_and_continues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../srum-world/assets/tiny-umm");
+    let iterate = |rounds: &str| {
+        Command::new(env!("CARGO_BIN_EXE_srum"))
+            .args(["iterate", "--checkpoint", model.to_str().unwrap(), "--out"])
+            .arg(&out)
+            .args(["--rounds", rounds, "--candidates", "2", "--limit", "2"])
+            .args(["--steps", "2", "--train-steps", "1", "--batch", "2"])
+            .output()
+            .unwrap()
+    };
+    let o = iterate("1");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m1 = out.join("round-1/train/model/model.safetensors");
+    assert!(m1.is_file());
+    let before = std::fs::read(&m1).unwrap();
+
+    // Two rounds: round 1 is kept as it is, round 2 trains from its model.
+    let o = iterate("2");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("round 1: already trained"), "{err}");
+    assert_eq!(std::fs::read(&m1).unwrap(), before);
+    let m2 = out.join("round-2/train/model/model.safetensors");
+    assert_ne!(std::fs::read(m2).unwrap(), before, "round 2 did not train");
+    let manifest = std::fs::read_to_string(out.join("round-2/rollout/manifest.jsonl")).unwrap();
+    assert_eq!(
+        manifest.lines().count(),
+        4,
+        "two prompts, two candidates each"
+    );
+}
+
+#[test]
+fn demo_baselines_and_constraint_variants_run() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../srum-world/assets/tiny-umm");
+    for (reward, constraint) in [("sft", "anchor"), ("best-of-k", "reference")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_srum"))
+            .args(["demo", "--checkpoint", model.to_str().unwrap(), "--out"])
+            .arg(tmp.path())
+            .args([
+                "--reward",
+                reward,
+                "--constraint",
+                constraint,
+                "--lambda",
+                "2",
+            ])
+            .args(["--prompts", "2", "--candidates", "3", "--train-steps", "2"])
+            .args(["--batch", "2", "--per-category", "1", "--samples", "1"])
+            .args(["--understanding", "0", "--pictures", "1", "--steps", "2"])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{reward}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let results: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(tmp.path().join("results.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(results["reward"], reward);
+        assert_eq!(results["constraint"], constraint);
+        assert_eq!(results["lambda"], 2.0);
+    }
+}

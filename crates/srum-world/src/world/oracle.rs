@@ -1,0 +1,226 @@
+//! The oracle scorer: reads a generated image (pixels only), finds the objects and scores them
+//! against the prompt the way T2I-CompBench does. **Evaluation only**: nothing in training or
+//! self-judgement calls it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::grammar::{Category, Np, PromptSpec};
+use super::scene::{Color, Shape};
+use srum::image::PixelImage;
+
+/// An object the oracle found.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Detection {
+    /// Nearest palette colour.
+    pub color: Color,
+    /// Shape from how it fills its box and how its mass splits between the box's halves.
+    pub shape: Shape,
+    /// Centre of mass, pixels.
+    pub cx: f32,
+    /// Centre of mass, pixels.
+    pub cy: f32,
+    /// Pixels.
+    pub area: usize,
+}
+
+/// Detection settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Oracle {
+    /// A pixel farther than this from every palette colour (and from white) is ignored. Default 0.35.
+    pub color_tolerance: f32,
+    /// Smallest object, pixels. Default 6.
+    pub min_area: usize,
+}
+
+impl Default for Oracle {
+    fn default() -> Self {
+        Self {
+            color_tolerance: 0.35,
+            min_area: 6,
+        }
+    }
+}
+
+fn dist(a: [f32; 3], b: [f32; 3]) -> f32 {
+    ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
+}
+
+impl Oracle {
+    /// Objects in the image: colour clustering to the palette, 4-connected components per
+    /// colour, shape from how much of its box a component fills.
+    pub fn detect(&self, image: &PixelImage) -> Vec<Detection> {
+        let (w, h) = (image.width, image.height);
+        let label: Vec<Option<usize>> = (0..w * h)
+            .map(|i| {
+                let p = image.pixel(i % w, i / w);
+                let white = dist(p, [1.0; 3]);
+                let (k, d) = Color::ALL
+                    .iter()
+                    .enumerate()
+                    .map(|(k, c)| (k, dist(p, c.rgb())))
+                    .min_by(|a, b| a.1.total_cmp(&b.1))?;
+                (d <= self.color_tolerance && d < white).then_some(k)
+            })
+            .collect();
+        let mut seen = vec![false; w * h];
+        let mut out = Vec::new();
+        for start in 0..w * h {
+            let Some(k) = label[start] else { continue };
+            if seen[start] {
+                continue;
+            }
+            let (mut stack, mut pixels) = (vec![start], Vec::new());
+            seen[start] = true;
+            while let Some(i) = stack.pop() {
+                pixels.push(i);
+                let (x, y) = (i % w, i / w);
+                let mut push = |j: usize| {
+                    if !seen[j] && label[j] == Some(k) {
+                        seen[j] = true;
+                        stack.push(j);
+                    }
+                };
+                if x > 0 {
+                    push(i - 1);
+                }
+                if x + 1 < w {
+                    push(i + 1);
+                }
+                if y > 0 {
+                    push(i - w);
+                }
+                if y + 1 < h {
+                    push(i + w);
+                }
+            }
+            if pixels.len() < self.min_area {
+                continue;
+            }
+            let xs = pixels.iter().map(|i| i % w);
+            let ys = pixels.iter().map(|i| i / w);
+            let (x0, x1) = (xs.clone().min().unwrap_or(0), xs.clone().max().unwrap_or(0));
+            let (y0, y1) = (ys.clone().min().unwrap_or(0), ys.clone().max().unwrap_or(0));
+            let fill = pixels.len() as f32 / ((x1 - x0 + 1) * (y1 - y0 + 1)) as f32;
+            // An upright triangle keeps about a quarter of its mass in the top half of its box;
+            // a circle half. Squares fill their box.
+            let mid = (y0 + y1) as f32 / 2.0;
+            let top = ys.clone().filter(|&y| (y as f32) < mid).count() as f32
+                + 0.5 * ys.clone().filter(|&y| y as f32 == mid).count() as f32;
+            let top_share = top / pixels.len() as f32;
+            let shape = if fill > 0.95 {
+                Shape::Square
+            } else if top_share > 0.38 {
+                Shape::Circle
+            } else {
+                Shape::Triangle
+            };
+            let n = pixels.len() as f32;
+            out.push(Detection {
+                color: Color::ALL[k],
+                shape,
+                cx: xs.map(|x| x as f32 + 0.5).sum::<f32>() / n,
+                cy: ys.map(|y| y as f32 + 0.5).sum::<f32>() / n,
+                area: pixels.len(),
+            });
+        }
+        out
+    }
+
+    /// Score in `[0, 100]` of an image against a prompt: binding (each noun phrase present with
+    /// its attributes), spatial (both present, centres in relation), numeracy (exact count),
+    /// complex (mean of its parts).
+    pub fn score(&self, image: &PixelImage, prompt: &PromptSpec) -> f32 {
+        let dets = self.detect(image);
+        let matching = |np: Np| {
+            dets.iter()
+                .filter(|d| d.color == np.color && d.shape == np.shape)
+                .collect::<Vec<_>>()
+        };
+        let present = |np: Np| !matching(np).is_empty();
+        let binding = |nps: &[Np]| {
+            100.0 * nps.iter().filter(|n| present(**n)).count() as f32 / nps.len().max(1) as f32
+        };
+        let relation = |a: Np, r: super::grammar::Relation, b: Np| {
+            let ok = matching(a).iter().any(|x| {
+                matching(b)
+                    .iter()
+                    .any(|y| !std::ptr::eq(*x, *y) && r.holds((x.cx, x.cy), (y.cx, y.cy)))
+            });
+            if ok { 100.0 } else { 0.0 }
+        };
+        match prompt {
+            PromptSpec::Objects(nps) => binding(nps),
+            PromptSpec::Relation(a, r, b) => relation(*a, *r, *b),
+            PromptSpec::Count(n, np) => {
+                if matching(*np).len() == *n {
+                    100.0
+                } else {
+                    0.0
+                }
+            }
+            PromptSpec::Complex(a, r, b, c) => (relation(*a, *r, *b) + binding(&[*c])) / 2.0,
+        }
+    }
+}
+
+/// Mean oracle score per category and overall (the mean of the category means).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OracleReport {
+    /// Category name to (mean score, count).
+    pub categories: BTreeMap<String, (f32, usize)>,
+    /// Mean of the category means.
+    pub overall: f32,
+}
+
+impl OracleReport {
+    /// Aggregates `(category, score)` pairs.
+    pub fn from_scores(scores: &[(Category, f32)]) -> Self {
+        let mut categories = BTreeMap::new();
+        for cat in Category::BENCHMARK {
+            let v: Vec<f32> = scores
+                .iter()
+                .filter(|(c, _)| *c == cat)
+                .map(|(_, s)| *s)
+                .collect();
+            if !v.is_empty() {
+                categories.insert(
+                    cat.name().to_string(),
+                    (v.iter().sum::<f32>() / v.len() as f32, v.len()),
+                );
+            }
+        }
+        let overall = if categories.is_empty() {
+            0.0
+        } else {
+            categories.values().map(|(m, _)| m).sum::<f32>() / categories.len() as f32
+        };
+        Self {
+            categories,
+            overall,
+        }
+    }
+
+    /// A markdown table: one column per category, then overall.
+    pub fn markdown(&self, label: &str) -> String {
+        let cats: Vec<&String> = self.categories.keys().collect();
+        let mut s = format!(
+            "| model | {} | overall |\n|---|{}---|\n",
+            cats.iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(" | "),
+            "---|".repeat(cats.len())
+        );
+        s.push_str(&format!(
+            "| {label} | {} | {:.2} |\n",
+            cats.iter()
+                .map(|c| format!("{:.2}", self.categories[*c].0))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            self.overall
+        ));
+        s
+    }
+}

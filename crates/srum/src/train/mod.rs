@@ -1,0 +1,21 @@
+//! Stage 2 of SRUM: reward-weighted training of the generator.
+
+mod checkpoint;
+mod config;
+mod loss;
+#[cfg(feature = "collective")]
+mod parallel;
+pub mod params;
+mod schedule;
+mod trainer;
+
+pub use checkpoint::{
+    LATEST, latest_version, load_weights, save_weights, weights_from_safetensors, write_dir_atomic,
+    write_file_atomic,
+};
+pub use config::TrainerConfig;
+pub use loss::{Constraint, LossTerms, flow_matching_loss, reward_weighted_loss, srum_loss};
+#[cfg(feature = "collective")]
+pub use parallel::{CollectiveConfig, DataParallel, PeerId};
+pub use schedule::{LrDecay, learning_rate};
+pub use trainer::{SrumBatch, StepReport, Trainer, TrainerState};
