@@ -13,16 +13,15 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use srum::image::PixelImage;
 use srum::judge::{ConnectedComponents, SelfEvaluator, SelfEvaluatorConfig};
-use srum::model::UnifiedModel;
+use srum::model::{ImageCodec, ImageSize};
 use srum::reward::{RewardComposer, RewardComposerConfig, RewardMap, RewardMode, reward_picture};
-use srum_world::tiny::TinyUmm;
 use srum::train::{SrumBatch, Trainer, TrainerConfig};
+use srum_world::tiny::TinyUmm;
 use srum_world::world::{
     OracleReport, Split, evaluate_generation, split_prompts, understanding_accuracy,
 };
 
 use crate::world::{SamplingArgs, bar};
-
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -112,14 +111,14 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
     }
     let start = Instant::now();
     let device = Default::default();
-    let (mut model, config) =
-        match &a.checkpoint {
-            Some(dir) => TinyUmm::<Ad>::load_dir(dir, &device),
-            None => TinyUmm::<Ad>::shipped(&device),
-        }
-        .map_err(|e| e.to_string())?;
+    let (mut model, config) = match &a.checkpoint {
+        Some(dir) => TinyUmm::<Ad>::load_dir(dir, &device),
+        None => TinyUmm::<Ad>::shipped(&device),
+    }
+    .map_err(|e| e.to_string())?;
     let size = config.image_size;
-    let grid = model.latent_grid(size, size);
+    let image_size = ImageSize::square(size);
+    let grid = model.latent_grid(image_size);
     let sampler = a.sampling.sampler()?;
     let heldout = split_prompts(Split::Heldout, a.per_category);
     let eval_seed = a.sampling.seed.wrapping_add(10_000);
@@ -174,7 +173,7 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
         let mut images = Vec::with_capacity(rollout_prompts.len());
         for chunk in rollout_prompts.chunks(64) {
             let imgs =
-                srum::flow::generate(&inner, chunk, (size, size), &sampler, 64, &mut rng, &device)
+                srum::flow::generate(&inner, chunk, image_size, &sampler, 64, &mut rng, &device)
                     .map_err(|e| e.to_string())?;
             pb.inc(imgs.len() as u64);
             images.extend(imgs);
@@ -213,9 +212,9 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
                 .map_err(|e| e.to_string())?;
             for (j, o) in out.iter().enumerate() {
                 let i = k * 64 + j;
-                let (mut map, _) = composer.compose_latent(&o.judgement, (size, size), grid);
+                let (mut map, _) = composer.compose_latent(&o.judgement, image_size, grid);
                 if matches!(a.reward.as_str(), "sft" | "best-of-k") {
-                    map = RewardMap::filled(grid.0, grid.1, 1.0);
+                    map = RewardMap::filled(grid, 1.0);
                 }
                 globals.push(o.judgement.global.filter(|g| g.is_finite()).unwrap_or(0.0));
                 mean_reward += map.mean() as f64;
@@ -299,7 +298,7 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
                 .valid()
                 .encode_images(PixelImage::to_tensor(&imgs, &device).map_err(|e| e.to_string())?)
                 .map_err(|e| e.to_string())?;
-            let batch = SrumBatch::from_maps(ps, Tensor::from_inner(latents), &ms)
+            let batch = SrumBatch::from_maps(ps, Tensor::from_inner(latents), grid, &ms)
                 .map_err(|e| e.to_string())?;
             let report = trainer.step(batch).map_err(|e| e.to_string())?;
             let mut line = serde_json::to_value(&report).map_err(|e| e.to_string())?;

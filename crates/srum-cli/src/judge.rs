@@ -165,8 +165,9 @@ pub fn run_judge(a: JudgeArgs) -> Result<ExitCode, String> {
             judge_with(a, &model, config.image_size)
         }
         srum_world::tiny::TINY_KIND => {
-            let (model, config) = srum_world::tiny::TinyUmm::<Back>::load_dir(&a.checkpoint, &device)
-                .map_err(|e| e.to_string())?;
+            let (model, config) =
+                srum_world::tiny::TinyUmm::<Back>::load_dir(&a.checkpoint, &device)
+                    .map_err(|e| e.to_string())?;
             judge_with(a, &model, config.image_size)
         }
         k => Err(format!(
@@ -266,7 +267,7 @@ fn judge_with<M: srum::model::UnifiedModel<Back>>(
         let mut items = Vec::new();
         for (line, m) in chunk {
             let img = crate::contained_path(&a.images, &m.file)
-                .and_then(|p| srum::data::load_rgb_image(&p, (size, size)));
+                .and_then(|p| srum::data::load_rgb_image(&p, srum::model::ImageSize::square(size)));
             match img {
                 Ok(img) => {
                     images.push(img);

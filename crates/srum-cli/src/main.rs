@@ -81,7 +81,11 @@ fn main() -> ExitCode {
             tracing::Level::ERROR
         })
         .init();
-    tracing::info!(backend = backend::NAME, "srum {}", env!("CARGO_PKG_VERSION"));
+    tracing::info!(
+        backend = backend::NAME,
+        "srum {}",
+        env!("CARGO_PKG_VERSION")
+    );
     let result = match cli.command {
         Command::RewardMap(a) => reward_map::run(a),
         Command::Judge(a) => judge::run_judge(a),

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 use srum::data::{RecordReader, TrainingRecord};
+use srum::model::{ImageSize, LatentGrid};
 use srum::reward::RewardComposer;
 
 #[derive(clap::Args)]
@@ -98,10 +99,10 @@ pub fn run(args: RewardMapArgs) -> Result<ExitCode, String> {
                 }
             }
         };
-        let (full, s) = composer.compose(&record.judgement, size[0], size[1]);
+        let (full, s) = composer.compose(&record.judgement, ImageSize::new(size[0], size[1]));
         stats.add(&s);
         for &(h, w) in &args.grids {
-            let map = full.resize(h, w);
+            let map = full.resize(LatentGrid::new(h, w));
             if let Some(dir) = &args.png {
                 let scale = (256 / h.max(w)).max(1);
                 let (pw, ph, rgb) = map.heatmap_rgb(scale);
@@ -119,7 +120,7 @@ pub fn run(args: RewardMapArgs) -> Result<ExitCode, String> {
                 record: line - 1,
                 image_size: size,
                 latent_grid: [h, w],
-                map: map.values,
+                map: map.into_values(),
             });
         }
     }

@@ -10,11 +10,10 @@ use burn::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use srum::data::RewardDataset;
 use srum::image::PixelImage;
-use srum::model::{TrainableSet, UnifiedModel};
+use srum::model::{ImageCodec, ImageSize, TrainableSet};
 use srum::reward::RewardComposer;
-use srum_world::tiny::TinyUmm;
 use srum::train::{Constraint, SrumBatch, StepReport, Trainer, TrainerConfig};
-
+use srum_world::tiny::TinyUmm;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -191,7 +190,8 @@ pub fn run_train(a: TrainArgs) -> Result<ExitCode, String> {
     let (model, model_config) =
         TinyUmm::<Ad>::load_dir(&a.checkpoint, &device).map_err(|e| e.to_string())?;
     let size = model_config.image_size;
-    let grid = model.latent_grid(size, size);
+    let image_size = ImageSize::square(size);
+    let grid = model.latent_grid(image_size);
     let ckpt = a.out.join("checkpoint");
     let metrics_path = a.out.join("metrics.jsonl");
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
@@ -233,7 +233,7 @@ pub fn run_train(a: TrainArgs) -> Result<ExitCode, String> {
     let (data, stats) = RewardDataset::load(
         &a.records,
         &a.images,
-        (size, size),
+        image_size,
         grid,
         &RewardComposer::default(),
     )
@@ -286,7 +286,7 @@ pub fn run_train(a: TrainArgs) -> Result<ExitCode, String> {
         let latents = inner
             .encode_images(PixelImage::to_tensor(&imgs, &device).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
-        let mut batch = SrumBatch::from_maps(prompts, Tensor::from_inner(latents), &maps)
+        let mut batch = SrumBatch::from_maps(prompts, Tensor::from_inner(latents), grid, &maps)
             .map_err(|e| e.to_string())?;
         if idx.iter().any(|&i| data.items[i].anchor.is_some()) {
             let anchors: Vec<PixelImage> = idx

@@ -14,7 +14,6 @@ use srum_world::tiny::{
     build_tokenizer, pretrain,
 };
 
-
 pub fn bar(len: u64, what: &str) -> ProgressBar {
     let style = ProgressStyle::with_template(&format!(
         "{what} {{bar:40}} {{pos}}/{{len}} [{{elapsed}} < {{eta}}] {{msg}}"
@@ -408,7 +407,7 @@ fn write_generations(
         let imgs = srum::flow::generate_indexed(
             model,
             chunk,
-            (size, size),
+            srum::model::ImageSize::square(size),
             &sampler,
             batch,
             sampling.seed,
@@ -611,8 +610,9 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
         json["agreement"] = serde_json::json!(agree);
     }
     if let Some(n) = a.statements {
-        let report = srum_world::tiny::statement_report(&model, &prompts, n, a.sampling.seed + 2000)
-            .map_err(|e| e.to_string())?;
+        let report =
+            srum_world::tiny::statement_report(&model, &prompts, n, a.sampling.seed + 2000)
+                .map_err(|e| e.to_string())?;
         println!(
             "\n| statement | true, said yes | false, said no | accuracy |\n|---|---:|---:|---:|"
         );

@@ -22,12 +22,12 @@ use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::{Dtype, TensorView};
 use srum::flow::{EulerSampler, EulerSamplerConfig, generate};
 use srum::image::PixelImage;
-use srum::model::UnifiedModel;
+use srum::model::{FlowGenerator, ImageCodec, ImageSize, LatentGrid};
 use srum::reward::{BBox, Judgement, RewardComposer, RewardComposerConfig, ScoredRegion};
 
 mod common;
-use srum_world::tiny::TinyUmm;
 use srum::train::{Constraint, SrumBatch, Trainer, TrainerConfig};
+use srum_world::tiny::TinyUmm;
 use srum_world::world::{Split, split_prompts};
 
 struct Args {
@@ -101,8 +101,8 @@ fn run<B: AutodiffBackend>(a: &Args, device: &B::Device, name: &str) -> Result<(
             .map(|_| prompts[rng.random_range(0..prompts.len())].clone())
             .collect()
     };
-    let n = model.latent_grid(size, size);
-    let (n, c) = (n.0 * n.1, model.latent_channels());
+    let n = model.latent_grid(ImageSize::square(size)).tokens();
+    let (n, c) = (n, model.latent_channels());
     let inner = model.valid();
     let inner_device = device.clone();
 
@@ -207,7 +207,7 @@ fn run<B: AutodiffBackend>(a: &Args, device: &B::Device, name: &str) -> Result<(
         generate(
             &inner,
             &ps,
-            (size, size),
+            ImageSize::square(size),
             &sampler,
             64,
             &mut r,
@@ -237,7 +237,7 @@ fn run<B: AutodiffBackend>(a: &Args, device: &B::Device, name: &str) -> Result<(
     for side in [512usize, 1024] {
         let judgement = common::five_box_judgement(side);
         let s = time(a.iters * 4, || {
-            let (map, _) = composer.compose(&judgement, side, side);
+            let (map, _) = composer.compose(&judgement, ImageSize::new(side, side));
             std::hint::black_box(map);
             Ok(())
         })?;
@@ -245,7 +245,11 @@ fn run<B: AutodiffBackend>(a: &Args, device: &B::Device, name: &str) -> Result<(
         // What training consumes: the map at the latent grid (BAGEL: 16 pixels per token).
         let grid = side / 16;
         let s = time(a.iters * 4, || {
-            let (map, _) = composer.compose_latent(&judgement, (side, side), (grid, grid));
+            let (map, _) = composer.compose_latent(
+                &judgement,
+                ImageSize::new(side, side),
+                LatentGrid::new(grid, grid),
+            );
             std::hint::black_box(map);
             Ok(())
         })?;
@@ -321,7 +325,7 @@ fn step_seconds<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<f64, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let (h, w) = model.latent_grid(size, size);
+    let LatentGrid { rows: h, cols: w } = model.latent_grid(ImageSize::square(size));
     let (n, c) = (h * w, model.latent_channels());
     let prompts: Vec<String> = split_prompts(Split::Train, 0)
         .iter()
@@ -371,7 +375,7 @@ fn scaling(model_dir: &std::path::Path, iters: usize) -> Result<(), String> {
             };
             cfg.init::<Ad>(model.tokenizer().clone(), &device)
         };
-        let (h, w) = m.latent_grid(side, side);
+        let LatentGrid { rows: h, cols: w } = m.latent_grid(ImageSize::square(side));
         let s = step_seconds(&m, side, 32, Constraint::Anchor, iters, &device)?;
         println!("| {side} | {} | {s:.4} |", h * w);
     }
@@ -393,11 +397,15 @@ fn scaling(model_dir: &std::path::Path, iters: usize) -> Result<(), String> {
                 .collect(),
         };
         let d = time(iters * 20, || {
-            std::hint::black_box(composer.compose(&j, 512, 512));
+            std::hint::black_box(composer.compose(&j, ImageSize::new(512, 512)));
             Ok(())
         })?;
         let l = time(iters * 20, || {
-            std::hint::black_box(composer.compose_latent(&j, (512, 512), (32, 32)));
+            std::hint::black_box(composer.compose_latent(
+                &j,
+                ImageSize::new(512, 512),
+                LatentGrid::new(32, 32),
+            ));
             Ok(())
         })?;
         println!("| {k} | {:.1} | {:.1} |", d * 1e6, l * 1e6);

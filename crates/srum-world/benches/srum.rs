@@ -23,10 +23,10 @@ use rand_chacha::ChaCha8Rng;
 use srum::flow::{EulerSampler, EulerSamplerConfig, generate_indexed};
 use srum::image::PixelImage;
 use srum::judge::{ConnectedComponents, SelfEvaluator, SelfEvaluatorConfig};
-use srum::model::UnifiedModel;
+use srum::model::{ImageCodec, ImageSize, LatentGrid};
 use srum::reward::RewardComposer;
-use srum_world::tiny::TinyUmm;
 use srum::train::{Constraint, SrumBatch, Trainer, TrainerConfig};
+use srum_world::tiny::TinyUmm;
 use srum_world::world::{PromptSpec, Split, split_prompts};
 
 mod common;
@@ -55,7 +55,7 @@ fn trainer_step(c: &mut Criterion) {
     let device = Default::default();
     let (model, size) = model();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let (h, w) = model.latent_grid(size, size);
+    let LatentGrid { rows: h, cols: w } = model.latent_grid(ImageSize::square(size));
     let (n, ch, b) = (h * w, model.latent_channels(), 32);
     let mut g = c.benchmark_group("trainer_step");
     g.throughput(Throughput::Elements(b as u64));
@@ -102,7 +102,7 @@ fn rollout(c: &mut Criterion) {
                 generate_indexed(
                     &model,
                     &ps,
-                    (size, size),
+                    ImageSize::square(size),
                     &sampler,
                     64,
                     0,
@@ -152,11 +152,17 @@ fn reward_map(c: &mut Criterion) {
     for side in [512usize, 1024] {
         let j = common::five_box_judgement(side);
         g.bench_function(format!("dense_{side}"), |bench| {
-            bench.iter(|| black_box(composer.compose(&j, side, side)))
+            bench.iter(|| black_box(composer.compose(&j, ImageSize::new(side, side))))
         });
         let grid = side / 16;
         g.bench_function(format!("latent_{side}"), |bench| {
-            bench.iter(|| black_box(composer.compose_latent(&j, (side, side), (grid, grid))))
+            bench.iter(|| {
+                black_box(composer.compose_latent(
+                    &j,
+                    ImageSize::new(side, side),
+                    LatentGrid::new(grid, grid),
+                ))
+            })
         });
     }
     g.finish();

@@ -8,13 +8,14 @@
 //! all-reduce and the per-peer fixed costs), not a speed-up; on a machine with several GPUs,
 //! give each peer its own device (`CudaDevice::new(rank)`) instead of `Default::default()`.
 
+use srum::model::{ImageCodec, ImageSize};
 use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
-use srum_world::tiny::TinyUmm;
 use srum::train::{DataParallel, SrumBatch, Trainer, TrainerConfig};
+use srum_world::tiny::TinyUmm;
 use srum_world::world::{Split, split_prompts};
 
 type B = Autodiff<Flex>;
@@ -55,9 +56,9 @@ fn main() -> srum::Result<()> {
     let device = Default::default();
     let (model, config) = TinyUmm::<B>::load_dir(MODEL, &device)?;
     let size = config.image_size;
-    let (h, w) = srum::model::UnifiedModel::latent_grid(&model, size, size);
-    let c = srum::model::UnifiedModel::latent_channels(&model);
-    let data = batches(steps, h * w, c);
+    let n = ImageCodec::latent_grid(&model, ImageSize::square(size)).tokens();
+    let c = ImageCodec::latent_channels(&model);
+    let data = batches(steps, n, c);
     let probe = Trainer::new(model.clone(), TrainerConfig::default(), &device)?;
     let trainable: std::collections::HashSet<_> = probe.trainable_params().iter().collect();
     let floats: usize = srum::train::params::collect_params(&model)

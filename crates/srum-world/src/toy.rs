@@ -1,4 +1,4 @@
-//! `ToyUmm`: the smallest honest [`UnifiedModel`], for tests, examples and as a template.
+//! `ToyUmm`: the smallest honest [`UnifiedModel`](srum::model::UnifiedModel), for tests, examples and as a template.
 //!
 //! It has no VAE: latents are `2 * pixels - 1` cut into `patch x patch` patches. Prompts are a
 //! hashed bag of words through a shared embedding table. The generator is a per-token MLP with a
@@ -14,7 +14,10 @@ use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use srum::error::{Result, SrumError};
 use srum::image::PixelImage;
-use srum::model::{ParamRole, ParamRoles, UnifiedModel};
+use srum::model::{
+    FlowGenerator, Generator, ImageCodec, ImageSize, LatentGrid, ParamRole, ParamRoles,
+    Understanding,
+};
 
 /// Configuration of [`ToyUmm`].
 #[derive(Config, Debug)]
@@ -122,64 +125,7 @@ impl<B: Backend> ToyUmm<B> {
     }
 }
 
-impl<B: Backend> UnifiedModel<B> for ToyUmm<B> {
-    type Condition = Tensor<B, 2>;
-
-    fn condition(&self, prompts: &[String]) -> Result<Tensor<B, 2>> {
-        Ok(self.embed(prompts))
-    }
-
-    fn unconditional(&self, batch: usize) -> Result<Tensor<B, 2>> {
-        Ok(self.embed(&vec![String::new(); batch]))
-    }
-
-    fn velocity(
-        &self,
-        x_t: Tensor<B, 3>,
-        t: Tensor<B, 1>,
-        condition: &Tensor<B, 2>,
-    ) -> Tensor<B, 3> {
-        let [b, n, _] = x_t.dims();
-        let d = condition.dims()[1];
-        let t = t.reshape([b, 1, 1]).expand([b, n, 1]);
-        let cond = condition.clone().reshape([b, 1, d]).expand([b, n, d]);
-        let h = self.gen_in.forward(Tensor::cat(vec![x_t, t, cond], 2));
-        let h = gelu(h + self.gen_pos.val().unsqueeze_dim::<3>(0));
-        self.gen_out.forward(h)
-    }
-
-    fn latent_channels(&self) -> usize {
-        3 * self.patch * self.patch
-    }
-
-    fn latent_grid(&self, width: usize, height: usize) -> (usize, usize) {
-        (height / self.patch, width / self.patch)
-    }
-
-    fn encode_images(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 3>> {
-        self.check_images(&images)?;
-        Ok(srum::image::patchify(images, self.patch))
-    }
-
-    fn decode_latents(
-        &self,
-        latents: Tensor<B, 3>,
-        width: usize,
-        height: usize,
-    ) -> Result<Tensor<B, 4>> {
-        let [_, n, c] = latents.dims();
-        let (g, p) = (self.grid(), self.patch);
-        if width != self.image_size || height != self.image_size || n != g * g || c != 3 * p * p {
-            return Err(SrumError::Model(format!(
-                "ToyUmm decodes [batch, {}, {}] latents to {s}x{s}, got [_, {n}, {c}] to {width}x{height}",
-                g * g,
-                3 * p * p,
-                s = self.image_size
-            )));
-        }
-        Ok(srum::image::unpatchify(latents, p, g, g))
-    }
-
+impl<B: Backend> Understanding<B> for ToyUmm<B> {
     fn answer(&self, images: Tensor<B, 4>, questions: &[String]) -> Result<Vec<String>> {
         // A question listing boxes ("Region k: [x0, y0, x1, y1]") gets one block per box;
         // any other question gets a whole-image "Score:" line.
@@ -225,6 +171,48 @@ impl<B: Backend> UnifiedModel<B> for ToyUmm<B> {
                 .map(|p| p.into_iter().map(|p| (p[0], 1.0 - p[0])).collect()),
         )
     }
+}
+
+impl<B: Backend> ImageCodec<B> for ToyUmm<B> {
+    fn latent_channels(&self) -> usize {
+        3 * self.patch * self.patch
+    }
+
+    fn latent_grid(&self, size: ImageSize) -> LatentGrid {
+        LatentGrid::new(size.height / self.patch, size.width / self.patch)
+    }
+
+    fn encode_images(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 3>> {
+        self.check_images(&images)?;
+        Ok(srum::image::patchify(images, self.patch))
+    }
+
+    fn decode_latents(&self, latents: Tensor<B, 3>, size: ImageSize) -> Result<Tensor<B, 4>> {
+        let ImageSize { width, height } = size;
+        let [_, n, c] = latents.dims();
+        let (g, p) = (self.grid(), self.patch);
+        if width != self.image_size || height != self.image_size || n != g * g || c != 3 * p * p {
+            return Err(SrumError::Model(format!(
+                "ToyUmm decodes [batch, {}, {}] latents to {s}x{s}, got [_, {n}, {c}] to {width}x{height}",
+                g * g,
+                3 * p * p,
+                s = self.image_size
+            )));
+        }
+        Ok(srum::image::unpatchify(latents, p, g, g))
+    }
+}
+
+impl<B: Backend> Generator<B> for ToyUmm<B> {
+    type Condition = Tensor<B, 2>;
+
+    fn condition(&self, prompts: &[String]) -> Result<Tensor<B, 2>> {
+        Ok(self.embed(prompts))
+    }
+
+    fn unconditional(&self, batch: usize) -> Result<Tensor<B, 2>> {
+        Ok(self.embed(&vec![String::new(); batch]))
+    }
 
     fn param_roles(&self) -> ParamRoles {
         ParamRoles::default()
@@ -233,6 +221,23 @@ impl<B: Backend> UnifiedModel<B> for ToyUmm<B> {
             .with_module(ParamRole::Generation, &self.gen_pos)
             .with_module(ParamRole::Generation, &self.gen_out)
             .with_module(ParamRole::Understanding, &self.und_head)
+    }
+}
+
+impl<B: Backend> FlowGenerator<B> for ToyUmm<B> {
+    fn velocity(
+        &self,
+        x_t: Tensor<B, 3>,
+        t: Tensor<B, 1>,
+        condition: &Tensor<B, 2>,
+    ) -> Tensor<B, 3> {
+        let [b, n, _] = x_t.dims();
+        let d = condition.dims()[1];
+        let t = t.reshape([b, 1, 1]).expand([b, n, 1]);
+        let cond = condition.clone().reshape([b, 1, d]).expand([b, n, d]);
+        let h = self.gen_in.forward(Tensor::cat(vec![x_t, t, cond], 2));
+        let h = gelu(h + self.gen_pos.val().unsqueeze_dim::<3>(0));
+        self.gen_out.forward(h)
     }
 }
 

@@ -8,7 +8,7 @@ use burn::tensor::Tensor;
 use common::*;
 use srum::image::PixelImage;
 use srum::judge::{GridProposer, SelfEvaluator, SelfEvaluatorConfig, parse_global};
-use srum::model::UnifiedModel;
+use srum::model::{FlowGenerator, Generator, ImageCodec, ImageSize, LatentGrid, Understanding};
 use srum_world::tiny::{
     PretrainConfig, PromptScore, TinyUmm, TinyUmmConfig, UnderstandingMix, atoms, build_tokenizer,
     encode, load_tokenizer, pretrain, prompt_score,
@@ -55,8 +55,13 @@ fn shapes_and_latent_round_trip() {
     let images = PixelImage::to_tensor::<Cpu>(&[img.clone(), img], &dev).unwrap();
     let lat = model.encode_images(images.clone()).unwrap();
     assert_eq!(lat.dims(), [2, 64, 48]);
-    assert_eq!(model.latent_grid(32, 32), (8, 8));
-    let back = model.decode_latents(lat.clone(), 32, 32).unwrap();
+    assert_eq!(
+        model.latent_grid(ImageSize::square(32)),
+        LatentGrid::new(8, 8)
+    );
+    let back = model
+        .decode_latents(lat.clone(), ImageSize::square(32))
+        .unwrap();
     let diff: f32 = (back - images).abs().max().into_scalar();
     assert!(diff < 1e-6);
     let cond = model
@@ -496,7 +501,8 @@ fn shipped_checkpoints_load_generate_and_judge() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
         let (model, config) = TinyUmm::<Cpu>::load_dir(&path, &dev).unwrap();
         assert_eq!(model.prompt_score_rule(), rule, "{dir}");
-        let spec = srum_world::world::PromptSpec::parse("a red circle left of a blue square").unwrap();
+        let spec =
+            srum_world::world::PromptSpec::parse("a red circle left of a blue square").unwrap();
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
         let image = spec
             .sample_scene(&mut rng, config.image_size)
@@ -508,7 +514,7 @@ fn shipped_checkpoints_load_generate_and_judge() {
         let made = srum::flow::generate(
             &model,
             &[spec.text()],
-            (32, 32),
+            ImageSize::square(32),
             &sampler,
             1,
             &mut rng,
@@ -578,59 +584,15 @@ fn sharded_pretraining_moves_every_weight() {
     );
 }
 
-/// [`TinyUmm`] with its yes/no probabilities hidden, so the evaluator reads its text answers.
-#[derive(burn::module::Module, Debug)]
+/// [`TinyUmm`]'s understanding with its yes/no probabilities hidden, so the evaluator reads its
+/// text answers.
 struct TextOnly<B: burn::tensor::backend::Backend> {
     inner: TinyUmm<B>,
 }
 
-impl<B: burn::tensor::backend::Backend> UnifiedModel<B> for TextOnly<B> {
-    type Condition = <TinyUmm<B> as UnifiedModel<B>>::Condition;
-
-    fn condition(&self, prompts: &[String]) -> srum::Result<Self::Condition> {
-        self.inner.condition(prompts)
-    }
-
-    fn unconditional(&self, batch: usize) -> srum::Result<Self::Condition> {
-        self.inner.unconditional(batch)
-    }
-
-    fn velocity(
-        &self,
-        x_t: Tensor<B, 3>,
-        t: Tensor<B, 1>,
-        condition: &Self::Condition,
-    ) -> Tensor<B, 3> {
-        self.inner.velocity(x_t, t, condition)
-    }
-
-    fn latent_channels(&self) -> usize {
-        self.inner.latent_channels()
-    }
-
-    fn latent_grid(&self, width: usize, height: usize) -> (usize, usize) {
-        self.inner.latent_grid(width, height)
-    }
-
-    fn encode_images(&self, images: Tensor<B, 4>) -> srum::Result<Tensor<B, 3>> {
-        self.inner.encode_images(images)
-    }
-
-    fn decode_latents(
-        &self,
-        latents: Tensor<B, 3>,
-        width: usize,
-        height: usize,
-    ) -> srum::Result<Tensor<B, 4>> {
-        self.inner.decode_latents(latents, width, height)
-    }
-
+impl<B: burn::tensor::backend::Backend> Understanding<B> for TextOnly<B> {
     fn answer(&self, images: Tensor<B, 4>, questions: &[String]) -> srum::Result<Vec<String>> {
         self.inner.answer(images, questions)
-    }
-
-    fn param_roles(&self) -> srum::model::ParamRoles {
-        self.inner.param_roles()
     }
 }
 
@@ -646,14 +608,21 @@ fn understanding_reads_the_yes_no_answer() {
     let prompts = srum_world::world::split_prompts(srum_world::world::Split::Heldout, 4);
     let n = 96;
     let sharp = load("../../assets/tiny-umm-sharp-judge");
-    let by_yes_no = srum_world::world::understanding_report(&sharp, &prompts, 32, n, 5, &dev).unwrap();
+    let by_yes_no =
+        srum_world::world::understanding_report(&sharp, &prompts, 32, n, 5, &dev).unwrap();
     let graded = load("../../assets/tiny-umm-graded-judge");
     let graded_report =
         srum_world::world::understanding_report(&graded, &prompts, 32, n, 5, &dev).unwrap();
     assert_eq!(graded_report, by_yes_no);
-    let by_text =
-        srum_world::world::understanding_report(&TextOnly { inner: sharp }, &prompts, 32, n, 5, &dev)
-            .unwrap();
+    let by_text = srum_world::world::understanding_report(
+        &TextOnly { inner: sharp },
+        &prompts,
+        32,
+        n,
+        5,
+        &dev,
+    )
+    .unwrap();
     assert!(
         (by_text.accuracy - by_yes_no.accuracy).abs() <= 1.0 / n as f32,
         "{by_text:?} vs {by_yes_no:?}"

@@ -10,8 +10,8 @@ mod common;
 use burn::backend::wgpu::{RuntimeOptions, WgpuDevice, graphics::Vulkan, init_setup};
 use burn::backend::{Autodiff, Wgpu};
 use common::*;
-use srum_world::toy::ToyUmmConfig;
 use srum::train::{Trainer, TrainerConfig, load_weights, save_weights};
+use srum_world::toy::ToyUmmConfig;
 
 type Gpu = Autodiff<Wgpu>;
 
@@ -32,21 +32,29 @@ const DRIVER_HINT: &str = "Mesa's software Vulkan driver (lavapipe) is needed: i
 
 /// Where the Vulkan loader looks for driver manifests on Linux, and lavapipe's manifest name.
 fn lavapipe_installed() -> bool {
-    if std::env::var_os("VK_ICD_FILENAMES").is_some() || std::env::var_os("VK_DRIVER_FILES").is_some()
+    if std::env::var_os("VK_ICD_FILENAMES").is_some()
+        || std::env::var_os("VK_DRIVER_FILES").is_some()
     {
         return true;
     }
-    ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d"]
-        .iter()
-        .filter_map(|d| std::fs::read_dir(d).ok())
-        .flatten()
-        .flatten()
-        .any(|e| e.file_name().to_string_lossy().starts_with("lvp_icd"))
+    [
+        "/usr/share/vulkan/icd.d",
+        "/etc/vulkan/icd.d",
+        "/usr/local/share/vulkan/icd.d",
+    ]
+    .iter()
+    .filter_map(|d| std::fs::read_dir(d).ok())
+    .flatten()
+    .flatten()
+    .any(|e| e.file_name().to_string_lossy().starts_with("lvp_icd"))
 }
 
 #[test]
 fn trainer_on_software_vulkan_agrees_with_flex() {
-    assert!(lavapipe_installed(), "no Vulkan driver manifest found. {DRIVER_HINT}");
+    assert!(
+        lavapipe_installed(),
+        "no Vulkan driver manifest found. {DRIVER_HINT}"
+    );
     let gpu = WgpuDevice::Cpu;
     let setup = std::panic::catch_unwind(|| init_setup::<Vulkan>(&gpu, RuntimeOptions::default()))
         .unwrap_or_else(|_| panic!("wgpu found no Vulkan CPU adapter. {DRIVER_HINT}"));

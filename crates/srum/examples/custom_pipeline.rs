@@ -11,17 +11,18 @@ use burn::tensor::Tensor;
 use rand::SeedableRng;
 use srum::flow::{EulerSampler, EulerSamplerConfig, Guidance, host_normal};
 use srum::judge::{ConnectedComponents, SelfEvaluator, SelfEvaluatorConfig};
-use srum::model::UnifiedModel;
+use srum::model::{FlowGenerator, Generator, ImageCodec, ImageSize};
 use srum::reward::RewardComposer;
-use srum_world::toy::ToyUmmConfig;
 use srum::train::{SrumBatch, Trainer, TrainerConfig};
+use srum_world::toy::ToyUmmConfig;
 
 type B = Autodiff<Flex>;
 
 fn main() -> srum::Result<()> {
     let device = Default::default();
-    let size = 8;
-    let model = ToyUmmConfig::new().with_image_size(size).init::<B>(&device);
+    let side = 8;
+    let size = ImageSize::square(side);
+    let model = ToyUmmConfig::new().with_image_size(side).init::<B>(&device);
     let prompts: Vec<String> = [
         "a red circle",
         "a blue square left of a green circle",
@@ -51,7 +52,8 @@ fn main() -> srum::Result<()> {
     for round in 0..3 {
         // Stage 1: rollout and self-evaluation, on the model without autodiff.
         let generator = trainer.model().valid();
-        let (n, c) = ((size / 2) * (size / 2), generator.latent_channels());
+        let grid = generator.latent_grid(size);
+        let (n, c) = (grid.tokens(), generator.latent_channels());
         let noise = host_normal(&mut rng, [prompts.len(), n, c], &device);
         let cond = generator.condition(&prompts)?;
         let uncond = generator.unconditional(prompts.len())?;
@@ -61,12 +63,11 @@ fn main() -> srum::Result<()> {
                 Guidance::Unconditional => generator.velocity(x, t, &uncond),
             })
         })?;
-        let images = generator.decode_latents(latents, size, size)?;
+        let images = generator.decode_latents(latents, size)?;
         let judged = evaluator.judge(&generator, images.clone(), &prompts)?;
-        let grid = generator.latent_grid(size, size);
         let maps: Vec<_> = judged
             .iter()
-            .map(|j| composer.compose_latent(&j.judgement, (size, size), grid).0)
+            .map(|j| composer.compose_latent(&j.judgement, size, grid).0)
             .collect();
         let regions: usize = judged.iter().map(|j| j.judgement.regions.len()).sum();
         println!(
@@ -76,7 +77,7 @@ fn main() -> srum::Result<()> {
 
         // Stage 2: reward-weighted training on the model's own images.
         let x_gen = Tensor::from_inner(generator.encode_images(images)?);
-        let batch = SrumBatch::from_maps(prompts.clone(), x_gen, &maps)?;
+        let batch = SrumBatch::from_maps(prompts.clone(), x_gen, grid, &maps)?;
         for _ in 0..5 {
             let r = trainer.step(batch.clone())?;
             println!(

@@ -5,9 +5,9 @@
 mod common;
 
 use common::*;
-use srum_world::toy::{ToyUmm, ToyUmmConfig};
 use srum::train::params::materialize;
 use srum::train::{Constraint, DataParallel, SrumBatch, StepReport, Trainer, TrainerConfig};
+use srum_world::toy::{ToyUmm, ToyUmmConfig};
 
 type Weights = Vec<(String, Vec<f32>)>;
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use srum::data::RecordReader;
+use srum::model::{ImageSize, LatentGrid};
 use srum::reward::RewardComposer;
 
 fn fixtures() -> PathBuf {
@@ -38,11 +39,13 @@ fn composer_reproduces_every_pytorch_map() {
         assert_eq!(record.image_size, Some([size[0], size[1]]));
         let grid: Vec<usize> = serde_json::from_value(m["latent_grid"].clone()).unwrap();
         let expected: Vec<f64> = serde_json::from_value(m["map"].clone()).unwrap();
+        // The fixture gives image sizes as [W, H] and grids as [h, w].
+        let grid = LatentGrid::new(grid[0], grid[1]);
         let (map, _) =
-            composer.compose_latent(&record.judgement, (size[0], size[1]), (grid[0], grid[1]));
-        assert_eq!((map.height, map.width), (grid[0], grid[1]));
-        assert_eq!(map.values.len(), expected.len());
-        for (i, (got, want)) in map.values.iter().zip(&expected).enumerate() {
+            composer.compose_latent(&record.judgement, ImageSize::new(size[0], size[1]), grid);
+        assert_eq!(map.grid(), grid);
+        assert_eq!(map.values().len(), expected.len());
+        for (i, (got, want)) in map.values().iter().zip(&expected).enumerate() {
             let err = (*got as f64 - want).abs();
             worst = worst.max(err);
             assert!(

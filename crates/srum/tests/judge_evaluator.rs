@@ -6,17 +6,17 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
 use burn::tensor::{Tensor, backend::Backend};
 use common::*;
 use srum::image::PixelImage;
 use srum::judge::{
     ConnectedComponents, GridProposer, JudgeMode, SelfEvaluator, SelfEvaluatorConfig,
 };
-use srum::model::{ParamRoles, UnifiedModel};
+use srum::model::{ImageCodec, ImageSize, Understanding};
 use srum::reward::RewardComposer;
-use srum_world::toy::{ToyUmm, ToyUmmConfig};
 use srum::train::{SrumBatch, Trainer, TrainerConfig};
+use srum_world::toy::{ToyUmm, ToyUmmConfig};
 
 /// Two coloured squares on white, 8x8.
 fn pictures(n: usize) -> Vec<PixelImage> {
@@ -80,20 +80,24 @@ fn judgements_flow_into_trainer_step() {
     assert_eq!(out[0].proposals[0].to_array(), [1.0, 1.0, 4.0, 4.0]);
 
     let composer = RewardComposer::default();
-    let grid = model.latent_grid(8, 8);
+    let grid = model.latent_grid(ImageSize::square(8));
     let maps: Vec<_> = out
         .iter()
-        .map(|o| composer.compose_latent(&o.judgement, (8, 8), grid).0)
+        .map(|o| {
+            composer
+                .compose_latent(&o.judgement, ImageSize::square(8), grid)
+                .0
+        })
         .collect();
     // A region with a positive score lifts its pixels above the base (the max rule): the map is
     // uniform exactly when no region scored above 0.
     for (o, m) in out.iter().zip(&maps) {
         let lifted = o.judgement.regions.iter().any(|r| r.score > 0.0);
-        let uniform = m.values.iter().all(|&v| v == m.values[0]);
+        let uniform = m.values().iter().all(|&v| v == m.values()[0]);
         assert_eq!(lifted, !uniform, "{:?}", o.judgement);
     }
     let latents = model.encode_images(images).unwrap();
-    let batch = SrumBatch::from_maps(prompts, latents, &maps).unwrap();
+    let batch = SrumBatch::from_maps(prompts, latents, grid, &maps).unwrap();
     let mut trainer = Trainer::new(model, TrainerConfig::new().with_lr(1e-3), &dev).unwrap();
     let report = trainer.step(batch).unwrap();
     assert!(report.updated && report.loss.is_finite());
@@ -101,47 +105,20 @@ fn judgements_flow_into_trainer_step() {
     assert!((report.mean_reward - mean).abs() < 1e-5);
 }
 
-/// The toy model, but its first `fail` answers are garbage.
-#[derive(Module, Debug)]
+/// The toy model's understanding, but its first `fail` answers are garbage. The evaluator
+/// needs nothing else of a model.
 struct Flaky<B: Backend> {
     inner: ToyUmm<B>,
-    #[module(skip)]
     calls: Arc<AtomicUsize>,
-    #[module(skip)]
     fail: usize,
 }
 
-impl<B: Backend> UnifiedModel<B> for Flaky<B> {
-    type Condition = Tensor<B, 2>;
-    fn condition(&self, p: &[String]) -> srum::Result<Tensor<B, 2>> {
-        self.inner.condition(p)
-    }
-    fn unconditional(&self, n: usize) -> srum::Result<Tensor<B, 2>> {
-        self.inner.unconditional(n)
-    }
-    fn velocity(&self, x: Tensor<B, 3>, t: Tensor<B, 1>, c: &Tensor<B, 2>) -> Tensor<B, 3> {
-        self.inner.velocity(x, t, c)
-    }
-    fn latent_channels(&self) -> usize {
-        self.inner.latent_channels()
-    }
-    fn latent_grid(&self, w: usize, h: usize) -> (usize, usize) {
-        self.inner.latent_grid(w, h)
-    }
-    fn encode_images(&self, i: Tensor<B, 4>) -> srum::Result<Tensor<B, 3>> {
-        self.inner.encode_images(i)
-    }
-    fn decode_latents(&self, l: Tensor<B, 3>, w: usize, h: usize) -> srum::Result<Tensor<B, 4>> {
-        self.inner.decode_latents(l, w, h)
-    }
+impl<B: Backend> Understanding<B> for Flaky<B> {
     fn answer(&self, images: Tensor<B, 4>, q: &[String]) -> srum::Result<Vec<String>> {
         if self.calls.fetch_add(1, Ordering::SeqCst) < self.fail {
             return Ok(vec!["<think>hmm, Score: 1".to_string(); q.len()]);
         }
         self.inner.answer(images, q)
-    }
-    fn param_roles(&self) -> ParamRoles {
-        self.inner.param_roles()
     }
 }
 

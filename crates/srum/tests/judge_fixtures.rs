@@ -7,8 +7,7 @@ use srum::judge::{AnswerKind, parse_to_json};
 
 #[test]
 fn every_fixture_case_parses_as_stated() {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/judge_outputs.json");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/judge_outputs.json");
     let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let cases = fixture["cases"].as_array().unwrap();
     assert!(cases.len() >= 19);

@@ -339,7 +339,7 @@ fn gradient_through_the_model_matches_finite_differences() {
     // The full path the trainer differentiates: prompt conditioning, the velocity network and
     // the reward-weighted loss with the anchor term, w.r.t. the output bias of the toy's
     // generator (the loss is quadratic in it, so central differences are exact up to rounding).
-    use srum::model::UnifiedModel;
+    use srum::model::{FlowGenerator, Generator};
     use srum_world::toy::{ToyUmm, ToyUmmConfig};
     let dev = device();
     let model = ToyUmmConfig::new().init::<CpuAd>(&dev);

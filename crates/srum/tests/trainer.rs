@@ -5,9 +5,9 @@ mod common;
 
 use burn::tensor::{Tensor, TensorData};
 use common::*;
-use srum::model::{ParamRole, TrainableSet, UnifiedModel};
-use srum_world::toy::ToyUmmConfig;
+use srum::model::{FlowGenerator, Generator, ParamRole, TrainableSet};
 use srum::train::{Constraint, Trainer, TrainerConfig};
+use srum_world::toy::ToyUmmConfig;
 
 fn fast_config() -> TrainerConfig {
     TrainerConfig::new()

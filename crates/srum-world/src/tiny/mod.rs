@@ -16,9 +16,7 @@ pub use pretrain::{
     complete_renders, pretrain,
 };
 pub use statements::{StatementTally, statement_kind, statement_report};
-pub use tokenizer::{
-    PAD, UNK, WORDS, build_tokenizer, encode, load_tokenizer, parse_tokenizer,
-};
+pub use tokenizer::{PAD, UNK, WORDS, build_tokenizer, encode, load_tokenizer, parse_tokenizer};
 
 use std::path::Path;
 

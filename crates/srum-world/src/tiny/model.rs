@@ -19,10 +19,13 @@ use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
 use tokenizers::Tokenizer;
 
 use super::tokenizer::encode;
+use crate::world::{Np, PromptSpec};
 use srum::error::{Result, SrumError};
 use srum::image::PixelImage;
-use srum::model::{ParamRole, ParamRoles, UnifiedModel};
-use crate::world::{Np, PromptSpec};
+use srum::model::{
+    FlowGenerator, Generator, ImageCodec, ImageSize, LatentGrid, ParamRole, ParamRoles,
+    Understanding,
+};
 
 /// Configuration of [`TinyUmm`].
 #[derive(Config, Debug, PartialEq)]
@@ -126,7 +129,7 @@ fn conjunction(p: &[f32]) -> f32 {
     p.iter().copied().fold(1f32, f32::min)
 }
 
-/// What the generation head outputs; [`UnifiedModel::velocity`] returns a velocity either way.
+/// What the generation head outputs; [`FlowGenerator::velocity`] returns a velocity either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Prediction {
@@ -814,82 +817,7 @@ enum Response {
     Regions(Vec<(f32, String)>),
 }
 
-impl<B: Backend> UnifiedModel<B> for TinyUmm<B> {
-    type Condition = TextBatch<B>;
-
-    fn condition(&self, prompts: &[String]) -> Result<TextBatch<B>> {
-        self.text_batch(prompts)
-    }
-
-    fn unconditional(&self, batch: usize) -> Result<TextBatch<B>> {
-        self.text_batch(&vec![String::new(); batch])
-    }
-
-    fn velocity(
-        &self,
-        x_t: Tensor<B, 3>,
-        t: Tensor<B, 1>,
-        condition: &TextBatch<B>,
-    ) -> Tensor<B, 3> {
-        let [b, _, _] = x_t.dims();
-        let d = self.cls.dims()[1];
-        let time = self
-            .time_in
-            .forward(time_features(t.clone()))
-            .reshape([b, 1, d]);
-        let image =
-            self.patch_in.forward(x_t.clone()) + self.image_pos.val().unsqueeze_dim::<3>(0) + time;
-        let (_, i) = self.run(
-            self.embed_text(condition),
-            image,
-            condition.pad.clone(),
-            Task::Generate,
-        );
-        let out = self.velocity_head.forward(i);
-        match self.prediction {
-            Prediction::Velocity => out,
-            Prediction::Clean => (x_t - out) / t.clamp_min(CLEAN_T_MIN).reshape([b, 1, 1]),
-        }
-    }
-
-    fn latent_channels(&self) -> usize {
-        3 * self.patch * self.patch
-    }
-
-    fn latent_grid(&self, width: usize, height: usize) -> (usize, usize) {
-        (height / self.patch, width / self.patch)
-    }
-
-    fn encode_images(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 3>> {
-        let [b, c, h, w] = images.dims();
-        let s = self.image_size;
-        if c != 3 || h != s || w != s {
-            return Err(SrumError::Model(format!(
-                "TinyUmm takes [batch, 3, {s}, {s}] images, got [{b}, {c}, {h}, {w}]"
-            )));
-        }
-        Ok(srum::image::patchify(images, self.patch))
-    }
-
-    fn decode_latents(
-        &self,
-        latents: Tensor<B, 3>,
-        width: usize,
-        height: usize,
-    ) -> Result<Tensor<B, 4>> {
-        let [_, n, c] = latents.dims();
-        let (s, p) = (self.image_size, self.patch);
-        let g = s / p;
-        if width != s || height != s || n != g * g || c != 3 * p * p {
-            return Err(SrumError::Model(format!(
-                "TinyUmm decodes [batch, {}, {}] latents to {s}x{s}",
-                g * g,
-                3 * p * p
-            )));
-        }
-        Ok(srum::image::unpatchify(latents, p, g, g))
-    }
-
+impl<B: Backend> Understanding<B> for TinyUmm<B> {
     fn answer(&self, images: Tensor<B, 4>, questions: &[String]) -> Result<Vec<String>> {
         Ok(self
             .respond(images, questions, true)?
@@ -940,6 +868,54 @@ impl<B: Backend> UnifiedModel<B> for TinyUmm<B> {
                 .collect()
         }))
     }
+}
+
+impl<B: Backend> ImageCodec<B> for TinyUmm<B> {
+    fn latent_channels(&self) -> usize {
+        3 * self.patch * self.patch
+    }
+
+    fn latent_grid(&self, size: ImageSize) -> LatentGrid {
+        LatentGrid::new(size.height / self.patch, size.width / self.patch)
+    }
+
+    fn encode_images(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 3>> {
+        let [b, c, h, w] = images.dims();
+        let s = self.image_size;
+        if c != 3 || h != s || w != s {
+            return Err(SrumError::Model(format!(
+                "TinyUmm takes [batch, 3, {s}, {s}] images, got [{b}, {c}, {h}, {w}]"
+            )));
+        }
+        Ok(srum::image::patchify(images, self.patch))
+    }
+
+    fn decode_latents(&self, latents: Tensor<B, 3>, size: ImageSize) -> Result<Tensor<B, 4>> {
+        let ImageSize { width, height } = size;
+        let [_, n, c] = latents.dims();
+        let (s, p) = (self.image_size, self.patch);
+        let g = s / p;
+        if width != s || height != s || n != g * g || c != 3 * p * p {
+            return Err(SrumError::Model(format!(
+                "TinyUmm decodes [batch, {}, {}] latents to {s}x{s}",
+                g * g,
+                3 * p * p
+            )));
+        }
+        Ok(srum::image::unpatchify(latents, p, g, g))
+    }
+}
+
+impl<B: Backend> Generator<B> for TinyUmm<B> {
+    type Condition = TextBatch<B>;
+
+    fn condition(&self, prompts: &[String]) -> Result<TextBatch<B>> {
+        self.text_batch(prompts)
+    }
+
+    fn unconditional(&self, batch: usize) -> Result<TextBatch<B>> {
+        self.text_batch(&vec![String::new(); batch])
+    }
 
     fn param_roles(&self) -> ParamRoles {
         let mut roles = ParamRoles::default()
@@ -964,6 +940,35 @@ impl<B: Backend> UnifiedModel<B> for TinyUmm<B> {
             }
         }
         roles
+    }
+}
+
+impl<B: Backend> FlowGenerator<B> for TinyUmm<B> {
+    fn velocity(
+        &self,
+        x_t: Tensor<B, 3>,
+        t: Tensor<B, 1>,
+        condition: &TextBatch<B>,
+    ) -> Tensor<B, 3> {
+        let [b, _, _] = x_t.dims();
+        let d = self.cls.dims()[1];
+        let time = self
+            .time_in
+            .forward(time_features(t.clone()))
+            .reshape([b, 1, d]);
+        let image =
+            self.patch_in.forward(x_t.clone()) + self.image_pos.val().unsqueeze_dim::<3>(0) + time;
+        let (_, i) = self.run(
+            self.embed_text(condition),
+            image,
+            condition.pad.clone(),
+            Task::Generate,
+        );
+        let out = self.velocity_head.forward(i);
+        match self.prediction {
+            Prediction::Velocity => out,
+            Prediction::Clean => (x_t - out) / t.clamp_min(CLEAN_T_MIN).reshape([b, 1, 1]),
+        }
     }
 }
 

@@ -24,15 +24,15 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use super::model::{PATCH_CLASSES, TinyUmm, mask_to_region};
+use crate::world::{Category, Np, PromptSpec, Relation, Split, split_prompts};
 use srum::error::Result;
 use srum::flow::{
     EulerSampler, EulerSamplerConfig, TimestepSampling, host_normal, noisy_latents,
     sample_timesteps,
 };
 use srum::image::PixelImage;
-use srum::model::{ParamRole, UnifiedModel};
+use srum::model::{FlowGenerator, Generator, ImageCodec, ImageSize, ParamRole};
 use srum::train::learning_rate;
-use crate::world::{Category, Np, PromptSpec, Relation, Split, split_prompts};
 
 /// Pretraining settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -668,7 +668,7 @@ pub fn complete_renders<B: burn::tensor::backend::Backend, R: Rng>(
         ..Default::default()
     });
     let x = sampler.sample_from(x_t, t0, |x, t, _| Ok(model.velocity(x, t, &cond)))?;
-    PixelImage::from_tensor(model.decode_latents(x, size, size)?)
+    PixelImage::from_tensor(model.decode_latents(x, ImageSize::square(size))?)
 }
 
 /// The read-only inputs every shard of a step shares.
@@ -747,7 +747,8 @@ fn shard_step<B: AutodiffBackend>(
     // The generator's one-step denoised estimates, for imperfect understanding inputs.
     let x0_hat = (x_t - v * t_inner.reshape([b, 1, 1])).clamp(-1.0, 1.0);
     let inner = model.valid();
-    let estimates = PixelImage::from_tensor(inner.decode_latents(x0_hat, size, size)?)?;
+    let estimates =
+        PixelImage::from_tensor(inner.decode_latents(x0_hat, ImageSize::square(size))?)?;
 
     // Understanding batch, on the atomic statements the model judges (see
     // `tiny::model::atoms`), in the proportions of `config.mix`. Labels are the truth of

@@ -10,8 +10,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{TinyUmm, atoms};
-use srum::error::{Result, SrumError};
 use crate::world::{PromptSpec, shown_scene};
+use srum::error::{Result, SrumError};
 
 /// Answers to one kind of statement, split by the right answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

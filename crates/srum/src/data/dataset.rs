@@ -7,10 +7,17 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::records::{ReadStats, RecordReader, TrainingRecord};
+use super::records::ReadStats;
+#[cfg(feature = "png")]
+use super::records::{RecordReader, TrainingRecord};
+#[cfg(feature = "png")]
 use crate::error::{Result, SrumError};
 use crate::image::PixelImage;
-use crate::reward::{ComposeStats, RewardComposer, RewardMap};
+#[cfg(feature = "png")]
+use crate::model::{ImageSize, LatentGrid};
+#[cfg(feature = "png")]
+use crate::reward::RewardComposer;
+use crate::reward::{ComposeStats, RewardMap};
 
 /// One training item.
 #[derive(Debug, Clone)]
@@ -71,24 +78,19 @@ pub struct RewardDataset {
     pub items: Vec<RewardItem>,
 }
 
-/// Loads an 8-bit RGB image that must be `size = (W, H)`: the size is checked from the header
+/// Loads an 8-bit RGB image that must be of `size`: the size is checked from the header
 /// before anything is decoded, and any other channel layout is refused rather than converted,
 /// since it means the file is not what the pipeline wrote.
-pub fn load_rgb_image(
-    path: &Path,
-    size: (usize, usize),
-) -> std::result::Result<PixelImage, String> {
+#[cfg(feature = "png")]
+pub fn load_rgb_image(path: &Path, size: ImageSize) -> std::result::Result<PixelImage, String> {
     let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let reader = image::ImageReader::open(path)
         .map_err(|e| at(&e))?
         .with_guessed_format()
         .map_err(|e| at(&e))?;
     let (w, h) = reader.into_dimensions().map_err(|e| at(&e))?;
-    if (w as usize, h as usize) != size {
-        return Err(at(&format!(
-            "{w}x{h} image, expected {}x{}",
-            size.0, size.1
-        )));
+    if ImageSize::new(w as usize, h as usize) != size {
+        return Err(at(&format!("{w}x{h} image, expected {size}")));
     }
     let img = image::ImageReader::open(path)
         .map_err(|e| at(&e))?
@@ -103,18 +105,19 @@ pub fn load_rgb_image(
             img.color().channel_count()
         )));
     };
-    PixelImage::from_rgb8(size.0, size.1, rgb.as_raw()).map_err(|e| at(&e))
+    PixelImage::from_rgb8(size.width, size.height, rgb.as_raw()).map_err(|e| at(&e))
 }
 
 impl RewardDataset {
     /// Reads training-format `records`, loads each image from `images` (which must be
-    /// `image_size` = `(W, H)`), and composes its reward map at latent grid `grid`. Bad records
+    /// of `image_size`), and composes its reward map at latent grid `grid`. Bad records
     /// are skipped and named in the stats; an error only when nothing loads.
+    #[cfg(feature = "png")]
     pub fn load(
         records: &Path,
         images: &Path,
-        image_size: (usize, usize),
-        grid: (usize, usize),
+        image_size: ImageSize,
+        grid: LatentGrid,
         composer: &RewardComposer,
     ) -> Result<(Self, DatasetStats)> {
         let mut stats = DatasetStats::default();

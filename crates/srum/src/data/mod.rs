@@ -6,7 +6,9 @@ mod records;
 mod scorer;
 mod shard;
 
-pub use dataset::{DatasetStats, RewardDataset, RewardItem, contained_path, load_rgb_image};
+#[cfg(feature = "png")]
+pub use dataset::load_rgb_image;
+pub use dataset::{DatasetStats, RewardDataset, RewardItem, contained_path};
 pub use records::{
     GLOBAL_OBJECT, JsonRecord, MAX_IMAGE_PIXELS, ReadStats, RecordReader, TrainingRecord,
     parse_training_record,

@@ -1,4 +1,4 @@
-//! Text-to-image with any [`UnifiedModel`]: noise, guided Euler sampling, decoding.
+//! Text-to-image with any flow-matching generator: noise, guided Euler sampling, decoding.
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use rand::{Rng, SeedableRng};
@@ -7,23 +7,23 @@ use rand_chacha::ChaCha8Rng;
 use super::{EulerSampler, Guidance, extend_normals, host_normal};
 use crate::error::Result;
 use crate::image::PixelImage;
-use crate::model::UnifiedModel;
+use crate::model::{FlowGenerator, ImageCodec, ImageSize};
 
-/// Generates one `(width, height)` image per prompt, in batches of `batch`. Noise comes from
+/// Generates one image of `size` per prompt, in batches of `batch`. Noise comes from
 /// `rng`, so a seed gives the same images on every backend.
-pub fn generate<B: Backend, M: UnifiedModel<B>, R: Rng>(
+pub fn generate<B: Backend, M: FlowGenerator<B> + ImageCodec<B>, R: Rng>(
     model: &M,
     prompts: &[String],
-    (width, height): (usize, usize),
+    size: ImageSize,
     sampler: &EulerSampler,
     batch: usize,
     rng: &mut R,
     device: &B::Device,
 ) -> Result<Vec<PixelImage>> {
-    let (h, w) = model.latent_grid(width, height);
+    let n = model.latent_grid(size).tokens();
     let c = model.latent_channels();
-    generate_with(model, prompts, (width, height), sampler, batch, |b| {
-        host_normal::<B, _, 3>(rng, [b, h * w, c], device)
+    generate_with(model, prompts, size, sampler, batch, |b| {
+        host_normal::<B, _, 3>(rng, [b, n, c], device)
     })
 }
 
@@ -40,34 +40,34 @@ pub fn image_rng(seed: u64, index: u64) -> ChaCha8Rng {
 /// first_index + i)`. Splitting a run into shards (`first_index` = the shard's start) gives
 /// the same images as running it whole.
 #[allow(clippy::too_many_arguments)]
-pub fn generate_indexed<B: Backend, M: UnifiedModel<B>>(
+pub fn generate_indexed<B: Backend, M: FlowGenerator<B> + ImageCodec<B>>(
     model: &M,
     prompts: &[String],
-    (width, height): (usize, usize),
+    size: ImageSize,
     sampler: &EulerSampler,
     batch: usize,
     seed: u64,
     first_index: u64,
     device: &B::Device,
 ) -> Result<Vec<PixelImage>> {
-    let (h, w) = model.latent_grid(width, height);
+    let n = model.latent_grid(size).tokens();
     let c = model.latent_channels();
     let mut next = first_index;
-    generate_with(model, prompts, (width, height), sampler, batch, |b| {
-        let mut values = Vec::with_capacity(b * h * w * c);
+    generate_with(model, prompts, size, sampler, batch, |b| {
+        let mut values = Vec::with_capacity(b * n * c);
         for _ in 0..b {
-            values = extend_normals(values, &mut image_rng(seed, next), h * w * c);
+            values = extend_normals(values, &mut image_rng(seed, next), n * c);
             next += 1;
         }
-        Tensor::from_data(TensorData::new(values, [b, h * w, c]), device)
+        Tensor::from_data(TensorData::new(values, [b, n, c]), device)
     })
 }
 
 /// Batches of `batch` prompts, each started from the noise `noise(b)` returns.
-fn generate_with<B: Backend, M: UnifiedModel<B>>(
+fn generate_with<B: Backend, M: FlowGenerator<B> + ImageCodec<B>>(
     model: &M,
     prompts: &[String],
-    (width, height): (usize, usize),
+    size: ImageSize,
     sampler: &EulerSampler,
     batch: usize,
     mut noise: impl FnMut(usize) -> Tensor<B, 3>,
@@ -85,7 +85,7 @@ fn generate_with<B: Backend, M: UnifiedModel<B>>(
             })
         })?;
         out.extend(PixelImage::from_tensor(
-            model.decode_latents(latents, width, height)?,
+            model.decode_latents(latents, size)?,
         )?);
     }
     Ok(out)

@@ -9,7 +9,7 @@ use super::proposals::RegionProposer;
 use super::templates::JudgeTemplates;
 use crate::error::{Result, SrumError};
 use crate::image::PixelImage;
-use crate::model::UnifiedModel;
+use crate::model::Understanding;
 use crate::reward::{BBox, Judgement, ScoredRegion};
 
 /// How scores are obtained from the model.
@@ -119,7 +119,7 @@ impl<P: RegionProposer> SelfEvaluator<P> {
 
     /// Asks `questions[i]` about image `i` for every `i` in `todo`, re-asking the ones whose
     /// answer `ok` rejects up to `max_retries` times. Returns the last answer for each image.
-    fn ask<B: Backend, M: UnifiedModel<B>>(
+    fn ask<B: Backend, M: Understanding<B>>(
         &self,
         model: &M,
         images: &Tensor<B, 4>,
@@ -160,7 +160,7 @@ impl<P: RegionProposer> SelfEvaluator<P> {
     /// Judges each image against its prompt.
     ///
     /// Shapes: `images`: `[batch, 3, H, W]` in `[0, 1]`; `prompts.len() == batch`.
-    pub fn judge<B: Backend, M: UnifiedModel<B>>(
+    pub fn judge<B: Backend, M: Understanding<B>>(
         &self,
         model: &M,
         images: Tensor<B, 4>,
@@ -301,7 +301,7 @@ impl<P: RegionProposer> SelfEvaluator<P> {
     /// VQAScore-style judging from `P(yes) - P(no)` of decomposed questions: the global score
     /// averages the relation questions (the object questions when there are none); each region
     /// scores its best-matching object.
-    fn judge_yes_no<B: Backend, M: UnifiedModel<B>>(
+    fn judge_yes_no<B: Backend, M: Understanding<B>>(
         &self,
         model: &M,
         images: Tensor<B, 4>,

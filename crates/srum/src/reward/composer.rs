@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::resize::axis_weights;
 use super::{Judgement, RewardMap};
+use crate::model::{ImageSize, LatentGrid};
 
 /// Which scores enter the map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -83,14 +84,15 @@ impl ComposeStats {
 /// Composes a [`Judgement`] into a dense [`RewardMap`] (stage 2 of SRUM).
 ///
 /// ```
+/// use srum::model::ImageSize;
 /// use srum::reward::{BBox, Judgement, RewardComposer, ScoredRegion};
 ///
 /// let judgement = Judgement {
 ///     global: Some(0.0), // neutral layout: factor (0 + 1) / 2
 ///     regions: vec![ScoredRegion { bbox: BBox::new(0.0, 0.0, 2.0, 1.0), object: "a red circle".into(), score: 1.0 }],
 /// };
-/// let (map, stats) = RewardComposer::default().compose(&judgement, 4, 2);
-/// assert_eq!(map.values, vec![0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25]);
+/// let (map, stats) = RewardComposer::default().compose(&judgement, ImageSize::new(4, 2));
+/// assert_eq!(map.values(), &[0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25]);
 /// assert_eq!(stats.regions_used, 1);
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -172,17 +174,13 @@ impl RewardComposer {
         (regions, stats)
     }
 
-    /// The map at image resolution (`height x width` pixels) and what was skipped.
+    /// The map at image resolution (one value per pixel of `size`) and what was skipped.
     ///
     /// The map is constant between box edges, so each band of rows between two horizontal
     /// edges is computed once, as runs between vertical edges, and copied down the band: every
     /// pixel is written once, with the same float operations as the pixel-by-pixel rule.
-    pub fn compose(
-        &self,
-        judgement: &Judgement,
-        width: usize,
-        height: usize,
-    ) -> (RewardMap, ComposeStats) {
+    pub fn compose(&self, judgement: &Judgement, size: ImageSize) -> (RewardMap, ComposeStats) {
+        let ImageSize { width, height } = size;
         let (regions, stats) = self.prepare(judgement, width, height);
         let mut values = vec![0f32; width * height];
         let xs = regions.edges(width, |&((x0, _, x1, _), _)| (x0, x1));
@@ -199,26 +197,21 @@ impl RewardComposer {
                 }
             }
         }
-        (
-            RewardMap {
-                height,
-                width,
-                values,
-            },
-            stats,
-        )
+        (RewardMap::from_full(size.grid(), values), stats)
     }
 
-    /// The map resized to a latent token grid `(h, w)`, row-major in token order: the same
+    /// The map resized to a latent token `grid`, row-major in token order: the same
     /// numbers as [`compose`](Self::compose) followed by [`RewardMap::resize`], but computed
     /// only at the (up to) four image pixels each token's bilinear sample reads, so the cost
-    /// grows with the grid, not with the image.
+    /// grows with the grid, not with the image. An image with no pixels rewards nothing.
     pub fn compose_latent(
         &self,
         judgement: &Judgement,
-        (width, height): (usize, usize),
-        (h, w): (usize, usize),
+        size: ImageSize,
+        grid: LatentGrid,
     ) -> (RewardMap, ComposeStats) {
+        let ImageSize { width, height } = size;
+        let LatentGrid { rows: h, cols: w } = grid;
         let (regions, stats) = self.prepare(judgement, width, height);
         let mut values = Vec::with_capacity(h * w);
         if width > 0 && height > 0 && h > 0 && w > 0 {
@@ -238,14 +231,10 @@ impl RewardComposer {
                 }
             }
         }
-        (
-            RewardMap {
-                height: h,
-                width: w,
-                values,
-            },
-            stats,
-        )
+        if values.len() != grid.tokens() {
+            return (RewardMap::filled(grid, 0.0), stats);
+        }
+        (RewardMap::from_full(grid, values), stats)
     }
 }
 
@@ -328,10 +317,10 @@ mod tests {
             global: Some(0.5),
             regions: vec![],
         };
-        let (m, _) = RewardComposer::default().compose(&j, 3, 2);
-        assert!(m.values.iter().all(|&v| (v - 0.5 * 0.75).abs() < 1e-7));
-        let (m, _) = RewardComposer::default().compose(&Judgement::default(), 3, 2);
-        assert!(m.values.iter().all(|&v| v == 0.25));
+        let (m, _) = RewardComposer::default().compose(&j, ImageSize::new(3, 2));
+        assert!(m.values().iter().all(|&v| (v - 0.5 * 0.75).abs() < 1e-7));
+        let (m, _) = RewardComposer::default().compose(&Judgement::default(), ImageSize::new(3, 2));
+        assert!(m.values().iter().all(|&v| v == 0.25));
     }
 
     #[test]
@@ -344,8 +333,8 @@ mod tests {
             ],
         };
         // Box 1 truncates to x in [0, 2); box 2 scores 0 which never lowers the base 0.5.
-        let (m, s) = RewardComposer::default().compose(&j, 3, 2);
-        assert_eq!(m.values, vec![1.0, 1.0, 0.5, 0.5, 0.5, 0.5]);
+        let (m, s) = RewardComposer::default().compose(&j, ImageSize::new(3, 2));
+        assert_eq!(m.values(), &vec![1.0, 1.0, 0.5, 0.5, 0.5, 0.5]);
         assert_eq!(s.regions_used, 2);
     }
 
@@ -360,12 +349,12 @@ mod tests {
                 region([0.0, 0.0, 1.0, 1.0], 7.0),
             ],
         };
-        let (m, s) = RewardComposer::default().compose(&j, 3, 2);
+        let (m, s) = RewardComposer::default().compose(&j, ImageSize::new(3, 2));
         assert_eq!(s.invalid_boxes, 3);
         assert_eq!(s.clamped_scores, 1);
         assert_eq!(s.non_finite_scores, 1);
-        assert_eq!(m.values[0], 0.5);
-        assert_eq!(m.values[1], 0.25);
+        assert_eq!(m.values()[0], 0.5);
+        assert_eq!(m.values()[1], 0.25);
     }
 
     #[test]
@@ -384,9 +373,9 @@ mod tests {
                 signed,
                 ..Default::default()
             })
-            .compose(&j, 3, 1)
+            .compose(&j, ImageSize::new(3, 1))
             .0
-            .values
+            .into_values()
         };
         assert_eq!(
             c(RewardMode::Dual, Combine::Max, false),
@@ -488,17 +477,18 @@ mod tests {
                 base: 0.5,
             };
             let c = RewardComposer::new(config);
-            let (dense, _) = c.compose(&j, w, h);
+            let (dense, _) = c.compose(&j, ImageSize::new(w, h));
             assert_eq!(
-                dense.values,
+                dense.values(),
                 naive(&c, &j, w, h),
                 "case {case}: {w}x{h} {config:?}"
             );
             let (gh, gw) = (rng.random_range(1..40), rng.random_range(1..40));
-            let (latent, _) = c.compose_latent(&j, (w, h), (gh, gw));
+            let grid = LatentGrid::new(gh, gw);
+            let (latent, _) = c.compose_latent(&j, ImageSize::new(w, h), grid);
             assert_eq!(
                 latent,
-                dense.resize(gh, gw),
+                dense.resize(grid),
                 "case {case}: {w}x{h} -> {gh}x{gw}"
             );
         }

@@ -33,12 +33,13 @@ impl RewardMap {
     /// Returns `(width, height, bytes)`.
     pub fn heatmap_rgb(&self, scale: usize) -> (usize, usize, Vec<u8>) {
         let scale = scale.max(1);
-        let (w, h) = (self.width * scale, self.height * scale);
+        let grid = self.grid();
+        let (w, h) = (grid.cols * scale, grid.rows * scale);
         let mut out = Vec::with_capacity(w * h * 3);
         for y in 0..h {
             for x in 0..w {
                 out.extend_from_slice(&heat_colour(
-                    self.values[(y / scale) * self.width + x / scale],
+                    self.values()[(y / scale) * grid.cols + x / scale],
                 ));
             }
         }
@@ -54,11 +55,7 @@ mod tests {
     fn ends_and_blocks() {
         assert_eq!(heat_colour(0.0), [13, 8, 64]);
         assert_eq!(heat_colour(1.0), heat_colour(7.0));
-        let m = RewardMap {
-            height: 1,
-            width: 2,
-            values: vec![0.0, 1.0],
-        };
+        let m = RewardMap::new(crate::model::LatentGrid::new(1, 2), vec![0.0, 1.0]).unwrap();
         let (w, h, px) = m.heatmap_rgb(2);
         assert_eq!((w, h, px.len()), (4, 2, 24));
         assert_eq!(&px[0..3], &px[3..6]);

@@ -4,6 +4,7 @@
 use super::heatmap::heat_colour;
 use super::{Judgement, RewardMap};
 use crate::image::PixelImage;
+use crate::model::LatentGrid;
 
 /// Gap between panels, in output pixels.
 const GAP: usize = 4;
@@ -23,13 +24,10 @@ pub fn reward_picture(
     let (pw, ph) = (iw * scale, ih * scale);
     let width = 3 * pw + 2 * GAP;
     let mut out = vec![255u8; width * ph * 3];
-    let full = map.resize(ih, iw);
-    let lo = full.values.iter().copied().fold(f32::INFINITY, f32::min);
-    let hi = full
-        .values
-        .iter()
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
+    let full = map.resize(LatentGrid::new(ih, iw));
+    let full = full.values();
+    let lo = full.iter().copied().fold(f32::INFINITY, f32::min);
+    let hi = full.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     // Signed maps are in [-1, 1]; unsigned ones in [0, 1].
     let (lo, hi) = if lo < 0.0 {
         (-1.0, 1.0)
@@ -44,7 +42,7 @@ pub fn reward_picture(
         for x in 0..pw {
             let (sx, sy) = (x / scale, y / scale);
             let p = pixel(sx, sy);
-            let v = (full.values[sy * iw + sx] - lo) / (hi - lo).max(1e-6);
+            let v = (full[sy * iw + sx] - lo) / (hi - lo).max(1e-6);
             let h = heat_colour(v);
             let blend = [0, 1, 2].map(|c| ((p[c] as u16 + h[c] as u16) / 2) as u8);
             for (panel, rgb) in [(0, p), (1, p), (2, blend)] {
@@ -98,7 +96,7 @@ mod tests {
                 score: 1.0,
             }],
         };
-        let map = RewardMap::filled(2, 2, 0.5);
+        let map = RewardMap::filled(LatentGrid::new(2, 2), 0.5);
         let (w, h, rgb) = reward_picture(&image, &judgement, &map, 2);
         assert_eq!((w, h), (3 * 16 + 2 * GAP, 16));
         let at = |x: usize, y: usize| &rgb[(y * w + x) * 3..(y * w + x) * 3 + 3];

@@ -2,34 +2,92 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A dense, row-major `height x width` map of per-pixel (or per-latent-token) rewards.
+use crate::error::{Result, SrumError};
+use crate::model::LatentGrid;
+
+/// A dense, row-major map of rewards over a grid: one value per latent token, or per pixel of
+/// an image-resolution map. Its grid and its values always agree in size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "MapParts", into = "MapParts")]
 pub struct RewardMap {
-    /// Rows.
-    pub height: usize,
-    /// Columns.
-    pub width: usize,
-    /// `height * width` values, row-major.
-    pub values: Vec<f32>,
+    grid: LatentGrid,
+    values: Vec<f32>,
+}
+
+/// The serialized form: `{"height", "width", "values"}`, checked on the way in.
+#[derive(Serialize, Deserialize)]
+struct MapParts {
+    height: usize,
+    width: usize,
+    values: Vec<f32>,
+}
+
+impl TryFrom<MapParts> for RewardMap {
+    type Error = SrumError;
+    fn try_from(p: MapParts) -> Result<Self> {
+        RewardMap::new(LatentGrid::new(p.height, p.width), p.values)
+    }
+}
+
+impl From<RewardMap> for MapParts {
+    fn from(m: RewardMap) -> Self {
+        MapParts {
+            height: m.grid.rows,
+            width: m.grid.cols,
+            values: m.values,
+        }
+    }
 }
 
 impl RewardMap {
+    /// A map of `values`, row-major over `grid`; an error unless there is one value per cell.
+    pub fn new(grid: LatentGrid, values: Vec<f32>) -> Result<Self> {
+        if values.len() != grid.tokens() {
+            return Err(SrumError::Shape(format!(
+                "a {grid} reward map needs {} values, got {}",
+                grid.tokens(),
+                values.len()
+            )));
+        }
+        Ok(Self { grid, values })
+    }
+
+    /// A map whose `values` the caller has built for `grid`.
+    pub(crate) fn from_full(grid: LatentGrid, values: Vec<f32>) -> Self {
+        debug_assert_eq!(values.len(), grid.tokens());
+        Self { grid, values }
+    }
+
     /// A map filled with `value`.
-    pub fn filled(height: usize, width: usize, value: f32) -> Self {
+    pub fn filled(grid: LatentGrid, value: f32) -> Self {
         Self {
-            height,
-            width,
-            values: vec![value; height * width],
+            grid,
+            values: vec![value; grid.tokens()],
         }
     }
 
-    /// Resizes to `(height, width)` with PyTorch's `F.interpolate(mode="bilinear",
-    /// align_corners=False)` semantics, so the result is row-major in latent-token order.
-    pub fn resize(&self, height: usize, width: usize) -> RewardMap {
+    /// The grid the values lie on.
+    pub fn grid(&self) -> LatentGrid {
+        self.grid
+    }
+
+    /// The values, row-major.
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+
+    /// The values, row-major, by value.
+    pub fn into_values(self) -> Vec<f32> {
+        self.values
+    }
+
+    /// Resizes to `grid` with PyTorch's `F.interpolate(mode="bilinear", align_corners=False)`
+    /// semantics, so the result is row-major in latent-token order.
+    pub fn resize(&self, grid: LatentGrid) -> RewardMap {
+        let from = self.grid;
         RewardMap {
-            height,
-            width,
-            values: resize_bilinear(&self.values, self.height, self.width, height, width),
+            grid,
+            values: resize_bilinear(&self.values, from.rows, from.cols, grid.rows, grid.cols),
         }
     }
 

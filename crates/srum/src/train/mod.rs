@@ -1,8 +1,9 @@
-//! Stage 2 of SRUM: reward-weighted training of the generator.
+//! Stage 2 of SRUM: reward-weighted training of the generator, under the objective of its kind.
 
 mod checkpoint;
 mod config;
 mod loss;
+mod objective;
 #[cfg(feature = "collective")]
 mod parallel;
 pub mod params;
@@ -15,6 +16,10 @@ pub use checkpoint::{
 };
 pub use config::TrainerConfig;
 pub use loss::{Constraint, LossTerms, flow_matching_loss, reward_weighted_loss, srum_loss};
+pub use objective::{
+    FlowMatching, NextTokenCrossEntropy, Objective, StepDraws, StepInput, token_cross_entropy,
+    token_kl,
+};
 #[cfg(feature = "collective")]
 pub use parallel::{CollectiveConfig, DataParallel, PeerId};
 pub use schedule::{LrDecay, learning_rate};

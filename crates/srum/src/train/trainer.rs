@@ -9,20 +9,18 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::{Tensor, TensorData, backend::AutodiffBackend, backend::Backend};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{
     latest_version, weights_from_safetensors, weights_to_safetensors, write_dir_atomic,
 };
+use super::objective::{FlowMatching, Objective, StepDraws, StepInput};
 #[cfg(feature = "collective")]
 use super::parallel::{self, DataParallel};
 use super::params::{ema_update, grad_norm, materialize, scale_grads};
-use super::{Constraint, TrainerConfig, learning_rate, srum_loss};
+use super::{Constraint, TrainerConfig, learning_rate};
 use crate::error::{Result, SrumError};
-use crate::flow::{extend_normals, noisy_latents, sample_timesteps, velocity_target};
-use crate::model::UnifiedModel;
+use crate::model::{FlowGenerator, Generator, LatentGrid};
 use crate::reward::RewardMap;
 
 /// One training batch: generated latents, their prompts and per-token rewards.
@@ -40,13 +38,20 @@ pub struct SrumBatch<B: Backend> {
 }
 
 impl<B: Backend> SrumBatch<B> {
-    /// A batch from latents and reward maps already resized to the latent grid.
+    /// A batch from latents on `grid` and one reward map per image, on the same grid.
     pub fn from_maps(
         prompts: Vec<String>,
         latents: Tensor<B, 3>,
+        grid: LatentGrid,
         maps: &[RewardMap],
     ) -> Result<Self> {
         let [b, n, _] = latents.dims();
+        if n != grid.tokens() {
+            return Err(SrumError::Shape(format!(
+                "latents have {n} tokens, a {grid} grid has {}",
+                grid.tokens()
+            )));
+        }
         if maps.len() != b {
             return Err(SrumError::Shape(format!(
                 "{} reward maps for a batch of {b}",
@@ -55,15 +60,13 @@ impl<B: Backend> SrumBatch<B> {
         }
         let mut values = Vec::with_capacity(b * n);
         for (i, m) in maps.iter().enumerate() {
-            if m.values.len() != n {
+            if m.grid() != grid {
                 return Err(SrumError::Shape(format!(
-                    "reward map {i} is {}x{} = {} values, latents have {n} tokens",
-                    m.height,
-                    m.width,
-                    m.values.len()
+                    "reward map {i} is {}, the latents' grid is {grid}",
+                    m.grid()
                 )));
             }
-            values.extend_from_slice(&m.values);
+            values.extend_from_slice(m.values());
         }
         let reward = Tensor::from_data(TensorData::new(values, [b, n]), &latents.device());
         let batch = Self {
@@ -180,52 +183,20 @@ const REFERENCE_FILE: &str = "reference.safetensors";
 const OPTIM_FILE: &str = "optimizer.mpk";
 const META_FILE: &str = "trainer.json";
 
-/// The noise stream of one sample: a ChaCha stream per micro-step, and in it a disjoint
-/// stretch of 2^40 words per sample of the global batch. Resuming at step `k` needs only
-/// `(seed, k)`, and a data-parallel peer holding samples `r*b..(r+1)*b` of the global batch
-/// draws exactly their noise, as one trainer with the whole batch would.
-fn sample_rng(seed: u64, micro_step: u64, sample: u64) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(micro_step);
-    rng.set_word_pos(u128::from(sample) << 40);
-    rng
-}
-
-/// Timesteps `[b]` and noise `[b, n, c]` (host) of global samples `first..first + b`.
-fn step_noise(
-    cfg: &TrainerConfig,
-    micro: u64,
-    first: u64,
-    [b, n, c]: [usize; 3],
-) -> (Vec<f32>, Vec<f32>) {
-    let mut t = Vec::with_capacity(b);
-    let mut eps = Vec::with_capacity(b * n * c);
-    for i in 0..b as u64 {
-        let mut rng = sample_rng(cfg.seed, micro, first + i);
-        t.extend(sample_timesteps(
-            &mut rng,
-            1,
-            cfg.timesteps,
-            cfg.timestep_shift,
-        ));
-        eps = extend_normals(eps, &mut rng, n * c);
-    }
-    (t, eps)
-}
-
-/// Reward-weighted flow-matching trainer (stage 2 of SRUM).
+/// The stage-2 trainer of SRUM: reward-weighted updates of a [`Generator`] under an
+/// [`Objective`] ([`FlowMatching`] unless another is given).
 ///
 /// Owns the model, an AdamW optimizer, optionally an EMA copy and a frozen reference copy.
 /// Only the parameters that [`TrainerConfig::trainable`] selects from the model's
 /// [`ParamRoles`](crate::model::ParamRoles) ever receive gradients; all others, understanding
 /// included, stay bit-for-bit unchanged.
-pub struct Trainer<B, M>
+pub struct Trainer<B, M, O = FlowMatching>
 where
     B: AutodiffBackend,
-    M: UnifiedModel<B> + AutodiffModule<B>,
-    M::InnerModule: UnifiedModel<B::InnerBackend>,
+    M: Generator<B> + AutodiffModule<B>,
 {
     model: Option<M>,
+    objective: O,
     optim: OptimizerAdaptor<AdamW, M, B>,
     accumulator: GradientsAccumulator<M>,
     accumulated: usize,
@@ -239,14 +210,39 @@ where
     parallel: Option<DataParallel>,
 }
 
-impl<B, M> Trainer<B, M>
+impl<B, M> Trainer<B, M, FlowMatching>
 where
     B: AutodiffBackend,
-    M: UnifiedModel<B> + AutodiffModule<B>,
-    M::InnerModule: UnifiedModel<B::InnerBackend>,
+    M: FlowGenerator<B> + AutodiffModule<B>,
+    M::InnerModule: FlowGenerator<B::InnerBackend>,
 {
-    /// A trainer for `model`, which must already live on `device`. Fails on an invalid config.
+    /// A flow-matching trainer for `model`, which must already live on `device`. Fails on an
+    /// invalid config.
     pub fn new(model: M, config: TrainerConfig, device: &B::Device) -> Result<Self> {
+        Self::with_objective(model, FlowMatching, config, device)
+    }
+
+    /// Restores a flow-matching trainer saved by [`Trainer::save_checkpoint`]; see
+    /// [`Trainer::resume_with`].
+    pub fn resume(dir: impl AsRef<Path>, model: M, device: &B::Device) -> Result<Self> {
+        Self::resume_with(dir, model, FlowMatching, device)
+    }
+}
+
+impl<B, M, O> Trainer<B, M, O>
+where
+    B: AutodiffBackend,
+    M: Generator<B> + AutodiffModule<B>,
+    O: Objective<B, M>,
+{
+    /// A trainer for `model` under `objective`; `model` must already live on `device`. Fails
+    /// on an invalid config.
+    pub fn with_objective(
+        model: M,
+        objective: O,
+        config: TrainerConfig,
+        device: &B::Device,
+    ) -> Result<Self> {
         config.validate()?;
         // No `to_device` here: in burn 0.21 it detaches autodiff parameters from the graph
         // (every other step then gets no gradients), so the model must be built on `device`.
@@ -273,6 +269,7 @@ where
         let ema = config.ema_decay.map(|_| model.valid());
         Ok(Self {
             model: Some(model),
+            objective,
             optim,
             accumulator: GradientsAccumulator::new(),
             accumulated: 0,
@@ -300,6 +297,11 @@ where
     /// The EMA weights, when `ema_decay` is set.
     pub fn ema(&self) -> Option<&M::InnerModule> {
         self.ema.as_ref()
+    }
+
+    /// The device the model trains on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
     }
 
     /// The settings in use.
@@ -409,25 +411,19 @@ where
     pub fn step(&mut self, batch: SrumBatch<B>) -> Result<StepReport> {
         let start = Instant::now();
         batch.validate()?;
-        let [b, n, c] = batch.latents.dims();
+        let [b, n, _] = batch.latents.dims();
         let cfg = self.config.clone();
-        let micro = self.state.micro_steps;
+        let draws = StepDraws {
+            seed: cfg.seed,
+            micro_step: self.state.micro_steps,
+            first_sample: self.first_sample(b),
+        };
         self.state.micro_steps += 1;
-
-        let (t_host, eps_host) = step_noise(&cfg, micro, self.first_sample(b), [b, n, c]);
-        let eps = Tensor::<B, 3>::from_data(TensorData::new(eps_host, [b, n, c]), &self.device);
-        let t = Tensor::<B, 1>::from_data(TensorData::new(t_host, [b]), &self.device);
-        let SrumBatch {
-            prompts,
-            latents: x_gen,
-            anchor,
-            reward,
-        } = batch;
 
         let model = self.model.take().ok_or_else(|| {
             SrumError::Training("trainer lost its model after a failed step".into())
         })?;
-        let result = self.forward_backward(&model, &prompts, x_gen, anchor, reward, eps, t);
+        let result = self.forward_backward(&model, batch, draws);
         let (terms, mean_reward, grads) = match result {
             Ok(v) => v,
             Err(e) => {
@@ -519,39 +515,26 @@ where
 
     /// Loss terms (host values), mean reward and the trainable gradients; `None` gradients
     /// when the loss is not finite (nothing is back-propagated then).
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    #[allow(clippy::type_complexity)]
     fn forward_backward(
         &self,
         model: &M,
-        prompts: &[String],
-        x_gen: Tensor<B, 3>,
-        anchor: Option<Tensor<B, 3>>,
-        reward: Tensor<B, 2>,
-        eps: Tensor<B, 3>,
-        t: Tensor<B, 1>,
+        batch: SrumBatch<B>,
+        draws: StepDraws,
     ) -> Result<([f32; 3], f32, Option<GradientsParams>)> {
         let cfg = &self.config;
-        let x_t = noisy_latents(x_gen.clone(), eps.clone(), t.clone());
-        let target = velocity_target(x_gen.clone(), eps.clone());
-        let constraint_target = match cfg.constraint {
-            Constraint::Anchor => velocity_target(anchor.unwrap_or(x_gen), eps),
-            Constraint::ReferenceModel => {
-                let reference = self
-                    .reference
-                    .as_ref()
-                    .ok_or_else(|| SrumError::Training("reference model missing".into()))?;
-                let cond = reference.condition(prompts)?;
-                Tensor::from_inner(reference.velocity(
-                    x_t.clone().inner(),
-                    t.clone().inner(),
-                    &cond,
-                ))
-            }
-        };
-        let mean_reward = reward.clone().mean();
-        let cond = model.condition(prompts)?;
-        let v = model.velocity(x_t, t, &cond);
-        let terms = srum_loss(v, target, reward, constraint_target, cfg.lambda);
+        #[cfg(feature = "collective")]
+        let b = batch.prompts.len();
+        let mean_reward = batch.reward.clone().mean();
+        let terms = self.objective.loss(
+            model,
+            StepInput {
+                batch,
+                config: cfg,
+                reference: self.reference.as_ref(),
+                draws,
+            },
+        )?;
         let host = Tensor::cat(
             vec![
                 terms.total.clone().inner(),
@@ -570,7 +553,7 @@ where
             // Every peer reports and decides on the group's mean, so a non-finite loss on one
             // peer makes all of them skip together instead of leaving the others waiting.
             Some(dp) => {
-                let b = prompts.len() as f32;
+                let b = b as f32;
                 let mut local = host;
                 local.extend([b, b * b]);
                 let mean = parallel::mean_host::<B::InnerBackend>(dp.peer(), &local, &self.device)?;
@@ -660,9 +643,14 @@ where
     }
 
     /// Restores a trainer saved by [`Trainer::save_checkpoint`] into `model` (a freshly built
-    /// model of the same architecture). Continuing from here gives, on a deterministic backend,
-    /// the same weights bit for bit as never having stopped.
-    pub fn resume(dir: impl AsRef<Path>, model: M, device: &B::Device) -> Result<Self> {
+    /// model of the same architecture), under `objective`. Continuing from here gives, on a
+    /// deterministic backend, the same weights bit for bit as never having stopped.
+    pub fn resume_with(
+        dir: impl AsRef<Path>,
+        model: M,
+        objective: O,
+        device: &B::Device,
+    ) -> Result<Self> {
         let dir = &latest_version(dir.as_ref())?;
         let read = |name: &str| {
             let p = dir.join(name);
@@ -675,7 +663,7 @@ where
                 message: format!("unreadable trainer state: {e}"),
             })?;
         let model = weights_from_safetensors(model, &read(MODEL_FILE)?, &dir.join(MODEL_FILE))?;
-        let mut trainer = Self::new(model, meta.config, device)?;
+        let mut trainer = Self::with_objective(model, objective, meta.config, device)?;
         if trainer.reference.is_some() {
             let r = trainer.model().valid();
             trainer.reference = Some(weights_from_safetensors(
