@@ -266,8 +266,10 @@ fn judge_with<M: srum::model::UnifiedModel<Back>>(
         let mut images = Vec::new();
         let mut items = Vec::new();
         for (line, m) in chunk {
-            let img = crate::contained_path(&a.images, &m.file)
-                .and_then(|p| srum::data::load_rgb_image(&p, srum::model::ImageSize::square(size)));
+            let img = crate::contained_path(&a.images, &m.file).and_then(|p| {
+                srum::data::load_rgb_image(&p, srum::model::ImageSize::square(size))
+                    .map_err(|e| e.to_string())
+            });
             match img {
                 Ok(img) => {
                     images.push(img);

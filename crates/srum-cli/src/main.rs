@@ -69,7 +69,10 @@ enum Command {
     Orchestrator(train::OrchestratorArgs),
 }
 
-pub use srum::data::contained_path;
+/// [`srum::data::contained_path`], its error as the message the commands print.
+pub fn contained_path(base: &std::path::Path, file: &str) -> Result<std::path::PathBuf, String> {
+    srum::data::contained_path(base, file).map_err(|e| e.to_string())
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -135,7 +135,7 @@ fn group(_: &TrainArgs) -> Result<(usize, usize, Option<()>), String> {
 /// FNV-1a over the bits of every weight: equal on all nodes when they are in step.
 fn checksum<M: burn::module::Module<Back>>(m: &M) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
-    for p in srum::train::params::collect_params(m) {
+    for p in srum::train::collect_params(m) {
         let v = p.flat.into_data().into_vec::<f32>().unwrap_or_default();
         for x in v {
             for b in x.to_bits().to_le_bytes() {
@@ -316,7 +316,7 @@ pub fn run_train(a: TrainArgs) -> Result<ExitCode, String> {
             "loss {:.4} reward {:.4}",
             report.loss, report.reward_loss
         ));
-        if report.updated && (step % a.save_every == 0 || step == a.steps) {
+        if report.updated() && (step % a.save_every == 0 || step == a.steps) {
             metrics.flush().map_err(|e| e.to_string())?;
             trainer.save_checkpoint(&ckpt).map_err(|e| e.to_string())?;
         }

@@ -86,7 +86,7 @@ pub struct PretrainArgs {
     /// With --locate-head: train it on object statements too (where the asked object is).
     #[arg(long, requires = "locate_head")]
     locate_objects: bool,
-    /// Understanding batch weights: objects,counts,relations,regions,estimates,blank[,samples].
+    /// Understanding batch weights: objects,counts,relations,regions,estimates,blank\[,samples\].
     #[arg(long, default_value = "7,3,4,2,2,2", value_parser = UnderstandingMix::parse)]
     mix: UnderstandingMix,
     /// Split every step into this many shards on parallel threads (gradients summed); use

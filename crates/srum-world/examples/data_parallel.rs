@@ -61,7 +61,7 @@ fn main() -> srum::Result<()> {
     let data = batches(steps, n, c);
     let probe = Trainer::new(model.clone(), TrainerConfig::default(), &device)?;
     let trainable: std::collections::HashSet<_> = probe.trainable_params().iter().collect();
-    let floats: usize = srum::train::params::collect_params(&model)
+    let floats: usize = srum::train::collect_params(&model)
         .iter()
         .filter(|p| trainable.contains(&p.id))
         .map(|p| p.shape.iter().product::<usize>())

@@ -88,7 +88,7 @@ fn trainer_on_software_vulkan_agrees_with_flex() {
     for i in 0..4 {
         let ra = a.step(toy_batch(i, 4, &cpu)).unwrap();
         let rb = b.step(toy_batch(i, 4, &gpu)).unwrap();
-        assert!(ra.updated && rb.updated);
+        assert!(ra.updated() && rb.updated());
         assert!(
             (ra.loss - rb.loss).abs() <= 1e-5 * ra.loss.abs().max(1.0),
             "step {i}: loss {} vs {}",

@@ -86,7 +86,7 @@ fn main() -> srum::Result<()> {
                 r.loss,
                 r.reward_loss,
                 r.constraint_loss,
-                r.grad_norm.unwrap_or(f32::NAN),
+                r.grad_norm().unwrap_or(f32::NAN),
                 r.lr,
                 r.samples_per_sec
             );

@@ -72,5 +72,23 @@ impl SrumError {
     }
 }
 
+/// What is wrong with one line of a record file, naming the field; the
+/// [`RecordReader`](crate::data::RecordReader) adds the file and line number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct LineError(pub String);
+
+impl From<String> for LineError {
+    fn from(message: String) -> Self {
+        Self(message)
+    }
+}
+
+impl From<&str> for LineError {
+    fn from(message: &str) -> Self {
+        Self(message.into())
+    }
+}
+
 /// `Result` with [`SrumError`].
 pub type Result<T, E = SrumError> = std::result::Result<T, E>;

@@ -17,4 +17,4 @@ pub mod model;
 pub mod reward;
 pub mod train;
 
-pub use error::{Result, SrumError};
+pub use error::{LineError, Result, SrumError};

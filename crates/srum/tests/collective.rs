@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use srum::train::params::materialize;
+use srum::train::materialize;
 use srum::train::{Constraint, DataParallel, SrumBatch, StepReport, Trainer, TrainerConfig};
 use srum_world::toy::{ToyUmm, ToyUmmConfig};
 
@@ -92,7 +92,7 @@ fn check(config: TrainerConfig, peers: usize, steps: u64) {
             "{peers} peers vs one trainer: weights differ by {d} (training moved them {moved})"
         );
         for (a, b) in reports.iter().zip(&single_reports) {
-            assert_eq!(a.updated, b.updated);
+            assert_eq!(a.updated(), b.updated());
             assert!(
                 (a.loss - b.loss).abs() <= 1e-5 * b.loss.abs().max(1.0),
                 "step {}: group loss {} vs single {}",
@@ -100,7 +100,7 @@ fn check(config: TrainerConfig, peers: usize, steps: u64) {
                 a.loss,
                 b.loss
             );
-            match (a.grad_norm, b.grad_norm) {
+            match (a.grad_norm(), b.grad_norm()) {
                 (Some(x), Some(y)) => assert!((x - y).abs() <= 1e-4 * y.max(1.0), "{x} vs {y}"),
                 (x, y) => assert_eq!(x.is_some(), y.is_some()),
             }

@@ -100,7 +100,7 @@ fn judgements_flow_into_trainer_step() {
     let batch = SrumBatch::from_maps(prompts, latents, grid, &maps).unwrap();
     let mut trainer = Trainer::new(model, TrainerConfig::new().with_lr(1e-3), &dev).unwrap();
     let report = trainer.step(batch).unwrap();
-    assert!(report.updated && report.loss.is_finite());
+    assert!(report.updated() && report.loss.is_finite());
     let mean: f32 = maps.iter().map(|m| m.mean()).sum::<f32>() / 4.0;
     assert!((report.mean_reward - mean).abs() < 1e-5);
 }

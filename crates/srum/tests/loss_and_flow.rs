@@ -343,7 +343,7 @@ fn gradient_through_the_model_matches_finite_differences() {
     use srum_world::toy::{ToyUmm, ToyUmmConfig};
     let dev = device();
     let model = ToyUmmConfig::new().init::<CpuAd>(&dev);
-    srum::train::params::materialize(&model);
+    srum::train::materialize(&model);
     let batch = toy_batch::<CpuAd>(3, 2, &dev);
     let eps = toy_batch::<CpuAd>(4, 2, &dev).latents;
     let t = Tensor::<CpuAd, 1>::from_floats([0.3, 0.8], &dev);
@@ -354,7 +354,7 @@ fn gradient_through_the_model_matches_finite_differences() {
         srum_loss(v, target.clone(), batch.reward.clone(), target, 0.5).total
     };
     let grads = loss(&model).backward();
-    let params = srum::train::params::collect_params(&model);
+    let params = srum::train::collect_params(&model);
     let bias = params.iter().find(|p| p.path == "gen_out.bias").unwrap();
     let bias_values: Vec<f32> = bias.flat.clone().into_data().into_vec().unwrap();
     let gp = burn::optim::GradientsParams::from_grads(grads, &model);

@@ -6,7 +6,7 @@ mod common;
 use burn::tensor::{Tensor, TensorData};
 use common::*;
 use srum::model::{FlowGenerator, Generator, ParamRole, TrainableSet};
-use srum::train::{Constraint, Trainer, TrainerConfig};
+use srum::train::{Constraint, StepOutcome, Trainer, TrainerConfig};
 use srum_world::toy::ToyUmmConfig;
 
 fn fast_config() -> TrainerConfig {
@@ -25,7 +25,7 @@ fn understanding_weights_never_change() {
     ] {
         let model = ToyUmmConfig::new().init::<CpuAd>(&dev);
         let roles = model.param_roles();
-        let before = srum::train::params::collect_params(&model);
+        let before = srum::train::collect_params(&model);
         let before_w = weights(&model);
         // Weight decay on, so a frozen parameter that reached the optimizer would move.
         let config = fast_config()
@@ -34,7 +34,7 @@ fn understanding_weights_never_change() {
         let mut trainer = Trainer::new(model, config, &dev).unwrap();
         for i in 0..5 {
             let r = trainer.step(toy_batch(i, 4, &dev)).unwrap();
-            assert!(r.updated);
+            assert!(r.updated());
         }
         let after_w = weights(trainer.model());
         for ((p, (path, w0)), (_, w1)) in before.iter().zip(&before_w).zip(&after_w) {
@@ -103,7 +103,7 @@ fn high_reward_tokens_learn_faster() {
     for i in 0..150 {
         let r = trainer.step(batch.clone()).unwrap();
         assert!(
-            r.grad_norm.is_some_and(|g| g > 0.0),
+            r.grad_norm().is_some_and(|g| g > 0.0),
             "step {i}: no gradient"
         );
     }
@@ -127,7 +127,7 @@ fn resume_is_bit_exact() {
         .with_ema_decay(Some(0.9))
         .with_constraint(Constraint::ReferenceModel);
     let model = ToyUmmConfig::new().init::<CpuAd>(&dev);
-    srum::train::params::materialize(&model);
+    srum::train::materialize(&model);
 
     let mut straight = Trainer::new(model.clone(), config.clone(), &dev).unwrap();
     for i in 0..8 {
@@ -185,14 +185,14 @@ fn checkpoint_refuses_mid_accumulation() {
     let model = ToyUmmConfig::new().init::<CpuAd>(&dev);
     let mut t = Trainer::new(model, fast_config().with_grad_accum_steps(2), &dev).unwrap();
     let r = t.step(toy_batch(0, 2, &dev)).unwrap();
-    assert!(!r.updated);
+    assert_eq!(r.outcome, StepOutcome::Accumulated);
     let dir = tempfile::tempdir().unwrap();
     let err = t
         .save_checkpoint(dir.path().join("c"))
         .unwrap_err()
         .to_string();
     assert!(err.contains("accumulated"), "{err}");
-    assert!(t.step(toy_batch(1, 2, &dev)).unwrap().updated);
+    assert!(t.step(toy_batch(1, 2, &dev)).unwrap().updated());
     t.save_checkpoint(dir.path().join("c")).unwrap();
 }
 
@@ -214,8 +214,10 @@ fn non_finite_steps_are_skipped_then_stop() {
     };
     for _ in 0..2 {
         let r = t.step(poisoned()).unwrap();
-        assert!(!r.updated);
-        assert!(r.skipped.is_some());
+        assert!(
+            matches!(&r.outcome, StepOutcome::Skipped { reason, .. } if reason.contains("non-finite")),
+            "{r:?}"
+        );
         assert_eq!(
             weights(t.model()),
             good,
@@ -234,7 +236,7 @@ fn non_finite_steps_are_skipped_then_stop() {
     .unwrap();
     assert_eq!(weights(back.model()), good);
     // A good step afterwards still trains and resets the streak.
-    assert!(t.step(toy_batch(6, 2, &dev)).unwrap().updated);
+    assert!(t.step(toy_batch(6, 2, &dev)).unwrap().updated());
     assert_eq!(t.state().consecutive_skips, 0);
     assert_eq!(t.state().skipped, 3);
 }

@@ -254,7 +254,7 @@ pub struct UnderstandingHeads<B: Backend> {
     pub ground: Option<Tensor<B, 3>>,
 }
 
-/// The small unified model: see the [module docs](self).
+/// The small unified model: see the [module docs](crate::tiny).
 #[derive(Module, Debug)]
 pub struct TinyUmm<B: Backend> {
     tok_embed: Embedding<B>,

@@ -25,7 +25,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use super::model::{PATCH_CLASSES, TinyUmm, mask_to_region};
 use crate::world::{Category, Np, PromptSpec, Relation, Split, split_prompts};
-use srum::error::Result;
+use srum::error::{Result, SrumError};
 use srum::flow::{
     EulerSampler, EulerSamplerConfig, TimestepSampling, host_normal, noisy_latents,
     sample_timesteps,
@@ -206,20 +206,21 @@ impl UnderstandingMix {
 
     /// Parses `objects,counts,relations,regions,estimates,blank[,samples]` (as the CLI takes
     /// it; `samples` is 0 when left out).
-    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = |message: String| SrumError::config("mix", message);
         let v: Vec<u32> = s
             .split(',')
             .map(|x| x.trim().parse::<u32>())
             .collect::<std::result::Result<_, _>>()
-            .map_err(|e| format!("mix {s:?}: {e}"))?;
+            .map_err(|e| bad(format!("{s:?}: {e}")))?;
         let (objects, counts, relations, regions, estimates, blank, samples) = match v[..] {
             [o, c, r, g, e, b] => (o, c, r, g, e, b, 0),
             [o, c, r, g, e, b, s] => (o, c, r, g, e, b, s),
             _ => {
-                return Err(format!(
-                    "mix {s:?}: want 6 or 7 weights \
+                return Err(bad(format!(
+                    "{s:?}: want 6 or 7 weights \
                      (objects,counts,relations,regions,estimates,blank[,samples])"
-                ));
+                )));
             }
         };
         let mix = Self {
@@ -232,7 +233,7 @@ impl UnderstandingMix {
             samples,
         };
         if mix.total() == 0 {
-            return Err(format!("mix {s:?}: the weights sum to zero"));
+            return Err(bad(format!("{s:?}: the weights sum to zero")));
         }
         Ok(mix)
     }
@@ -1192,7 +1193,7 @@ mod tests {
             .chain(want(Kind::Blank, 2))
             .collect();
         assert_eq!(kinds, expected);
-        assert_eq!(UnderstandingMix::parse("7,3,4,2,2,2"), Ok(mix));
+        assert_eq!(UnderstandingMix::parse("7,3,4,2,2,2").unwrap(), mix);
         let zero = UnderstandingMix::parse("0,5,0,0,0,0").unwrap();
         assert!((0..5).all(|u| zero.kind(u) == Kind::Count));
         // The seventh weight, samples, comes last and is 0 when left out (and in older
@@ -1251,7 +1252,7 @@ mod tests {
             ("7,3,4,2,2,x", "invalid digit"),
             ("0,0,0,0,0,0", "sum to zero"),
         ] {
-            let e = UnderstandingMix::parse(s).unwrap_err();
+            let e = UnderstandingMix::parse(s).unwrap_err().to_string();
             assert!(e.contains(why) && e.contains(s), "{s}: {e}");
         }
     }

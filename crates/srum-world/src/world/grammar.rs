@@ -143,7 +143,7 @@ pub enum PromptSpec {
     Relation(Np, Relation, Np),
     /// "three blue squares" (2 to 4).
     Count(usize, Np),
-    /// "<relation> and <one object>".
+    /// "`<relation>` and `<one object>`".
     Complex(Np, Relation, Np, Np),
 }
 

@@ -10,7 +10,6 @@ use rand_chacha::ChaCha8Rng;
 use super::records::ReadStats;
 #[cfg(feature = "png")]
 use super::records::{RecordReader, TrainingRecord};
-#[cfg(feature = "png")]
 use crate::error::{Result, SrumError};
 use crate::image::PixelImage;
 #[cfg(feature = "png")]
@@ -33,7 +32,7 @@ pub struct RewardItem {
 }
 
 /// Resolves `file` inside `base`, refusing absolute paths, `..` and symlinks that leave it.
-pub fn contained_path(base: &Path, file: &str) -> std::result::Result<PathBuf, String> {
+pub fn contained_path(base: &Path, file: &str) -> Result<PathBuf> {
     let rel = Path::new(file);
     if file.is_empty()
         || rel.is_absolute()
@@ -41,19 +40,19 @@ pub fn contained_path(base: &Path, file: &str) -> std::result::Result<PathBuf, S
             .components()
             .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
     {
-        return Err(format!(
+        return Err(SrumError::Data(format!(
             "path `{file}` leaves its folder `{}`",
             base.display()
-        ));
+        )));
     }
     let joined = base.join(rel);
     if let (Ok(real), Ok(real_base)) = (joined.canonicalize(), base.canonicalize())
         && !real.starts_with(&real_base)
     {
-        return Err(format!(
+        return Err(SrumError::Data(format!(
             "path `{file}` is a link leaving its folder `{}`",
             base.display()
-        ));
+        )));
     }
     Ok(joined)
 }
@@ -82,8 +81,8 @@ pub struct RewardDataset {
 /// before anything is decoded, and any other channel layout is refused rather than converted,
 /// since it means the file is not what the pipeline wrote.
 #[cfg(feature = "png")]
-pub fn load_rgb_image(path: &Path, size: ImageSize) -> std::result::Result<PixelImage, String> {
-    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+pub fn load_rgb_image(path: &Path, size: ImageSize) -> Result<PixelImage> {
+    let at = |e: &dyn std::fmt::Display| SrumError::Data(format!("{}: {e}", path.display()));
     let reader = image::ImageReader::open(path)
         .map_err(|e| at(&e))?
         .with_guessed_format()
@@ -131,7 +130,7 @@ impl RewardDataset {
                     continue;
                 }
             };
-            let at = |m: String| format!("{}:{line}: {m}", records.display());
+            let at = |e: SrumError| format!("{}:{line}: {e}", records.display());
             let image = match contained_path(images, &rec.bad_image_file)
                 .and_then(|p| load_rgb_image(&p, image_size))
             {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::{Result, SrumError};
+use crate::error::{LineError, Result, SrumError};
 use crate::reward::{BBox, Judgement, ScoredRegion};
 
 /// Largest image (in pixels) whose reward map is built at full resolution: 64 Mpx, a 256 MB
@@ -77,7 +77,7 @@ pub(crate) fn as_bbox(v: Option<&Value>) -> Option<BBox> {
 pub fn parse_training_record(
     line: &str,
     stats: &mut ReadStats,
-) -> std::result::Result<TrainingRecord, String> {
+) -> std::result::Result<TrainingRecord, LineError> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
     let obj = v.as_object().ok_or("expected a JSON object")?;
     let string = |key: &str| -> std::result::Result<String, String> {
@@ -108,7 +108,8 @@ pub fn parse_training_record(
     {
         return Err(format!(
             "field `image_size` [{w}, {h}] exceeds the {MAX_IMAGE_PIXELS}-pixel limit"
-        ));
+        )
+        .into());
     }
     let rewards = match obj.get("vlm_rewards") {
         Some(Value::Array(a)) => a.as_slice(),
@@ -119,7 +120,7 @@ pub fn parse_training_record(
     let mut judgement = Judgement::default();
     for (i, entry) in rewards.iter().enumerate() {
         let Some(e) = entry.as_object() else {
-            return Err(format!("vlm_rewards[{i}] must be an object"));
+            return Err(format!("vlm_rewards[{i}] must be an object").into());
         };
         let object = e.get("object").and_then(Value::as_str).unwrap_or_default();
         if object == GLOBAL_OBJECT {
@@ -158,11 +159,11 @@ pub fn parse_training_record(
 /// A record type that can be parsed from one JSON line.
 pub trait JsonRecord: Sized {
     /// Parses one line; `Err` names the offending field.
-    fn parse_line(line: &str, stats: &mut ReadStats) -> std::result::Result<Self, String>;
+    fn parse_line(line: &str, stats: &mut ReadStats) -> std::result::Result<Self, LineError>;
 }
 
 impl JsonRecord for TrainingRecord {
-    fn parse_line(line: &str, stats: &mut ReadStats) -> std::result::Result<Self, String> {
+    fn parse_line(line: &str, stats: &mut ReadStats) -> std::result::Result<Self, LineError> {
         parse_training_record(line, stats)
     }
 }
@@ -280,7 +281,7 @@ impl<R: BufRead, T: JsonRecord> Iterator for RecordReader<R, T> {
                     self.stats.records += 1;
                     Ok((self.line_no, r))
                 }
-                Err(message) => {
+                Err(LineError(message)) => {
                     self.stats.bad_lines += 1;
                     Err(SrumError::Record {
                         path: self.path.clone(),

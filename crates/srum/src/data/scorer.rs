@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::records::{GLOBAL_OBJECT, JsonRecord, ReadStats, RecordReader};
-use crate::error::{Result, SrumError};
+use crate::error::{LineError, Result, SrumError};
 use crate::reward::{BBox, Judgement};
 
 /// One scored region in the scorer format.
@@ -126,7 +126,7 @@ impl ScorerRecord {
 }
 
 impl JsonRecord for ScorerRecord {
-    fn parse_line(line: &str, stats: &mut ReadStats) -> std::result::Result<Self, String> {
+    fn parse_line(line: &str, stats: &mut ReadStats) -> std::result::Result<Self, LineError> {
         let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
         let (image_file, prompt, regions, global) = scorer_fields(&v, stats)?;
         Ok(ScorerRecord {
@@ -246,7 +246,7 @@ pub struct ConvertStats {
 pub fn convert_line(
     line: &str,
     stats: &mut ReadStats,
-) -> std::result::Result<Option<Value>, String> {
+) -> std::result::Result<Option<Value>, LineError> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
     let (image_file, prompt, regions, global) = scorer_fields(&v, stats)?;
     let mut rewards = Vec::new();
@@ -322,7 +322,7 @@ pub fn convert_file(
                 on_error(SrumError::Record {
                     path: input.to_path_buf(),
                     line: i + 1,
-                    message,
+                    message: message.0,
                 });
             }
         }
@@ -364,6 +364,7 @@ mod tests {
         assert!(
             convert_line(r#"{"prompt": "p"}"#, &mut s)
                 .unwrap_err()
+                .0
                 .contains("image_file")
         );
     }

@@ -6,7 +6,7 @@ mod loss;
 mod objective;
 #[cfg(feature = "collective")]
 mod parallel;
-pub mod params;
+mod params;
 mod schedule;
 mod trainer;
 
@@ -22,5 +22,6 @@ pub use objective::{
 };
 #[cfg(feature = "collective")]
 pub use parallel::{CollectiveConfig, DataParallel, PeerId};
+pub use params::{NamedParam, collect_params, materialize};
 pub use schedule::{LrDecay, learning_rate};
-pub use trainer::{SrumBatch, StepReport, Trainer, TrainerState};
+pub use trainer::{SrumBatch, StepOutcome, StepReport, Trainer, TrainerState};

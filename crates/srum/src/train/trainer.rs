@@ -128,6 +128,27 @@ impl<B: Backend> SrumBatch<B> {
     }
 }
 
+/// What one [`Trainer::step`] did to the weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum StepOutcome {
+    /// The gradients joined the accumulation window; the weights are unchanged until it ends.
+    Accumulated,
+    /// The window ended and the optimizer updated the weights.
+    Updated {
+        /// Global gradient norm before clipping.
+        grad_norm: f32,
+    },
+    /// The weights are unchanged and the window was dropped: the loss or the gradient norm was
+    /// not finite.
+    Skipped {
+        /// What was not finite.
+        reason: String,
+        /// The gradient norm, when the window got as far as computing it.
+        grad_norm: Option<f32>,
+    },
+}
+
 /// What one [`Trainer::step`] did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepReport {
@@ -137,24 +158,37 @@ pub struct StepReport {
     pub micro_step: u64,
     /// `reward + lambda * constraint` of this micro-batch.
     pub loss: f32,
-    /// The reward-weighted flow-matching term.
+    /// The reward-weighted term of the objective.
     pub reward_loss: f32,
     /// The constraint term (before `lambda`).
     pub constraint_loss: f32,
     /// Mean per-token reward of the batch.
     pub mean_reward: f32,
-    /// Global gradient norm before clipping, when this call ended an accumulation window.
-    pub grad_norm: Option<f32>,
     /// Learning rate of the update (or of the next one, when none happened).
     pub lr: f64,
-    /// Whether the weights were updated by this call.
-    pub updated: bool,
-    /// Why this call was skipped (non-finite loss or gradient), if it was.
-    pub skipped: Option<String>,
+    /// What happened to the weights.
+    #[serde(flatten)]
+    pub outcome: StepOutcome,
     /// Images per second through this call (forward, backward and update).
     pub samples_per_sec: f64,
     /// Latent tokens per second through this call.
     pub tokens_per_sec: f64,
+}
+
+impl StepReport {
+    /// Whether this call updated the weights.
+    pub fn updated(&self) -> bool {
+        matches!(self.outcome, StepOutcome::Updated { .. })
+    }
+
+    /// The global gradient norm before clipping, when this call ended an accumulation window.
+    pub fn grad_norm(&self) -> Option<f32> {
+        match self.outcome {
+            StepOutcome::Updated { grad_norm } => Some(grad_norm),
+            StepOutcome::Skipped { grad_norm, .. } => grad_norm,
+            StepOutcome::Accumulated => None,
+        }
+    }
 }
 
 /// Counters that, with the config, determine everything the trainer does next.
@@ -423,94 +457,98 @@ where
         let model = self.model.take().ok_or_else(|| {
             SrumError::Training("trainer lost its model after a failed step".into())
         })?;
-        let result = self.forward_backward(&model, batch, draws);
-        let (terms, mean_reward, grads) = match result {
-            Ok(v) => v,
-            Err(e) => {
-                self.model = Some(model);
-                return Err(e);
-            }
-        };
-        let [loss, reward_loss, constraint_loss] = terms;
-        let mut report = StepReport {
+        let lr = learning_rate(
+            cfg.lr,
+            cfg.warmup_steps,
+            cfg.decay,
+            self.state.optimizer_steps,
+        );
+        let (model, result) = self.update(model, batch, draws, lr);
+        self.model = Some(model);
+        let ([loss, reward_loss, constraint_loss], mean_reward, outcome) = result?;
+        if let StepOutcome::Skipped { reason, .. } = &outcome {
+            self.skip(reason.clone())?;
+        }
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        Ok(StepReport {
             optimizer_step: self.state.optimizer_steps,
             micro_step: self.state.micro_steps,
             loss,
             reward_loss,
             constraint_loss,
             mean_reward,
-            grad_norm: None,
-            lr: learning_rate(
-                cfg.lr,
-                cfg.warmup_steps,
-                cfg.decay,
-                self.state.optimizer_steps,
-            ),
-            updated: false,
-            skipped: None,
-            samples_per_sec: 0.0,
-            tokens_per_sec: 0.0,
-        };
+            lr,
+            outcome,
+            samples_per_sec: b as f64 / secs,
+            tokens_per_sec: (b * n) as f64 / secs,
+        })
+    }
 
-        let mut model = model;
-        match grads {
-            None => {
-                let reason = format!("non-finite loss {loss}");
-                report.skipped = Some(reason.clone());
-                self.model = Some(model);
-                self.skip(reason)?;
-            }
-            Some(grads) => {
-                self.accumulator.accumulate(&model, grads);
-                self.accumulated += 1;
-                if self.accumulated == cfg.grad_accum_steps {
-                    self.accumulated = 0;
-                    let mut grads = self.accumulator.grads();
-                    #[cfg(feature = "collective")]
-                    if let Some(dp) = &self.parallel {
-                        grads = match parallel::all_reduce_grads::<B, M>(dp.peer(), &model, grads) {
-                            Ok(g) => g,
-                            Err(e) => {
-                                self.model = Some(model);
-                                return Err(e);
-                            }
-                        };
-                    }
-                    let norm = grad_norm::<B, M>(&model, &grads);
-                    report.grad_norm = Some(norm);
-                    if !norm.is_finite() {
-                        let reason = format!("non-finite gradient norm {norm}");
-                        report.skipped = Some(reason.clone());
-                        self.model = Some(model);
-                        self.skip(reason)?;
-                    } else {
-                        if let Some(max) = cfg.grad_clip_norm {
-                            // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) when above.
-                            let coef = max / (norm + 1e-6);
-                            if coef < 1.0 {
-                                scale_grads::<B, M>(&model, &mut grads, coef);
-                            }
-                        }
-                        model = self.optim.step(report.lr, model, grads);
-                        if let (Some(ema), Some(decay)) = (self.ema.take(), cfg.ema_decay) {
-                            let ids: HashSet<ParamId> = self.trainable.iter().copied().collect();
-                            self.ema = Some(ema_update(ema, &model.valid(), &ids, decay));
-                        }
-                        self.state.optimizer_steps += 1;
-                        self.state.consecutive_skips = 0;
-                        report.updated = true;
-                        report.optimizer_step = self.state.optimizer_steps;
-                        self.model = Some(model);
-                    }
-                } else {
-                    self.model = Some(model);
-                }
+    /// Forward, backward and, when the window ends, the update of `model`, which always comes
+    /// back (updated or not) so that an error leaves the trainer whole.
+    #[allow(clippy::type_complexity)]
+    fn update(
+        &mut self,
+        model: M,
+        batch: SrumBatch<B>,
+        draws: StepDraws,
+        lr: f64,
+    ) -> (M, Result<([f32; 3], f32, StepOutcome)>) {
+        let (terms, mean_reward, grads) = match self.forward_backward(&model, batch, draws) {
+            Ok(v) => v,
+            Err(e) => return (model, Err(e)),
+        };
+        let done = |outcome| Ok((terms, mean_reward, outcome));
+        let Some(grads) = grads else {
+            let reason = format!("non-finite loss {}", terms[0]);
+            return (
+                model,
+                done(StepOutcome::Skipped {
+                    reason,
+                    grad_norm: None,
+                }),
+            );
+        };
+        self.accumulator.accumulate(&model, grads);
+        self.accumulated += 1;
+        if self.accumulated < self.config.grad_accum_steps {
+            return (model, done(StepOutcome::Accumulated));
+        }
+        self.accumulated = 0;
+        let mut grads = self.accumulator.grads();
+        #[cfg(feature = "collective")]
+        if let Some(dp) = &self.parallel {
+            grads = match parallel::all_reduce_grads::<B, M>(dp.peer(), &model, grads) {
+                Ok(g) => g,
+                Err(e) => return (model, Err(e)),
+            };
+        }
+        let norm = grad_norm::<B, M>(&model, &grads);
+        if !norm.is_finite() {
+            let reason = format!("non-finite gradient norm {norm}");
+            return (
+                model,
+                done(StepOutcome::Skipped {
+                    reason,
+                    grad_norm: Some(norm),
+                }),
+            );
+        }
+        if let Some(max) = self.config.grad_clip_norm {
+            // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) when above.
+            let coef = max / (norm + 1e-6);
+            if coef < 1.0 {
+                scale_grads::<B, M>(&model, &mut grads, coef);
             }
         }
-        let secs = start.elapsed().as_secs_f64().max(1e-9);
-        report.samples_per_sec = b as f64 / secs;
-        report.tokens_per_sec = (b * n) as f64 / secs;
-        Ok(report)
+        let model = self.optim.step(lr, model, grads);
+        if let (Some(ema), Some(decay)) = (self.ema.take(), self.config.ema_decay) {
+            let ids: HashSet<ParamId> = self.trainable.iter().copied().collect();
+            self.ema = Some(ema_update(ema, &model.valid(), &ids, decay));
+        }
+        self.state.optimizer_steps += 1;
+        self.state.consecutive_skips = 0;
+        (model, done(StepOutcome::Updated { grad_norm: norm }))
     }
 
     /// Loss terms (host values), mean reward and the trainable gradients; `None` gradients

@@ -41,7 +41,7 @@ pub fn toy_batch<B: Backend>(seed: u64, batch: usize, device: &B::Device) -> Sru
 
 /// All float parameters of a module as `(path, values)`, for exact comparisons.
 pub fn weights<B: Backend, M: burn::module::Module<B>>(m: &M) -> Vec<(String, Vec<f32>)> {
-    srum::train::params::collect_params(m)
+    srum::train::collect_params(m)
         .into_iter()
         .map(|p| {
             (
