@@ -1,21 +1,20 @@
 //! `srum demo`: the whole SRUM loop on the shipped reference model, in one process: evaluate,
 //! roll out, judge itself, compose rewards, train, evaluate again, print before and after.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use crate::backend::{Ad, Back};
 use burn::module::AutodiffModule;
-use burn::tensor::Tensor;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use srum::image::PixelImage;
 use srum::judge::{ConnectedComponents, SelfEvaluator, SelfEvaluatorConfig};
 use srum::model::{ImageCodec, ImageSize};
 use srum::reward::{RewardComposer, RewardComposerConfig, RewardMap, RewardMode, reward_picture};
-use srum::train::{SrumBatch, Trainer, TrainerConfig};
+use srum::round::Sample;
+use srum::train::{Trainer, TrainerConfig};
 use srum_world::tiny::TinyUmm;
 use srum_world::world::{
     OracleReport, Split, evaluate_generation, split_prompts, understanding_accuracy,
@@ -94,6 +93,43 @@ fn save_png(path: &std::path::Path, w: usize, h: usize, rgb: &[u8]) -> Result<()
     .map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Writes every rollout image to `out/rollout/` and the first `pictures` reward pictures to
+/// `out/pictures/`, each under `name(index)`.
+pub fn write_rollout(
+    samples: &[Sample],
+    out: &Path,
+    name: &dyn Fn(usize) -> String,
+    pictures: usize,
+) -> Result<(), String> {
+    for (i, s) in samples.iter().enumerate() {
+        let file = name(i);
+        let (w, h) = (s.image.width, s.image.height);
+        save_png(&out.join("rollout").join(&file), w, h, &s.image.to_rgb8())?;
+        if i < pictures {
+            let (w, h, rgb) = reward_picture(&s.image, &s.judged.judgement, &s.map, 8);
+            save_png(&out.join("pictures").join(&file), w, h, &rgb)?;
+        }
+    }
+    Ok(())
+}
+
+/// One JSON line per sample: its index, prompt, image file and judgement.
+pub fn write_manifest(
+    samples: &[Sample],
+    path: &Path,
+    name: &dyn Fn(usize) -> String,
+) -> Result<(), String> {
+    let mut manifest = String::new();
+    for (i, s) in samples.iter().enumerate() {
+        manifest.push_str(
+            &serde_json::json!({"index": i, "prompt": s.prompt, "file": name(i), "judgement": s.judged.judgement})
+                .to_string(),
+        );
+        manifest.push('\n');
+    }
+    srum::train::write_file_atomic(path, manifest.as_bytes()).map_err(|e| e.to_string())
+}
+
 pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
     if a.prompts == 0
         || a.candidates == 0
@@ -161,23 +197,23 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
     let mut metrics = String::new();
     for round in 0..a.rounds {
         // Stage 1: rollout and self-judgement. The judge sees pixels and prompts only.
-        let rollout_prompts: Vec<String> = train
-            .iter()
-            .flat_map(|p| std::iter::repeat_n(p.clone(), a.candidates))
-            .collect();
         let inner = model.valid();
         let pb = bar(
-            rollout_prompts.len() as u64,
+            (train.len() * a.candidates) as u64,
             &format!("round {}: rollout", round + 1),
         );
-        let mut images = Vec::with_capacity(rollout_prompts.len());
-        for chunk in rollout_prompts.chunks(64) {
-            let imgs =
-                srum::flow::generate(&inner, chunk, image_size, &sampler, 64, &mut rng, &device)
-                    .map_err(|e| e.to_string())?;
-            pb.inc(imgs.len() as u64);
-            images.extend(imgs);
-        }
+        let rollouts = srum::round::rollout(
+            &inner,
+            &train,
+            a.candidates,
+            image_size,
+            &sampler,
+            64,
+            &mut rng,
+            &device,
+            |n| pb.inc(n as u64),
+        )
+        .map_err(|e| e.to_string())?;
         pb.finish_and_clear();
         let evaluator = SelfEvaluator::new(
             SelfEvaluatorConfig::default(),
@@ -193,65 +229,51 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
             ..Default::default()
         });
         let pb = bar(
-            images.len() as u64,
+            rollouts.len() as u64,
             &format!("round {}: self-judging", round + 1),
         );
-        let (mut maps, mut manifest, mut mean_reward) = (Vec::new(), String::new(), 0f64);
-        let mut globals: Vec<f32> = Vec::with_capacity(images.len());
-        for (k, (imgs, ps)) in images
-            .chunks(64)
-            .zip(rollout_prompts.chunks(64))
-            .enumerate()
-        {
-            let out = evaluator
-                .judge(
-                    &inner,
-                    PixelImage::to_tensor::<Back>(imgs, &device).map_err(|e| e.to_string())?,
-                    ps,
-                )
-                .map_err(|e| e.to_string())?;
-            for (j, o) in out.iter().enumerate() {
-                let i = k * 64 + j;
-                let (mut map, _) = composer.compose_latent(&o.judgement, image_size, grid);
-                if matches!(a.reward.as_str(), "sft" | "best-of-k") {
-                    map = RewardMap::filled(grid, 1.0);
-                }
-                globals.push(o.judgement.global.filter(|g| g.is_finite()).unwrap_or(0.0));
-                mean_reward += map.mean() as f64;
-                let file = format!("r{}-{i:05}.png", round + 1);
-                save_png(
-                    &a.out.join("rollout").join(&file),
-                    size,
-                    size,
-                    &imgs[j].to_rgb8(),
-                )?;
-                manifest.push_str(
-                &serde_json::json!({"index": i, "prompt": ps[j], "file": file, "judgement": o.judgement})
-                    .to_string(),
-            );
-                manifest.push('\n');
-                if i < a.pictures {
-                    let (w, h, rgb) = reward_picture(&imgs[j], &o.judgement, &map, 8);
-                    save_png(&a.out.join("pictures").join(&file), w, h, &rgb)?;
-                }
-                maps.push(map);
-            }
-            pb.inc(imgs.len() as u64);
-        }
+        let mut samples = srum::round::self_judge(
+            &inner,
+            &evaluator,
+            &composer,
+            rollouts,
+            image_size,
+            64,
+            &device,
+            |n| pb.inc(n as u64),
+        )
+        .map_err(|e| e.to_string())?;
         pb.finish_and_clear();
+        if matches!(a.reward.as_str(), "sft" | "best-of-k") {
+            for s in &mut samples {
+                s.map = RewardMap::filled(grid, 1.0);
+            }
+        }
+        let name = |i: usize| format!("r{}-{i:05}.png", round + 1);
+        write_rollout(&samples, &a.out, &name, a.pictures)?;
         let manifest_path = a.out.join(format!("rollout/manifest-r{}.jsonl", round + 1));
-        srum::train::write_file_atomic(&manifest_path, manifest.as_bytes())
-            .map_err(|e| e.to_string())?;
+        write_manifest(&samples, &manifest_path, &name)?;
+        let mean_reward: f64 = samples.iter().map(|s| s.map.mean() as f64).sum();
         eprintln!(
             "round {}: {} images of {} prompts, mean reward {:.3}",
             round + 1,
-            images.len(),
+            samples.len(),
             train.len(),
-            mean_reward / images.len().max(1) as f64
+            mean_reward / samples.len().max(1) as f64
         );
 
         // The samples training draws from: all, or each prompt's best-judged candidate.
         let pool: Vec<usize> = if a.reward == "best-of-k" {
+            let globals: Vec<f32> = samples
+                .iter()
+                .map(|s| {
+                    s.judged
+                        .judgement
+                        .global
+                        .filter(|g| g.is_finite())
+                        .unwrap_or(0.0)
+                })
+                .collect();
             (0..train.len())
                 .filter_map(|p| {
                     (p * a.candidates..(p + 1) * a.candidates)
@@ -259,7 +281,7 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
                 })
                 .collect()
         } else {
-            (0..images.len()).collect()
+            (0..samples.len()).collect()
         };
 
         // Stage 2: reward-weighted training.
@@ -276,37 +298,28 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
             ..TrainerConfig::default()
         };
         let mut trainer = Trainer::new(model, tc, &device).map_err(|e| e.to_string())?;
-        let mut order: Vec<usize> = Vec::new();
         let pb = bar(
             a.train_steps as u64,
             &format!("round {}: training", round + 1),
         );
-        for _ in 0..a.train_steps {
-            let mut idx = Vec::with_capacity(a.batch);
-            while idx.len() < a.batch {
-                if order.is_empty() {
-                    order = pool.clone();
-                    order.shuffle(&mut rng);
-                }
-                idx.extend(order.pop());
-            }
-            let imgs: Vec<PixelImage> = idx.iter().map(|&i| images[i].clone()).collect();
-            let ms: Vec<RewardMap> = idx.iter().map(|&i| maps[i].clone()).collect();
-            let ps: Vec<String> = idx.iter().map(|&i| rollout_prompts[i].clone()).collect();
-            let latents = trainer
-                .model()
-                .valid()
-                .encode_images(PixelImage::to_tensor(&imgs, &device).map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
-            let batch = SrumBatch::from_maps(ps, Tensor::from_inner(latents), grid, &ms)
-                .map_err(|e| e.to_string())?;
-            let report = trainer.step(batch).map_err(|e| e.to_string())?;
-            let mut line = serde_json::to_value(&report).map_err(|e| e.to_string())?;
-            line["round"] = serde_json::json!(round + 1);
-            metrics.push_str(&line.to_string());
-            metrics.push('\n');
-            pb.inc(1);
-        }
+        srum::round::train_on(
+            &mut trainer,
+            &samples,
+            &pool,
+            a.train_steps,
+            a.batch,
+            &mut rng,
+            |report| {
+                let mut line = serde_json::to_value(report)
+                    .map_err(|e| srum::SrumError::Training(e.to_string()))?;
+                line["round"] = serde_json::json!(round + 1);
+                metrics.push_str(&line.to_string());
+                metrics.push('\n');
+                pb.inc(1);
+                Ok(())
+            },
+        )
+        .map_err(|e| e.to_string())?;
         pb.finish_and_clear();
         model = trainer.into_model();
     }

@@ -1,19 +1,31 @@
-//! `srum iterate`: rounds of rollout -> judge -> convert -> train, each round starting from the
-//! model the previous one trained. The paper does one round; this lets users do more.
-//!
-//! Each stage is the stage's own command, run as a child process of this same binary, so every
-//! flag, check, progress bar and resumability rule of the stage commands holds here too.
+//! `srum iterate`: rounds of rollout -> self-judgement -> reward-weighted training, each
+//! round starting from the model the previous one trained. The paper does one round; this lets
+//! users do more. Each round is the library's loop ([`srum::round`]) in this process; what it
+//! made is kept in the round's folder.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+
+use crate::backend::Ad;
+use burn::module::AutodiffModule;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use srum::judge::{ConnectedComponents, JudgeMode, SelfEvaluator, SelfEvaluatorConfig};
+use srum::model::ImageSize;
+use srum::reward::RewardComposer;
+use srum::train::{Trainer, TrainerConfig};
+use srum_world::tiny::TinyUmm;
+
+use crate::demo::{write_manifest, write_rollout};
+use crate::world::{SamplingArgs, bar};
 
 #[derive(clap::Args)]
 pub struct IterateArgs {
     /// Model directory to start from (round 1's generator and judge).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Run folder: round-1/, round-2/, ... each with rollout/, scores.jsonl, train.jsonl and
-    /// train/ (whose model/ starts the next round).
+    /// Run folder: round-1/, round-2/, ... each with rollout/ (images and manifest.jsonl with
+    /// the self-judgements), metrics.jsonl and train/model/ (which starts the next round).
     #[arg(long)]
     out: PathBuf,
     /// Rounds to run. A round whose trained model already exists is skipped, so rerunning with
@@ -26,28 +38,26 @@ pub struct IterateArgs {
     /// Use only this many training prompts.
     #[arg(long)]
     limit: Option<usize>,
-    /// Euler steps of the rollout.
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
     /// Optimizer steps per round.
     #[arg(long, default_value_t = 50)]
-    train_steps: u64,
+    train_steps: usize,
     /// Images per optimizer step.
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// Trainer settings as JSON (`TrainerConfig` fields), passed to every round's `srum train`.
+    /// Trainer settings as JSON (`TrainerConfig` fields) for every round; round r trains with
+    /// its seed + r.
     #[arg(long)]
     train_config: Option<PathBuf>,
     /// Judge mode: `text` or `yes-no`.
-    #[arg(long, default_value = "text")]
+    #[arg(long, default_value = "text", value_parser = ["text", "yes-no"])]
     judge_mode: String,
-    /// Base seed; round r samples with seed + r.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// After each round, evaluate the trained model with the oracle on this many held-out
     /// prompts per category (0: skip).
     #[arg(long, default_value_t = 0)]
     eval_per_category: usize,
+    /// Rollout sampling; round r draws its noise with seed + r.
+    #[command(flatten)]
+    sampling: SamplingArgs,
 }
 
 /// Runs `srum <args>` and fails with the stage's name when it fails.
@@ -72,12 +82,6 @@ fn os(s: &str) -> &std::ffi::OsStr {
 pub fn run(a: IterateArgs) -> Result<ExitCode, String> {
     if a.rounds == 0 || a.candidates == 0 || a.train_steps == 0 || a.batch == 0 {
         return Err("--rounds, --candidates, --train-steps and --batch must be at least 1".into());
-    }
-    if a.judge_mode != "text" && a.judge_mode != "yes-no" {
-        return Err(format!(
-            "--judge-mode `{}`: use `text` or `yes-no`",
-            a.judge_mode
-        ));
     }
     let mut model: PathBuf = a.checkpoint.clone();
     for r in 1..=a.rounds {
@@ -120,81 +124,104 @@ pub fn run(a: IterateArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_round(a: &IterateArgs, r: usize, model: &Path, dir: &Path) -> Result<(), String> {
-    let rollout = dir.join("rollout");
-    let scores = dir.join("scores.jsonl");
-    let records = dir.join("train.jsonl");
-    let train = dir.join("train");
-    let (k, steps, seed) = (
-        a.candidates.to_string(),
-        a.steps.to_string(),
-        (a.seed + r as u64).to_string(),
-    );
-    let limit = a.limit.map(|l| l.to_string());
-    let mut args = vec![
-        os("rollout"),
-        os("--checkpoint"),
-        model.as_os_str(),
-        os("--out"),
-        rollout.as_os_str(),
-        os("--candidates"),
-        os(&k),
-        os("--steps"),
-        os(&steps),
-        os("--seed"),
-        os(&seed),
-    ];
-    if let Some(l) = &limit {
-        args.extend([os("--limit"), os(l)]);
+fn run_round(a: &IterateArgs, r: usize, model_dir: &Path, dir: &Path) -> Result<(), String> {
+    eprintln!("== round {r}");
+    let device = Default::default();
+    let (model, config) = TinyUmm::<Ad>::load_dir(model_dir, &device).map_err(|e| e.to_string())?;
+    let size = ImageSize::square(config.image_size);
+    let sampler = a.sampling.sampler()?;
+    let mut prompts = srum_world::world::rollout_prompts();
+    if let Some(l) = a.limit {
+        prompts.truncate(l);
     }
-    // A rollout is cheap to redo and must match its manifest: always rerun it whole.
-    stage(&format!("round {r}: rollout"), &args)?;
-    let manifest = rollout.join("manifest.jsonl");
-    stage(
-        &format!("round {r}: judge"),
-        &[
-            os("judge"),
-            os("--checkpoint"),
-            model.as_os_str(),
-            os("--images"),
-            rollout.as_os_str(),
-            os("--prompts"),
-            manifest.as_os_str(),
-            os("--out"),
-            scores.as_os_str(),
-            os("--mode"),
-            os(&a.judge_mode),
-        ],
-    )?;
-    stage(
-        &format!("round {r}: convert"),
-        &[
-            os("convert"),
-            os("--in"),
-            scores.as_os_str(),
-            os("--out"),
-            records.as_os_str(),
-        ],
-    )?;
-    let (n, b) = (a.train_steps.to_string(), a.batch.to_string());
-    let mut args = vec![
-        os("train"),
-        os("--checkpoint"),
-        model.as_os_str(),
-        os("--records"),
-        records.as_os_str(),
-        os("--images"),
-        rollout.as_os_str(),
-        os("--out"),
-        train.as_os_str(),
-        os("--steps"),
-        os(&n),
-        os("--batch"),
-        os(&b),
-        os("--resume"),
-    ];
-    if let Some(c) = &a.train_config {
-        args.extend([os("--config"), c.as_os_str()]);
+    if prompts.is_empty() {
+        return Err("no prompts to roll out".into());
     }
-    stage(&format!("round {r}: train"), &args)
+    let mut tc = match &a.train_config {
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            TrainerConfig::from_json_partial(&bytes).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+        None => TrainerConfig::default(),
+    };
+    tc.seed = tc.seed.wrapping_add(r as u64);
+    let mut rng = ChaCha8Rng::seed_from_u64(a.sampling.seed.wrapping_add(r as u64));
+    for sub in ["rollout", "pictures"] {
+        std::fs::create_dir_all(dir.join(sub))
+            .map_err(|e| format!("{}: {e}", dir.join(sub).display()))?;
+    }
+
+    let inner = model.valid();
+    let pb = bar((prompts.len() * a.candidates) as u64, "rollout");
+    let rollouts = srum::round::rollout(
+        &inner,
+        &prompts,
+        a.candidates,
+        size,
+        &sampler,
+        64,
+        &mut rng,
+        &device,
+        |n| pb.inc(n as u64),
+    )
+    .map_err(|e| e.to_string())?;
+    pb.finish_and_clear();
+    let evaluator = SelfEvaluator::new(
+        SelfEvaluatorConfig {
+            mode: if a.judge_mode == "yes-no" {
+                JudgeMode::YesNo
+            } else {
+                JudgeMode::Text
+            },
+            ..Default::default()
+        },
+        ConnectedComponents::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let pb = bar(rollouts.len() as u64, "self-judging");
+    let samples = srum::round::self_judge(
+        &inner,
+        &evaluator,
+        &RewardComposer::default(),
+        rollouts,
+        size,
+        64,
+        &device,
+        |n| pb.inc(n as u64),
+    )
+    .map_err(|e| e.to_string())?;
+    pb.finish_and_clear();
+    let name = |i: usize| format!("{i:05}.png");
+    write_rollout(&samples, dir, &name, 8)?;
+    write_manifest(&samples, &dir.join("rollout/manifest.jsonl"), &name)?;
+
+    let mut trainer = Trainer::new(model, tc, &device).map_err(|e| e.to_string())?;
+    let pool: Vec<usize> = (0..samples.len()).collect();
+    let mut metrics = String::new();
+    let pb = bar(a.train_steps as u64, "training");
+    srum::round::train_on(
+        &mut trainer,
+        &samples,
+        &pool,
+        a.train_steps,
+        a.batch,
+        &mut rng,
+        |report| {
+            let line = serde_json::to_string(report)
+                .map_err(|e| srum::SrumError::Training(e.to_string()))?;
+            metrics.push_str(&line);
+            metrics.push('\n');
+            pb.inc(1);
+            Ok(())
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    pb.finish_and_clear();
+    srum::train::write_file_atomic(&dir.join("metrics.jsonl"), metrics.as_bytes())
+        .map_err(|e| e.to_string())?;
+    // Written last: its presence marks the round as done.
+    trainer
+        .into_model()
+        .save_dir(&config, dir.join("train").join("model"))
+        .map_err(|e| e.to_string())
 }

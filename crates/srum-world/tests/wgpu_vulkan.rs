@@ -10,7 +10,7 @@ mod common;
 use burn::backend::wgpu::{RuntimeOptions, WgpuDevice, graphics::Vulkan, init_setup};
 use burn::backend::{Autodiff, Wgpu};
 use common::*;
-use srum::train::{Trainer, TrainerConfig, load_weights, save_weights};
+use srum::train::{AdamWSettings, Trainer, TrainerConfig, load_weights, save_weights};
 use srum_world::toy::ToyUmmConfig;
 
 type Gpu = Autodiff<Wgpu>;
@@ -81,8 +81,11 @@ fn trainer_on_software_vulkan_agrees_with_flex() {
     let config = TrainerConfig::new()
         .with_lr(1e-3)
         .with_warmup_steps(1)
-        .with_weight_decay(0.01)
-        .with_epsilon(EPSILON);
+        .with_optimizer(
+            AdamWSettings::new()
+                .with_weight_decay(0.01)
+                .with_epsilon(EPSILON),
+        );
     let mut a = Trainer::new(start, config.clone(), &cpu).unwrap();
     let mut b = Trainer::new(on_gpu, config, &gpu).unwrap();
     for i in 0..4 {

@@ -1,19 +1,20 @@
 //! Embedding `srum` in your own loop, without the CLI: both SRUM stages in miniature on the toy
-//! model. The generator samples images, `SelfEvaluator` has the model's own understanding score
-//! them, `RewardComposer` turns the scores into reward maps, and `Trainer::step` learns from
-//! them. Swap `ToyUmm` for your `UnifiedModel` implementation and keep the loop.
+//! model. `round::rollout` samples images, `round::self_judge` has the model's own
+//! understanding score them (`SelfEvaluator`) and turns the scores into reward maps
+//! (`RewardComposer`), and `round::train_on` feeds them to `Trainer::step`. Swap `ToyUmm` for
+//! your `UnifiedModel` implementation and keep the loop.
 //!
 //! `cargo run --example custom_pipeline`
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
-use burn::tensor::Tensor;
 use rand::SeedableRng;
-use srum::flow::{EulerSampler, EulerSamplerConfig, Guidance, host_normal};
+use srum::flow::{EulerSampler, EulerSamplerConfig};
 use srum::judge::{ConnectedComponents, SelfEvaluator, SelfEvaluatorConfig};
-use srum::model::{FlowGenerator, Generator, ImageCodec, ImageSize};
+use srum::model::ImageSize;
 use srum::reward::RewardComposer;
-use srum::train::{SrumBatch, Trainer, TrainerConfig};
+use srum::round;
+use srum::train::{Trainer, TrainerConfig};
 use srum_world::toy::ToyUmmConfig;
 
 type B = Autodiff<Flex>;
@@ -49,48 +50,55 @@ fn main() -> srum::Result<()> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
 
     println!("round  step  loss      reward    constraint  grad_norm  lr        samples/s");
-    for round in 0..3 {
-        // Stage 1: rollout and self-evaluation, on the model without autodiff.
+    for r in 0..3 {
+        // Stage 1: rollout and self-evaluation, on the model without autodiff. Between these
+        // calls is where a pipeline of its own saves images, filters or re-weights samples.
         let generator = trainer.model().valid();
-        let grid = generator.latent_grid(size);
-        let (n, c) = (grid.tokens(), generator.latent_channels());
-        let noise = host_normal(&mut rng, [prompts.len(), n, c], &device);
-        let cond = generator.condition(&prompts)?;
-        let uncond = generator.unconditional(prompts.len())?;
-        let latents = sampler.sample(noise, |x, t, g| {
-            Ok(match g {
-                Guidance::Conditional => generator.velocity(x, t, &cond),
-                Guidance::Unconditional => generator.velocity(x, t, &uncond),
-            })
-        })?;
-        let images = generator.decode_latents(latents, size)?;
-        let judged = evaluator.judge(&generator, images.clone(), &prompts)?;
-        let maps: Vec<_> = judged
+        let rollouts = round::rollout(
+            &generator,
+            &prompts,
+            1,
+            size,
+            &sampler,
+            8,
+            &mut rng,
+            &device,
+            |_| {},
+        )?;
+        let samples = round::self_judge(
+            &generator,
+            &evaluator,
+            &composer,
+            rollouts,
+            size,
+            8,
+            &device,
+            |_| {},
+        )?;
+        let regions: usize = samples
             .iter()
-            .map(|j| composer.compose_latent(&j.judgement, size, grid).0)
-            .collect();
-        let regions: usize = judged.iter().map(|j| j.judgement.regions.len()).sum();
+            .map(|s| s.judged.judgement.regions.len())
+            .sum();
         println!(
-            "round {round}: {} images judged, {regions} regions scored",
-            judged.len()
+            "round {r}: {} images judged, {regions} regions scored",
+            samples.len()
         );
 
         // Stage 2: reward-weighted training on the model's own images.
-        let x_gen = Tensor::from_inner(generator.encode_images(images)?);
-        let batch = SrumBatch::from_maps(prompts.clone(), x_gen, grid, &maps)?;
-        for _ in 0..5 {
-            let r = trainer.step(batch.clone())?;
+        let pool: Vec<usize> = (0..samples.len()).collect();
+        round::train_on(&mut trainer, &samples, &pool, 5, 8, &mut rng, |s| {
             println!(
-                "{round:>5}  {:>4}  {:<8.5}  {:<8.5}  {:<10.5}  {:<9.5}  {:<8.2e}  {:.0}",
-                r.optimizer_step,
-                r.loss,
-                r.reward_loss,
-                r.constraint_loss,
-                r.grad_norm().unwrap_or(f32::NAN),
-                r.lr,
-                r.samples_per_sec
+                "{r:>5}  {:>4}  {:<8.5}  {:<8.5}  {:<10.5}  {:<9.5}  {:<8.2e}  {:.0}",
+                s.optimizer_step,
+                s.loss,
+                s.reward_loss,
+                s.constraint_loss,
+                s.grad_norm().unwrap_or(f32::NAN),
+                s.lr,
+                s.samples_per_sec
             );
-        }
+            Ok(())
+        })?;
     }
     let dir = std::env::temp_dir().join("srum-toy-checkpoint");
     trainer.save_checkpoint(&dir)?;

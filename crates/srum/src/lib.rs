@@ -6,8 +6,11 @@
 //! - [`reward`]: [`Judgement`](reward::Judgement)s into dense [`RewardMap`](reward::RewardMap)s.
 //! - [`train`]: the SRUM loss and the [`Trainer`](train::Trainer).
 //! - [`judge`]: the self-evaluator: region proposals, questions, robust parsing.
+//! - [`round`]: the loop of one SRUM round: rollout, self-judgement, reward-weighted training.
 //! - [`data`]: record files (scorer and training formats).
 //! - [`image`]: host-side RGB images.
+#![warn(missing_docs)]
+
 pub mod data;
 pub mod error;
 pub mod flow;
@@ -15,6 +18,7 @@ pub mod image;
 pub mod judge;
 pub mod model;
 pub mod reward;
+pub mod round;
 pub mod train;
 
 pub use error::{LineError, Result, SrumError};

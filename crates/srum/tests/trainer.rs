@@ -6,7 +6,7 @@ mod common;
 use burn::tensor::{Tensor, TensorData};
 use common::*;
 use srum::model::{FlowGenerator, Generator, ParamRole, TrainableSet};
-use srum::train::{Constraint, StepOutcome, Trainer, TrainerConfig};
+use srum::train::{AdamWSettings, Constraint, FlowMatching, StepOutcome, Trainer, TrainerConfig};
 use srum_world::toy::ToyUmmConfig;
 
 fn fast_config() -> TrainerConfig {
@@ -29,7 +29,7 @@ fn understanding_weights_never_change() {
         let before_w = weights(&model);
         // Weight decay on, so a frozen parameter that reached the optimizer would move.
         let config = fast_config()
-            .with_weight_decay(0.1)
+            .with_optimizer(AdamWSettings::new().with_weight_decay(0.1))
             .with_trainable(trainable);
         let mut trainer = Trainer::new(model, config, &dev).unwrap();
         for i in 0..5 {
@@ -122,7 +122,7 @@ fn resume_is_bit_exact() {
     let dev = device();
     let dir = tempfile::tempdir().unwrap();
     let config = fast_config()
-        .with_weight_decay(0.01)
+        .with_optimizer(AdamWSettings::new().with_weight_decay(0.01))
         .with_grad_accum_steps(2)
         .with_ema_decay(Some(0.9))
         .with_constraint(Constraint::ReferenceModel);
@@ -251,6 +251,10 @@ fn invalid_config_names_the_field() {
             TrainerConfig::new().with_grad_accum_steps(0),
             "grad_accum_steps",
         ),
+        (
+            TrainerConfig::new().with_optimizer(AdamWSettings::new().with_beta_2(1.0)),
+            "optimizer.beta_2",
+        ),
     ] {
         let model = ToyUmmConfig::new().init::<CpuAd>(&dev);
         let err = Trainer::new(model, config, &dev).err().unwrap().to_string();
@@ -262,7 +266,13 @@ fn invalid_config_names_the_field() {
 fn default_config_is_the_published_recipe() {
     let c = TrainerConfig::default();
     assert_eq!(
-        (c.lr, c.beta_1, c.beta_2, c.epsilon, c.weight_decay),
+        (
+            c.lr,
+            c.optimizer.beta_1,
+            c.optimizer.beta_2,
+            c.optimizer.epsilon,
+            c.optimizer.weight_decay
+        ),
         (2e-5, 0.9, 0.95, 1e-15, 0.0)
     );
     assert_eq!(
@@ -310,4 +320,80 @@ fn a_crash_mid_save_leaves_the_previous_checkpoint_usable() {
         .unwrap()
         .to_string();
     assert!(err.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn partial_json_merges_nested_optimizer_settings_and_names_unknown_fields() {
+    let c =
+        TrainerConfig::from_json_partial(br#"{"lr": 0.001, "optimizer": {"weight_decay": 0.01}}"#)
+            .unwrap();
+    assert_eq!(c.lr, 0.001);
+    assert_eq!(
+        c.optimizer,
+        AdamWSettings::new().with_weight_decay(0.01),
+        "the other optimizer settings keep their defaults"
+    );
+    let err = TrainerConfig::from_json_partial(br#"{"optimizer": {"beta3": 0.5}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("optimizer.beta3"), "{err}");
+    let err = TrainerConfig::from_json_partial(br#"{"optimizer": {"epsilon": -1}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("optimizer.epsilon"), "{err}");
+}
+
+#[test]
+fn the_optimizer_is_a_parameter_of_the_trainer() {
+    use burn::optim::SgdConfig;
+    let dev = device();
+    // Clipping off, no warmup: one update is exactly the optimizer's own step at lr.
+    let lr = 0.5;
+    let config = fast_config()
+        .with_warmup_steps(0)
+        .with_grad_clip_norm(None)
+        .with_lr(lr);
+    let model = ToyUmmConfig::new().init::<CpuAd>(&dev);
+    // Parameters are drawn lazily: draw them once, so the twin holds the same values.
+    srum::train::materialize(&model);
+    let twin = model.clone();
+    let before = weights(&model);
+    assert!(weights(&twin) == before, "the twin starts from the same weights");
+
+    // AdamW's first step is lr * g / |g|: every weight with a gradient moves by lr.
+    let mut adam = Trainer::new(model, config.clone(), &dev).unwrap();
+    assert!(adam.step(toy_batch(0, 4, &dev)).unwrap().updated());
+    let adam_moves = moves(&before, &weights(adam.model()));
+    assert!(!adam_moves.is_empty());
+    assert!(
+        adam_moves
+            .iter()
+            .all(|d| (d - lr as f32).abs() < 1e-3 * lr as f32),
+        "AdamW's first step moves each weight by lr"
+    );
+
+    // Plain SGD given to the trainer: the step is lr * g, so the moves follow the gradient's
+    // magnitudes, not one common size.
+    let sgd = SgdConfig::new().init::<CpuAd, srum_world::toy::ToyUmm<CpuAd>>();
+    let mut t = Trainer::with_optimizer(twin, FlowMatching, sgd, config, &dev).unwrap();
+    assert!(t.step(toy_batch(0, 4, &dev)).unwrap().updated());
+    let sgd_moves = moves(&before, &weights(t.model()));
+    let (lo, hi) = sgd_moves
+        .iter()
+        .fold((f32::MAX, 0f32), |(lo, hi), &d| (lo.min(d), hi.max(d)));
+    assert!(!sgd_moves.is_empty());
+    assert!(
+        hi > 10.0 * lo,
+        "SGD moves range {lo}..{hi}: not the given optimizer"
+    );
+}
+
+/// The sizes of the weight changes between two snapshots, zero changes left out.
+fn moves(before: &[(String, Vec<f32>)], after: &[(String, Vec<f32>)]) -> Vec<f32> {
+    before
+        .iter()
+        .zip(after)
+        .flat_map(|((_, a), (_, b))| a.iter().zip(b).map(|(a, b)| (a - b).abs()))
+        .filter(|d| *d > 0.0)
+        .collect()
 }

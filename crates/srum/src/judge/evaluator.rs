@@ -20,7 +20,7 @@ pub enum JudgeMode {
     #[default]
     Text,
     /// Ask decomposed yes/no questions and score `P(yes) - P(no)` (needs
-    /// [`UnifiedModel::yes_no_probabilities`]).
+    /// [`Understanding::yes_no_probabilities`](crate::model::Understanding::yes_no_probabilities)).
     YesNo,
 }
 

@@ -58,7 +58,7 @@ pub fn weights_to_safetensors<B: Backend, M: Module<B>>(module: &M) -> Result<Ve
     safetensors::serialize(views, Some(meta)).map_err(|e| SrumError::Model(e.to_string()))
 }
 
-/// Loads f32 safetensors produced by [`weights_to_safetensors`] (or any file with the same
+/// Loads f32 safetensors produced by the trainer's checkpoints or [`save_weights`] (or any file with the same
 /// paths) into `module`. Missing, extra and mis-shaped tensors are all named in one error.
 pub fn weights_from_safetensors<B: Backend, M: Module<B>>(
     module: M,

@@ -1,11 +1,84 @@
 //! Trainer settings; the defaults are the published SRUM recipe.
 
 use burn::config::Config;
+use burn::module::AutodiffModule;
+use burn::optim::AdamW;
+use burn::optim::AdamWConfig;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::tensor::backend::AutodiffBackend;
 
 use super::{Constraint, LrDecay};
 use crate::error::{Result, SrumError};
 use crate::flow::TimestepSampling;
 use crate::model::TrainableSet;
+
+/// Settings of the AdamW optimizer the [`Trainer`](super::Trainer) builds unless it is given
+/// another; the defaults are the published recipe's.
+#[derive(Config, Debug, PartialEq)]
+pub struct AdamWSettings {
+    /// Decay of the first-moment estimate.
+    #[config(default = 0.9)]
+    pub beta_1: f32,
+    /// Decay of the second-moment estimate.
+    #[config(default = 0.95)]
+    pub beta_2: f32,
+    /// Added to the root of the second moment, for numerical stability.
+    #[config(default = 1e-15)]
+    pub epsilon: f32,
+    /// Decoupled weight decay (applied only to trained parameters).
+    #[config(default = 0.0)]
+    pub weight_decay: f32,
+}
+
+impl Default for AdamWSettings {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AdamWSettings {
+    /// burn's AdamW with these settings. Gradient clipping is the trainer's own (global
+    /// norm over the trained parameters), so none is set here.
+    pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> OptimizerAdaptor<AdamW, M, B> {
+        AdamWConfig::new()
+            .with_beta_1(self.beta_1)
+            .with_beta_2(self.beta_2)
+            .with_epsilon(self.epsilon)
+            .with_weight_decay(self.weight_decay)
+            .init::<B, M>()
+    }
+
+    /// Rejects impossible values, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let check = |ok: bool, field: &'static str, v: String| {
+            if ok {
+                Ok(())
+            } else {
+                Err(SrumError::config(field, v))
+            }
+        };
+        check(
+            (0.0..1.0).contains(&self.beta_1),
+            "optimizer.beta_1",
+            format!("must be in [0, 1), got {}", self.beta_1),
+        )?;
+        check(
+            (0.0..1.0).contains(&self.beta_2),
+            "optimizer.beta_2",
+            format!("must be in [0, 1), got {}", self.beta_2),
+        )?;
+        check(
+            self.epsilon.is_finite() && self.epsilon > 0.0,
+            "optimizer.epsilon",
+            format!("must be > 0, got {}", self.epsilon),
+        )?;
+        check(
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "optimizer.weight_decay",
+            format!("must be >= 0, got {}", self.weight_decay),
+        )
+    }
+}
 
 /// Settings of the [`Trainer`](super::Trainer). `TrainerConfig::default()` is the published
 /// recipe: AdamW (lr 2e-5, betas 0.9/0.95, eps 1e-15, no weight decay), 100 warmup steps then
@@ -16,18 +89,9 @@ pub struct TrainerConfig {
     /// Peak learning rate.
     #[config(default = 2e-5)]
     pub lr: f64,
-    /// AdamW beta 1.
-    #[config(default = 0.9)]
-    pub beta_1: f32,
-    /// AdamW beta 2.
-    #[config(default = 0.95)]
-    pub beta_2: f32,
-    /// AdamW epsilon.
-    #[config(default = 1e-15)]
-    pub epsilon: f32,
-    /// Decoupled weight decay (applied only to trained parameters).
-    #[config(default = 0.0)]
-    pub weight_decay: f32,
+    /// The AdamW optimizer's settings (unused when the trainer is given another optimizer).
+    #[config(default = "AdamWSettings::new()")]
+    pub optimizer: AdamWSettings,
     /// Linear warmup length in optimizer steps.
     #[config(default = 100)]
     pub warmup_steps: u64,
@@ -74,8 +138,10 @@ impl Default for TrainerConfig {
 
 impl TrainerConfig {
     /// Reads settings from JSON that names only the fields it changes; the rest keep their
-    /// defaults (the published recipe). An unknown field is an error naming it, so a typo never
-    /// silently leaves a default in place. The result is validated.
+    /// defaults (the published recipe). Nested settings merge the same way
+    /// (`{"optimizer": {"weight_decay": 0.01}}` keeps the default betas). An unknown field is an
+    /// error naming it, so a typo never silently leaves a default in place. The result is
+    /// validated.
     pub fn from_json_partial(bytes: &[u8]) -> Result<Self> {
         let given: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| SrumError::Data(e.to_string()))?;
@@ -89,16 +155,7 @@ impl TrainerConfig {
                 "default config is not an object".into(),
             ));
         };
-        for (k, v) in given {
-            if !fields.contains_key(&k) {
-                let known: Vec<&str> = fields.keys().map(String::as_str).collect();
-                return Err(SrumError::Data(format!(
-                    "unknown field `{k}`; known fields: {}",
-                    known.join(", ")
-                )));
-            }
-            fields.insert(k, v);
-        }
+        merge_partial(fields, given, "")?;
         let config: Self =
             serde_json::from_value(merged).map_err(|e| SrumError::Data(e.to_string()))?;
         config.validate()?;
@@ -119,26 +176,7 @@ impl TrainerConfig {
             "lr",
             format!("must be > 0, got {}", self.lr),
         )?;
-        pos(
-            (0.0..1.0).contains(&self.beta_1),
-            "beta_1",
-            format!("must be in [0, 1), got {}", self.beta_1),
-        )?;
-        pos(
-            (0.0..1.0).contains(&self.beta_2),
-            "beta_2",
-            format!("must be in [0, 1), got {}", self.beta_2),
-        )?;
-        pos(
-            self.epsilon.is_finite() && self.epsilon > 0.0,
-            "epsilon",
-            format!("must be > 0, got {}", self.epsilon),
-        )?;
-        pos(
-            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
-            "weight_decay",
-            format!("must be >= 0, got {}", self.weight_decay),
-        )?;
+        self.optimizer.validate()?;
         pos(
             self.lambda.is_finite() && self.lambda >= 0.0,
             "lambda",
@@ -189,4 +227,35 @@ impl TrainerConfig {
         }
         Ok(())
     }
+}
+
+/// Fields that hold settings of their own, merged field by field rather than replaced.
+const NESTED: &[&str] = &["optimizer"];
+
+/// Writes `given` over `fields`, descending into [`NESTED`] settings; an unknown field is an
+/// error naming its full path.
+fn merge_partial(
+    fields: &mut serde_json::Map<String, serde_json::Value>,
+    given: serde_json::Map<String, serde_json::Value>,
+    prefix: &str,
+) -> Result<()> {
+    for (k, v) in given {
+        let path = format!("{prefix}{k}");
+        let Some(slot) = fields.get_mut(&k) else {
+            let known: Vec<&str> = fields.keys().map(String::as_str).collect();
+            return Err(SrumError::Data(format!(
+                "unknown field `{path}`; known fields: {}",
+                known.join(", ")
+            )));
+        };
+        match (slot, v) {
+            (serde_json::Value::Object(inner), serde_json::Value::Object(v))
+                if prefix.is_empty() && NESTED.contains(&k.as_str()) =>
+            {
+                merge_partial(inner, v, &format!("{path}."))?;
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+    Ok(())
 }

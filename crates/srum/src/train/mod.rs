@@ -14,7 +14,7 @@ pub use checkpoint::{
     LATEST, latest_version, load_weights, save_weights, weights_from_safetensors, write_dir_atomic,
     write_file_atomic,
 };
-pub use config::TrainerConfig;
+pub use config::{AdamWSettings, TrainerConfig};
 pub use loss::{Constraint, LossTerms, flow_matching_loss, reward_weighted_loss, srum_loss};
 pub use objective::{
     FlowMatching, NextTokenCrossEntropy, Objective, StepDraws, StepInput, token_cross_entropy,

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, ParamId, list_param_ids};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::{AdamW, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::{Tensor, TensorData, backend::AutodiffBackend, backend::Backend};
 use serde::{Deserialize, Serialize};
@@ -220,18 +220,20 @@ const META_FILE: &str = "trainer.json";
 /// The stage-2 trainer of SRUM: reward-weighted updates of a [`Generator`] under an
 /// [`Objective`] ([`FlowMatching`] unless another is given).
 ///
-/// Owns the model, an AdamW optimizer, optionally an EMA copy and a frozen reference copy.
+/// Owns the model, its optimizer (AdamW from [`TrainerConfig::optimizer`] unless
+/// [`Trainer::with_optimizer`] is given another burn [`Optimizer`]), optionally an EMA copy and
+/// a frozen reference copy.
 /// Only the parameters that [`TrainerConfig::trainable`] selects from the model's
 /// [`ParamRoles`](crate::model::ParamRoles) ever receive gradients; all others, understanding
 /// included, stay bit-for-bit unchanged.
-pub struct Trainer<B, M, O = FlowMatching>
+pub struct Trainer<B, M, O = FlowMatching, Opt = OptimizerAdaptor<AdamW, M, B>>
 where
     B: AutodiffBackend,
     M: Generator<B> + AutodiffModule<B>,
 {
     model: Option<M>,
     objective: O,
-    optim: OptimizerAdaptor<AdamW, M, B>,
+    optim: Opt,
     accumulator: GradientsAccumulator<M>,
     accumulated: usize,
     reference: Option<M::InnerModule>,
@@ -269,11 +271,52 @@ where
     M: Generator<B> + AutodiffModule<B>,
     O: Objective<B, M>,
 {
-    /// A trainer for `model` under `objective`; `model` must already live on `device`. Fails
-    /// on an invalid config.
+    /// A trainer for `model` under `objective`, with AdamW as [`TrainerConfig::optimizer`]
+    /// sets it; `model` must already live on `device`. Fails on an invalid config.
     pub fn with_objective(
         model: M,
         objective: O,
+        config: TrainerConfig,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let optim = config.optimizer.init::<B, M>();
+        Self::with_optimizer(model, objective, optim, config, device)
+    }
+
+    /// Restores a trainer saved by [`Trainer::save_checkpoint`] into `model` (a freshly built
+    /// model of the same architecture), under `objective`, with AdamW. Continuing from here
+    /// gives, on a deterministic backend, the same weights bit for bit as never having stopped.
+    pub fn resume_with(
+        dir: impl AsRef<Path>,
+        model: M,
+        objective: O,
+        device: &B::Device,
+    ) -> Result<Self> {
+        Self::resume_with_optimizer(
+            dir,
+            model,
+            objective,
+            |c| c.optimizer.init::<B, M>(),
+            device,
+        )
+    }
+}
+
+impl<B, M, O, Opt> Trainer<B, M, O, Opt>
+where
+    B: AutodiffBackend,
+    M: Generator<B> + AutodiffModule<B>,
+    O: Objective<B, M>,
+    Opt: Optimizer<M, B>,
+{
+    /// A trainer for `model` under `objective`, updating it with `optimizer` (any burn
+    /// [`Optimizer`]; [`TrainerConfig::optimizer`] is then unused). The learning-rate schedule,
+    /// gradient clipping and accumulation stay the trainer's. `model` must already live on
+    /// `device`. Fails on an invalid config.
+    pub fn with_optimizer(
+        model: M,
+        objective: O,
+        optimizer: Opt,
         config: TrainerConfig,
         device: &B::Device,
     ) -> Result<Self> {
@@ -293,18 +336,12 @@ where
                 "the model declares no trainable parameter",
             ));
         }
-        let optim = AdamWConfig::new()
-            .with_beta_1(config.beta_1)
-            .with_beta_2(config.beta_2)
-            .with_epsilon(config.epsilon)
-            .with_weight_decay(config.weight_decay)
-            .init::<B, M>();
         let reference = (config.constraint == Constraint::ReferenceModel).then(|| model.valid());
         let ema = config.ema_decay.map(|_| model.valid());
         Ok(Self {
             model: Some(model),
             objective,
-            optim,
+            optim: optimizer,
             accumulator: GradientsAccumulator::new(),
             accumulated: 0,
             reference,
@@ -680,13 +717,14 @@ where
         })
     }
 
-    /// Restores a trainer saved by [`Trainer::save_checkpoint`] into `model` (a freshly built
-    /// model of the same architecture), under `objective`. Continuing from here gives, on a
-    /// deterministic backend, the same weights bit for bit as never having stopped.
-    pub fn resume_with(
+    /// Like [`Trainer::resume_with`], for a trainer built by [`Trainer::with_optimizer`]:
+    /// `optimizer` builds the optimizer from the saved config, and its saved state is loaded
+    /// into it.
+    pub fn resume_with_optimizer(
         dir: impl AsRef<Path>,
         model: M,
         objective: O,
+        optimizer: impl FnOnce(&TrainerConfig) -> Opt,
         device: &B::Device,
     ) -> Result<Self> {
         let dir = &latest_version(dir.as_ref())?;
@@ -701,7 +739,8 @@ where
                 message: format!("unreadable trainer state: {e}"),
             })?;
         let model = weights_from_safetensors(model, &read(MODEL_FILE)?, &dir.join(MODEL_FILE))?;
-        let mut trainer = Self::with_objective(model, objective, meta.config, device)?;
+        let optim = optimizer(&meta.config);
+        let mut trainer = Self::with_optimizer(model, objective, optim, meta.config, device)?;
         if trainer.reference.is_some() {
             let r = trainer.model().valid();
             trainer.reference = Some(weights_from_safetensors(
