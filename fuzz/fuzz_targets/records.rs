@@ -4,6 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use srum::data::{JsonRecord, ReadStats, ScorerRecord, TrainingRecord, convert_line};
+use srum::model::{ImageSize, LatentGrid};
 use srum::reward::RewardComposer;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,8 +12,12 @@ fuzz_target!(|data: &[u8]| {
     let mut stats = ReadStats::default();
     if let Ok(r) = TrainingRecord::parse_line(&text, &mut stats) {
         let (w, h) = r.image_size.map(|[w, h]| (w.min(64), h.min(64))).unwrap_or((16, 16));
-        let (map, _) = RewardComposer::default().compose_latent(&r.judgement, (w, h), (4, 4));
-        assert!(map.values.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)));
+        let (map, _) = RewardComposer::default().compose_latent(
+            &r.judgement,
+            ImageSize::new(w, h),
+            LatentGrid::new(4, 4),
+        );
+        assert!(map.values().iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)));
     }
     let _ = ScorerRecord::parse_line(&text, &mut stats);
     let _ = convert_line(&text, &mut stats);

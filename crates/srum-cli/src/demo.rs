@@ -130,6 +130,175 @@ pub fn write_manifest(
     srum::train::write_file_atomic(path, manifest.as_bytes()).map_err(|e| e.to_string())
 }
 
+/// The before/after table: oracle score per held-out category, overall, and understanding
+/// accuracy where it was measured.
+fn results_table(before: &OracleReport, after: &OracleReport, und: Option<(f32, f32)>) -> String {
+    let mut table =
+        String::from("| held-out category | before | after | change |\n|---|---:|---:|---:|\n");
+    for (cat, (b, _)) in &before.categories {
+        let x = after.categories.get(cat).map_or(f32::NAN, |v| v.0);
+        table.push_str(&format!("| {cat} | {b:.2} | {x:.2} | {:+.2} |\n", x - b));
+    }
+    table.push_str(&format!(
+        "| **overall** | **{:.2}** | **{:.2}** | **{:+.2}** |\n",
+        before.overall,
+        after.overall,
+        after.overall - before.overall
+    ));
+    if let Some((b, x)) = und {
+        table.push_str(&format!(
+            "| understanding accuracy | {:.1}% | {:.1}% | {:+.1} |\n",
+            100.0 * b,
+            100.0 * x,
+            100.0 * (x - b)
+        ));
+    }
+    table
+}
+
+/// One round of the demo: the library's loop ([`srum::round`]) with the demo's baselines
+/// (`sft`, `best-of-k`), its rollout images, manifest and reward pictures, and one metrics
+/// line per step appended to `metrics`. Returns the trained model.
+fn demo_round(
+    a: &DemoArgs,
+    round: usize,
+    model: TinyUmm<Ad>,
+    train: &[String],
+    rng: &mut ChaCha8Rng,
+    metrics: &mut String,
+) -> Result<TinyUmm<Ad>, String> {
+    let device = Default::default();
+    let image_size = ImageSize::square(model.image_size());
+    let grid = model.latent_grid(image_size);
+    let sampler = a.sampling.sampler()?;
+    // Stage 1: rollout and self-judgement. The judge sees pixels and prompts only.
+    let inner = model.valid();
+    let pb = bar(
+        (train.len() * a.candidates) as u64,
+        &format!("round {}: rollout", round + 1),
+    );
+    let rollouts = srum::round::rollout(
+        &inner,
+        train,
+        a.candidates,
+        image_size,
+        &sampler,
+        64,
+        rng,
+        &device,
+        |n| pb.inc(n as u64),
+    )
+    .map_err(|e| e.to_string())?;
+    pb.finish_and_clear();
+    let evaluator = SelfEvaluator::new(
+        SelfEvaluatorConfig::default(),
+        ConnectedComponents::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let composer = RewardComposer::new(RewardComposerConfig {
+        mode: match a.reward.as_str() {
+            "global" => RewardMode::GlobalOnly,
+            "local" => RewardMode::LocalOnly,
+            _ => RewardMode::Dual,
+        },
+        ..Default::default()
+    });
+    let pb = bar(
+        rollouts.len() as u64,
+        &format!("round {}: self-judging", round + 1),
+    );
+    let mut samples = srum::round::self_judge(
+        &inner,
+        &evaluator,
+        &composer,
+        rollouts,
+        image_size,
+        64,
+        &device,
+        |n| pb.inc(n as u64),
+    )
+    .map_err(|e| e.to_string())?;
+    pb.finish_and_clear();
+    if matches!(a.reward.as_str(), "sft" | "best-of-k") {
+        for s in &mut samples {
+            s.map = RewardMap::filled(grid, 1.0);
+        }
+    }
+    let name = |i: usize| format!("r{}-{i:05}.png", round + 1);
+    write_rollout(&samples, &a.out, &name, a.pictures)?;
+    let manifest_path = a.out.join(format!("rollout/manifest-r{}.jsonl", round + 1));
+    write_manifest(&samples, &manifest_path, &name)?;
+    let mean_reward: f64 = samples.iter().map(|s| s.map.mean() as f64).sum();
+    eprintln!(
+        "round {}: {} images of {} prompts, mean reward {:.3}",
+        round + 1,
+        samples.len(),
+        train.len(),
+        mean_reward / samples.len().max(1) as f64
+    );
+
+    // The samples training draws from: all, or each prompt's best-judged candidate.
+    let pool: Vec<usize> = if a.reward == "best-of-k" {
+        let globals: Vec<f32> = samples
+            .iter()
+            .map(|s| {
+                s.judged
+                    .judgement
+                    .global
+                    .filter(|g| g.is_finite())
+                    .unwrap_or(0.0)
+            })
+            .collect();
+        (0..train.len())
+            .filter_map(|p| {
+                (p * a.candidates..(p + 1) * a.candidates)
+                    .max_by(|&x, &y| globals[x].total_cmp(&globals[y]))
+            })
+            .collect()
+    } else {
+        (0..samples.len()).collect()
+    };
+
+    // Stage 2: reward-weighted training.
+    let tc = TrainerConfig {
+        lr: a.lr,
+        warmup_steps: (a.train_steps / 10) as u64,
+        seed: a.sampling.seed.wrapping_add(round as u64),
+        lambda: a.lambda,
+        constraint: if a.constraint == "reference" {
+            srum::train::Constraint::ReferenceModel
+        } else {
+            srum::train::Constraint::Anchor
+        },
+        ..TrainerConfig::default()
+    };
+    let mut trainer = Trainer::new(model, tc, &device).map_err(|e| e.to_string())?;
+    let pb = bar(
+        a.train_steps as u64,
+        &format!("round {}: training", round + 1),
+    );
+    srum::round::train_on(
+        &mut trainer,
+        &samples,
+        &pool,
+        a.train_steps,
+        a.batch,
+        rng,
+        |report| {
+            let mut line = serde_json::to_value(report)
+                .map_err(|e| srum::SrumError::Training(e.to_string()))?;
+            line["round"] = serde_json::json!(round + 1);
+            metrics.push_str(&line.to_string());
+            metrics.push('\n');
+            pb.inc(1);
+            Ok(())
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    pb.finish_and_clear();
+    Ok(trainer.into_model())
+}
+
 pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
     if a.prompts == 0
         || a.candidates == 0
@@ -153,8 +322,6 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
     }
     .map_err(|e| e.to_string())?;
     let size = config.image_size;
-    let image_size = ImageSize::square(size);
-    let grid = model.latent_grid(image_size);
     let sampler = a.sampling.sampler()?;
     let heldout = split_prompts(Split::Heldout, a.per_category);
     let eval_seed = a.sampling.seed.wrapping_add(10_000);
@@ -196,132 +363,7 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
     train.truncate(a.prompts);
     let mut metrics = String::new();
     for round in 0..a.rounds {
-        // Stage 1: rollout and self-judgement. The judge sees pixels and prompts only.
-        let inner = model.valid();
-        let pb = bar(
-            (train.len() * a.candidates) as u64,
-            &format!("round {}: rollout", round + 1),
-        );
-        let rollouts = srum::round::rollout(
-            &inner,
-            &train,
-            a.candidates,
-            image_size,
-            &sampler,
-            64,
-            &mut rng,
-            &device,
-            |n| pb.inc(n as u64),
-        )
-        .map_err(|e| e.to_string())?;
-        pb.finish_and_clear();
-        let evaluator = SelfEvaluator::new(
-            SelfEvaluatorConfig::default(),
-            ConnectedComponents::default(),
-        )
-        .map_err(|e| e.to_string())?;
-        let composer = RewardComposer::new(RewardComposerConfig {
-            mode: match a.reward.as_str() {
-                "global" => RewardMode::GlobalOnly,
-                "local" => RewardMode::LocalOnly,
-                _ => RewardMode::Dual,
-            },
-            ..Default::default()
-        });
-        let pb = bar(
-            rollouts.len() as u64,
-            &format!("round {}: self-judging", round + 1),
-        );
-        let mut samples = srum::round::self_judge(
-            &inner,
-            &evaluator,
-            &composer,
-            rollouts,
-            image_size,
-            64,
-            &device,
-            |n| pb.inc(n as u64),
-        )
-        .map_err(|e| e.to_string())?;
-        pb.finish_and_clear();
-        if matches!(a.reward.as_str(), "sft" | "best-of-k") {
-            for s in &mut samples {
-                s.map = RewardMap::filled(grid, 1.0);
-            }
-        }
-        let name = |i: usize| format!("r{}-{i:05}.png", round + 1);
-        write_rollout(&samples, &a.out, &name, a.pictures)?;
-        let manifest_path = a.out.join(format!("rollout/manifest-r{}.jsonl", round + 1));
-        write_manifest(&samples, &manifest_path, &name)?;
-        let mean_reward: f64 = samples.iter().map(|s| s.map.mean() as f64).sum();
-        eprintln!(
-            "round {}: {} images of {} prompts, mean reward {:.3}",
-            round + 1,
-            samples.len(),
-            train.len(),
-            mean_reward / samples.len().max(1) as f64
-        );
-
-        // The samples training draws from: all, or each prompt's best-judged candidate.
-        let pool: Vec<usize> = if a.reward == "best-of-k" {
-            let globals: Vec<f32> = samples
-                .iter()
-                .map(|s| {
-                    s.judged
-                        .judgement
-                        .global
-                        .filter(|g| g.is_finite())
-                        .unwrap_or(0.0)
-                })
-                .collect();
-            (0..train.len())
-                .filter_map(|p| {
-                    (p * a.candidates..(p + 1) * a.candidates)
-                        .max_by(|&x, &y| globals[x].total_cmp(&globals[y]))
-                })
-                .collect()
-        } else {
-            (0..samples.len()).collect()
-        };
-
-        // Stage 2: reward-weighted training.
-        let tc = TrainerConfig {
-            lr: a.lr,
-            warmup_steps: (a.train_steps / 10) as u64,
-            seed: a.sampling.seed.wrapping_add(round as u64),
-            lambda: a.lambda,
-            constraint: if a.constraint == "reference" {
-                srum::train::Constraint::ReferenceModel
-            } else {
-                srum::train::Constraint::Anchor
-            },
-            ..TrainerConfig::default()
-        };
-        let mut trainer = Trainer::new(model, tc, &device).map_err(|e| e.to_string())?;
-        let pb = bar(
-            a.train_steps as u64,
-            &format!("round {}: training", round + 1),
-        );
-        srum::round::train_on(
-            &mut trainer,
-            &samples,
-            &pool,
-            a.train_steps,
-            a.batch,
-            &mut rng,
-            |report| {
-                let mut line = serde_json::to_value(report)
-                    .map_err(|e| srum::SrumError::Training(e.to_string()))?;
-                line["round"] = serde_json::json!(round + 1);
-                metrics.push_str(&line.to_string());
-                metrics.push('\n');
-                pb.inc(1);
-                Ok(())
-            },
-        )
-        .map_err(|e| e.to_string())?;
-        pb.finish_and_clear();
-        model = trainer.into_model();
+        model = demo_round(&a, round, model, &train, &mut rng, &mut metrics)?;
     }
     srum::train::write_file_atomic(&a.out.join("metrics.jsonl"), metrics.as_bytes())
         .map_err(|e| e.to_string())?;
@@ -331,26 +373,7 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
         .map_err(|e| e.to_string())?;
 
     let (after, und_after) = evaluate(&trained.valid(), "evaluating (after)")?;
-    let mut table =
-        String::from("| held-out category | before | after | change |\n|---|---:|---:|---:|\n");
-    for (cat, (b, _)) in &before.categories {
-        let x = after.categories.get(cat).map_or(f32::NAN, |v| v.0);
-        table.push_str(&format!("| {cat} | {b:.2} | {x:.2} | {:+.2} |\n", x - b));
-    }
-    table.push_str(&format!(
-        "| **overall** | **{:.2}** | **{:.2}** | **{:+.2}** |\n",
-        before.overall,
-        after.overall,
-        after.overall - before.overall
-    ));
-    if let (Some(b), Some(x)) = (und_before, und_after) {
-        table.push_str(&format!(
-            "| understanding accuracy | {:.1}% | {:.1}% | {:+.1} |\n",
-            100.0 * b,
-            100.0 * x,
-            100.0 * (x - b)
-        ));
-    }
+    let table = results_table(&before, &after, und_before.zip(und_after));
     println!("{table}");
     let results = serde_json::json!({
         "checkpoint": a.checkpoint.as_deref().map_or(srum_world::tiny::SHIPPED.into(), |p| p.display().to_string()), "reward": a.reward, "constraint": a.constraint, "lambda": a.lambda, "prompts": train.len(),

@@ -358,7 +358,10 @@ fn the_optimizer_is_a_parameter_of_the_trainer() {
     srum::train::materialize(&model);
     let twin = model.clone();
     let before = weights(&model);
-    assert!(weights(&twin) == before, "the twin starts from the same weights");
+    assert!(
+        weights(&twin) == before,
+        "the twin starts from the same weights"
+    );
 
     // AdamW's first step is lr * g / |g|: every weight with a gradient moves by lr.
     let mut adam = Trainer::new(model, config.clone(), &dev).unwrap();

@@ -696,6 +696,374 @@ struct ShardOut {
     locate_loss: Option<f32>,
 }
 
+/// The generation half of a step: rendered scenes, their prompts (one in ten left empty, for
+/// classifier-free guidance) and what was asked for.
+struct GenerationBatch {
+    prompts: Vec<String>,
+    images: Vec<PixelImage>,
+    specs: Vec<PromptSpec>,
+    scenes: Vec<crate::world::Scene>,
+}
+
+fn generation_batch(rng: &mut ChaCha8Rng, pools: &Pools, size: usize, b: usize) -> GenerationBatch {
+    let mut g = GenerationBatch {
+        prompts: Vec::with_capacity(b),
+        images: Vec::with_capacity(b),
+        specs: Vec::with_capacity(b),
+        scenes: Vec::with_capacity(b),
+    };
+    for _ in 0..b {
+        let p = pick(rng, &pools.by_cat);
+        let scene = p.sample_scene(rng, size);
+        g.images.push(scene.render(size));
+        g.scenes.push(scene);
+        g.specs.push(p.clone());
+        g.prompts.push(if rng.random_bool(0.1) {
+            String::new()
+        } else {
+            p.text()
+        });
+    }
+    g
+}
+
+/// The understanding half of a step: image/statement pairs with their labels (0 yes, 1 no)
+/// and the auxiliary heads' targets.
+struct UnderstandingBatch {
+    images: Vec<PixelImage>,
+    prompts: Vec<String>,
+    labels: Vec<i32>,
+    patch_colors: Vec<i32>,
+    patch_shapes: Vec<i32>,
+    patch_centres: Vec<i32>,
+    patch_ground: Vec<i32>,
+    /// Where the located rows' two objects are (x, y twice; NaN where absent).
+    locate: Vec<f32>,
+    /// Rows of relation statements (for the relation accuracy).
+    relation_rows: Vec<usize>,
+    /// Rows with locate targets.
+    locate_rows: Vec<usize>,
+}
+
+/// What one understanding row is drawn from: the step's settings and its generation half.
+struct RowSource<'a, B: burn::tensor::backend::Backend> {
+    config: &'a PretrainConfig,
+    pools: &'a Pools,
+    size: usize,
+    patch: usize,
+    generation: &'a GenerationBatch,
+    /// The generation half's timesteps.
+    t_host: &'a [f32],
+    /// The generator's one-step estimates of the generation half's images.
+    estimates: &'a [PixelImage],
+    /// The generator without autodiff, for completing renders.
+    inner: &'a TinyUmm<B>,
+}
+
+/// One drawn understanding row, before augmentation.
+struct Row {
+    image: PixelImage,
+    prompt: String,
+    yes: bool,
+    targets: Option<PatchTargets>,
+    /// Replaced by the sampler's completion of the render once all rows are drawn.
+    complete: bool,
+    /// Where the statement's objects are, for the locate head.
+    locate: Option<[f32; 4]>,
+    relation: bool,
+}
+
+/// Draws row `j` of kind `kind`; `None` where no such statement could be drawn.
+fn understanding_row<B: burn::tensor::backend::Backend>(
+    rng: &mut ChaCha8Rng,
+    src: &RowSource<'_, B>,
+    kind: Kind,
+    j: usize,
+) -> Option<Row> {
+    let (config, pools, size, patch) = (src.config, src.pools, src.size, src.patch);
+    let (by_cat, nps) = (&pools.by_cat, &pools.nps);
+    let k = j % src.generation.images.len();
+    let row = |image, prompt, yes, targets| Row {
+        image,
+        prompt,
+        yes,
+        targets,
+        complete: false,
+        locate: None,
+        relation: false,
+    };
+    if kind == Kind::Sample {
+        // The render stands in until the loop is done and the sampler completes it; the
+        // label is then set by the start time. No patch or locate targets, since the
+        // completion may move an edge or shade a colour.
+        let want = rng.random_bool(0.5);
+        let statement = config.mix.statement_kind(rng);
+        let (scene, spec, holds) = draw_labelled(rng, statement, pools, size, want)?;
+        return Some(Row {
+            complete: true,
+            ..row(scene.render(size), spec.text(), holds, None)
+        });
+    }
+    if matches!(kind, Kind::Object | Kind::Count | Kind::Relation) {
+        // Half true, half false statements: drawn freely, most statements about a
+        // corrupted scene are still true (one atom of several is wrong), and a judge
+        // trained on that says yes to near misses.
+        let want = rng.random_bool(0.5);
+        let (scene, spec, holds) = draw_labelled(rng, kind, pools, size, want)?;
+        // Statements name one object or two (a relation); never a complex prompt's three.
+        let targets = Some(patch_labels(&scene, None, size, patch, &spec.nps()));
+        let at = |np: Np| object_position(&scene, np, size).unwrap_or([f32::NAN; 2]);
+        let mut r = row(scene.render(size), spec.text(), holds, targets);
+        match &spec {
+            PromptSpec::Relation(a, _, b) => {
+                let (a, b) = (at(*a), at(*b));
+                r.relation = true;
+                r.locate = Some([a[0], a[1], b[0], b[1]]);
+            }
+            PromptSpec::Objects(v) if config.locate_objects => {
+                if let Some(np) = v.first() {
+                    let a = at(*np);
+                    r.locate = Some([a[0], a[1], f32::NAN, f32::NAN]);
+                }
+            }
+            _ => {}
+        }
+        return Some(r);
+    }
+    if kind == Kind::Region {
+        let p = pick(rng, by_cat);
+        let scene = p.sample_scene(rng, size);
+        let o = scene.objects.choose(rng).copied()?;
+        let r = o.radius + 1.0;
+        let bx = [
+            (o.cx - r).max(0.0) as usize,
+            (o.cy - r).max(0.0) as usize,
+            ((o.cx + r) as usize).min(size),
+            ((o.cy + r) as usize).min(size),
+        ];
+        let targets = Some(patch_labels(&scene, Some(bx), size, patch, &[]));
+        let img = mask_to_region(&scene.render(size), bx);
+        let np = Np {
+            color: o.color,
+            shape: o.shape,
+        };
+        let yes = rng.random_bool(0.5);
+        let asked = if yes {
+            np
+        } else {
+            *nps.iter()
+                .filter(|x| **x != np)
+                .collect::<Vec<_>>()
+                .choose(rng)
+                .copied()
+                .unwrap_or(&np)
+        };
+        return Some(row(img, asked.text(), yes, targets));
+    }
+    if kind == Kind::Estimate {
+        // The generator's estimate of a render: nearly clean estimates are judged by
+        // the rendered scene's truth, blurred ones (high noise) show nothing.
+        let t = src.t_host[k];
+        let g = src.generation;
+        let atom = g.specs[k]
+            .nps()
+            .choose(rng)
+            .map(|n| PromptSpec::Objects(vec![*n]))
+            .unwrap_or_else(|| PromptSpec::Objects(vec![nps[0]]));
+        let yes = redrawn_label(t, atom.holds_in(&g.scenes[k]))?;
+        let targets = (t < CLEAR_BELOW).then(|| patch_labels(&g.scenes[k], None, size, patch, &[]));
+        return Some(row(src.estimates[k].clone(), atom.text(), yes, targets));
+    }
+    let p = pick(rng, by_cat);
+    let asked = *p.nps().choose(rng).unwrap_or(&nps[0]);
+    let blank = rng.random_bool(0.5);
+    let (img, targets) = if blank {
+        let t = patch_labels(&crate::world::Scene::default(), None, size, patch, &[]);
+        (PixelImage::filled(size, size, [1.0; 3]), Some(t))
+    } else {
+        (
+            noisy(rng, &PixelImage::filled(size, size, [0.5; 3]), 2.0),
+            None,
+        )
+    };
+    Some(row(img, asked.text(), false, targets))
+}
+
+/// The understanding batch, on the atomic statements the model judges (see
+/// `tiny::model::atoms`), in the proportions of `config.mix`. Labels are the truth of the
+/// statement in the scene that was rendered; statements are balanced between true and false.
+fn understanding_batch<B: burn::tensor::backend::Backend>(
+    rng: &mut ChaCha8Rng,
+    src: &RowSource<'_, B>,
+    ub: usize,
+    device: &B::Device,
+) -> Result<UnderstandingBatch> {
+    let mix = &src.config.mix;
+    let n_patches = (src.size / src.patch).pow(2);
+    let mut u = UnderstandingBatch {
+        images: Vec::with_capacity(ub),
+        prompts: Vec::with_capacity(ub),
+        labels: Vec::with_capacity(ub),
+        patch_colors: Vec::with_capacity(ub * n_patches),
+        patch_shapes: Vec::with_capacity(ub * n_patches),
+        patch_centres: Vec::with_capacity(ub * n_patches),
+        patch_ground: Vec::with_capacity(ub * n_patches),
+        locate: Vec::with_capacity(ub * 4),
+        relation_rows: Vec::new(),
+        locate_rows: Vec::new(),
+    };
+    let mut sample_rows: Vec<usize> = Vec::new();
+    for j in 0..ub {
+        let kind = mix.kind(rng.random_range(0..mix.total()));
+        let Some(row) = understanding_row(rng, src, kind, j) else {
+            continue;
+        };
+        let index = u.labels.len();
+        if row.complete {
+            sample_rows.push(index);
+        }
+        if row.relation {
+            u.relation_rows.push(index);
+        }
+        if let Some(l) = row.locate {
+            u.locate_rows.push(index);
+            u.locate.extend(l);
+        }
+        // Completions are imperfect already, and get no noise or blur.
+        let augment = if kind == Kind::Sample {
+            2
+        } else {
+            rng.random_range(0..4)
+        };
+        let img = match augment {
+            0 => {
+                let amount = rng.random_range(0.05..0.4);
+                noisy(rng, &row.image, amount)
+            }
+            1 => blur(&row.image),
+            _ => row.image,
+        };
+        let t = row.targets.unwrap_or_else(|| PatchTargets::none(n_patches));
+        u.patch_colors.extend(t.colors);
+        u.patch_shapes.extend(t.shapes);
+        u.patch_centres.extend(t.centres);
+        u.patch_ground.extend(t.ground);
+        u.images.push(img);
+        u.prompts.push(row.prompt);
+        u.labels.push(if row.yes { 0i32 } else { 1 });
+    }
+    if !sample_rows.is_empty() {
+        let renders: Vec<PixelImage> = sample_rows.iter().map(|&r| u.images[r].clone()).collect();
+        let (lo, hi) = if rng.random_bool(0.5) {
+            SAMPLE_CLEAR
+        } else {
+            SAMPLE_REDRAWN
+        };
+        let t0 = rng.random_range(lo..hi);
+        for (&r, img) in sample_rows.iter().zip(complete_renders(
+            src.inner, &renders, None, t0, rng, device,
+        )?) {
+            u.images[r] = img;
+            // Yes only where the rule says the scene's truth and it is true (a start time
+            // exactly at the redrawn band's lower end, which has no label, counts as redrawn).
+            u.labels[r] = i32::from(redrawn_label(t0, u.labels[r] == 0) != Some(true));
+        }
+    }
+    Ok(u)
+}
+
+/// Mean squared error of the locate head on the located rows, over the coordinates of
+/// objects that are in the scene.
+fn locate_loss<B: AutodiffBackend>(
+    pred: Option<&Tensor<B, 2>>,
+    u: &UnderstandingBatch,
+    device: &B::Device,
+) -> Option<Tensor<B, 1>> {
+    let pred = pred?;
+    if u.locate_rows.is_empty() {
+        return None;
+    }
+    let n = u.locate_rows.len();
+    let mask: Vec<f32> = u.locate.iter().map(|v| f32::from(v.is_finite())).collect();
+    let target: Vec<f32> = u
+        .locate
+        .iter()
+        .map(|v| if v.is_finite() { *v } else { 0.0 })
+        .collect();
+    let count = mask.iter().sum::<f32>().max(1.0);
+    let rows = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(
+            u.locate_rows.iter().map(|&r| r as i32).collect::<Vec<_>>(),
+            [n],
+        ),
+        device,
+    );
+    let diff = pred.clone().select(0, rows)
+        - Tensor::<B, 2>::from_data(TensorData::new(target, [n, 4]), device);
+    let m = Tensor::<B, 2>::from_data(TensorData::new(mask, [n, 4]), device);
+    Some((diff.powi_scalar(2) * m).sum().div_scalar(count))
+}
+
+/// Masked cross-entropy of per-patch `logits` (`[rows, patches, classes]`) against `targets`
+/// (one per patch; negative: no target).
+fn masked_patch_ce<B: AutodiffBackend>(
+    logits: Tensor<B, 3>,
+    targets: Vec<i32>,
+    classes: usize,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let n = targets.len();
+    let mask: Vec<f32> = targets
+        .iter()
+        .map(|&t| if t >= 0 { 1.0 } else { 0.0 })
+        .collect();
+    let count = mask.iter().sum::<f32>().max(1.0);
+    let idx: Vec<i32> = targets.iter().map(|&t| t.max(0)).collect();
+    let log_p = burn::tensor::activation::log_softmax(logits.reshape([n, classes]), 1);
+    let picked = log_p.gather(
+        1,
+        Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [n, 1]), device),
+    );
+    let m = Tensor::<B, 2>::from_data(TensorData::new(mask, [n, 1]), device);
+    (picked * m).sum().div_scalar(count).neg()
+}
+
+/// The patch heads' loss: colour and shape classes, the grounding head where there is one,
+/// and the object-centre logit where there is one.
+fn patch_loss<B: AutodiffBackend>(
+    patch_logits: Tensor<B, 3>,
+    ground: Option<Tensor<B, 3>>,
+    u: UnderstandingBatch,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let mut loss = masked_patch_ce(
+        patch_logits.clone().narrow(2, 0, 5),
+        u.patch_colors,
+        5,
+        device,
+    ) + masked_patch_ce(
+        patch_logits.clone().narrow(2, 5, 4),
+        u.patch_shapes,
+        4,
+        device,
+    );
+    if let Some(g) = ground {
+        loss = loss + masked_patch_ce(g, u.patch_ground, 3, device);
+    }
+    if patch_logits.dims()[2] > PATCH_CLASSES {
+        // The centre logit as two classes (no, yes): the same masked cross-entropy.
+        let c = patch_logits.narrow(2, PATCH_CLASSES, 1);
+        loss + masked_patch_ce(
+            Tensor::cat(vec![c.zeros_like(), c], 2),
+            u.patch_centres,
+            2,
+            device,
+        )
+    } else {
+        loss
+    }
+}
+
 /// One shard of a pretraining step: draws `b` generation images and `ub` understanding pairs
 /// from `rng`, and returns the gradients of their losses with respect to `model`.
 fn shard_step<B: AutodiffBackend>(
@@ -712,32 +1080,21 @@ fn shard_step<B: AutodiffBackend>(
         understanding_ids,
         shards,
     } = *inputs;
-    let (by_cat, nps) = (&pools.by_cat, &pools.nps);
     let size = model.image_size();
-    // Generation batch.
-    let mut gen_prompts = Vec::with_capacity(b);
-    let mut gen_imgs = Vec::with_capacity(b);
-    let mut gen_specs = Vec::with_capacity(b);
-    let mut gen_scenes = Vec::with_capacity(b);
-    for _ in 0..b {
-        let p = pick(rng, by_cat);
-        let scene = p.sample_scene(rng, size);
-        gen_imgs.push(scene.render(size));
-        gen_scenes.push(scene);
-        gen_specs.push(p.clone());
-        gen_prompts.push(if rng.random_bool(0.1) {
-            String::new()
-        } else {
-            p.text()
-        });
-    }
+    let generation = generation_batch(rng, pools, size, b);
     // The flow-matching loss; with `understanding_only` the generator runs without autodiff
     // (its output still feeds the understanding mix) and its loss is only reported.
     let (gen_loss, gen_loss_host, x_t, v, t_host) = if config.understanding_only {
-        let f = flow_batch(&model.valid(), rng, &gen_imgs, &gen_prompts, device)?;
+        let f = flow_batch(
+            &model.valid(),
+            rng,
+            &generation.images,
+            &generation.prompts,
+            device,
+        )?;
         (None, f.loss(), f.x_t, f.v, f.t_host)
     } else {
-        let f = flow_batch(model, rng, &gen_imgs, &gen_prompts, device)?;
+        let f = flow_batch(model, rng, &generation.images, &generation.prompts, device)?;
         let loss = f.loss();
         let host = loss.clone().inner();
         (Some(loss), host, f.x_t.inner(), f.v.inner(), f.t_host)
@@ -750,236 +1107,26 @@ fn shard_step<B: AutodiffBackend>(
     let inner = model.valid();
     let estimates =
         PixelImage::from_tensor(inner.decode_latents(x0_hat, ImageSize::square(size))?)?;
+    let src = RowSource {
+        config,
+        pools,
+        size,
+        patch: model.patch_size(),
+        generation: &generation,
+        t_host: &t_host,
+        estimates: &estimates,
+        inner: &inner,
+    };
+    let u = understanding_batch(rng, &src, ub, device)?;
 
-    // Understanding batch, on the atomic statements the model judges (see
-    // `tiny::model::atoms`), in the proportions of `config.mix`. Labels are the truth of
-    // the statement in the scene that was rendered; statements are balanced between true
-    // and false.
-    let patch = model.patch_size();
-    let n_patches = (size / patch).pow(2);
-    let mut und_imgs = Vec::with_capacity(ub);
-    let mut und_prompts = Vec::with_capacity(ub);
-    let mut labels = Vec::with_capacity(ub);
-    let mut patch_colors: Vec<i32> = Vec::with_capacity(ub * n_patches);
-    let mut patch_shapes: Vec<i32> = Vec::with_capacity(ub * n_patches);
-    let mut patch_centres: Vec<i32> = Vec::with_capacity(ub * n_patches);
-    let mut patch_ground: Vec<i32> = Vec::with_capacity(ub * n_patches);
-    // Relation statements: where their two objects are (locate head targets), and which
-    // rows they are (for the relation accuracy).
-    let mut locate: Vec<f32> = Vec::with_capacity(ub * 4);
-    let mut relation_rows: Vec<usize> = Vec::new();
-    let mut locate_rows: Vec<usize> = Vec::new();
-    // Rows whose render is replaced by the sampler's completion of it once the loop is done.
-    let mut sample_rows: Vec<usize> = Vec::new();
-    for j in 0..ub {
-        let k = j % b;
-        let kind = config.mix.kind(rng.random_range(0..config.mix.total()));
-        let mut targets: Option<PatchTargets> = None;
-        let (img, prompt, yes) = if kind == Kind::Sample {
-            // The render stands in until the loop is done and the sampler completes it; the
-            // label is then set by the start time. No patch or locate targets, since the
-            // completion may move an edge or shade a colour.
-            let want = rng.random_bool(0.5);
-            let statement = config.mix.statement_kind(rng);
-            let Some((scene, spec, holds)) = draw_labelled(rng, statement, pools, size, want)
-            else {
-                continue;
-            };
-            sample_rows.push(labels.len());
-            (scene.render(size), spec.text(), holds)
-        } else if matches!(kind, Kind::Object | Kind::Count | Kind::Relation) {
-            // Half true, half false statements: drawn freely, most statements about a
-            // corrupted scene are still true (one atom of several is wrong), and a judge
-            // trained on that says yes to near misses.
-            let want = rng.random_bool(0.5);
-            let Some((scene, spec, holds)) = draw_labelled(rng, kind, pools, size, want) else {
-                continue;
-            };
-            // Statements name one object or two (a relation); never a complex prompt's three.
-            targets = Some(patch_labels(&scene, None, size, patch, &spec.nps()));
-            let at = |np: Np| object_position(&scene, np, size).unwrap_or([f32::NAN; 2]);
-            match &spec {
-                PromptSpec::Relation(a, _, b) => {
-                    relation_rows.push(labels.len());
-                    locate_rows.push(labels.len());
-                    locate.extend(at(*a));
-                    locate.extend(at(*b));
-                }
-                PromptSpec::Objects(v) if config.locate_objects => {
-                    if let Some(np) = v.first() {
-                        locate_rows.push(labels.len());
-                        locate.extend(at(*np));
-                        locate.extend([f32::NAN; 2]);
-                    }
-                }
-                _ => {}
-            }
-            (scene.render(size), spec.text(), holds)
-        } else if kind == Kind::Region {
-            let p = pick(rng, by_cat);
-            let scene = p.sample_scene(rng, size);
-            let Some(o) = scene.objects.choose(rng).copied() else {
-                continue;
-            };
-            let r = o.radius + 1.0;
-            let bx = [
-                (o.cx - r).max(0.0) as usize,
-                (o.cy - r).max(0.0) as usize,
-                ((o.cx + r) as usize).min(size),
-                ((o.cy + r) as usize).min(size),
-            ];
-            targets = Some(patch_labels(&scene, Some(bx), size, patch, &[]));
-            let img = mask_to_region(&scene.render(size), bx);
-            let np = Np {
-                color: o.color,
-                shape: o.shape,
-            };
-            let yes = rng.random_bool(0.5);
-            let asked = if yes {
-                np
-            } else {
-                *nps.iter()
-                    .filter(|x| **x != np)
-                    .collect::<Vec<_>>()
-                    .choose(rng)
-                    .copied()
-                    .unwrap_or(&np)
-            };
-            (img, asked.text(), yes)
-        } else if kind == Kind::Estimate {
-            // The generator's estimate of a render: nearly clean estimates are judged by
-            // the rendered scene's truth, blurred ones (high noise) show nothing.
-            let t = t_host[k];
-            let atom = gen_specs[k]
-                .nps()
-                .choose(rng)
-                .map(|n| PromptSpec::Objects(vec![*n]))
-                .unwrap_or_else(|| PromptSpec::Objects(vec![nps[0]]));
-            let Some(yes) = redrawn_label(t, atom.holds_in(&gen_scenes[k])) else {
-                continue;
-            };
-            if t < CLEAR_BELOW {
-                targets = Some(patch_labels(&gen_scenes[k], None, size, patch, &[]));
-            }
-            (estimates[k].clone(), atom.text(), yes)
-        } else {
-            let p = pick(rng, by_cat);
-            let asked = *p.nps().choose(rng).unwrap_or(&nps[0]);
-            let blank = rng.random_bool(0.5);
-            let img = if blank {
-                targets = Some(patch_labels(
-                    &crate::world::Scene::default(),
-                    None,
-                    size,
-                    patch,
-                    &[],
-                ));
-                PixelImage::filled(size, size, [1.0; 3])
-            } else {
-                noisy(rng, &PixelImage::filled(size, size, [0.5; 3]), 2.0)
-            };
-            (img, asked.text(), false)
-        };
-        // Completions are imperfect already, and get no noise or blur.
-        let augment = if kind == Kind::Sample {
-            2
-        } else {
-            rng.random_range(0..4)
-        };
-        let img = match augment {
-            0 => {
-                let amount = rng.random_range(0.05..0.4);
-                noisy(rng, &img, amount)
-            }
-            1 => blur(&img),
-            _ => img,
-        };
-        let t = targets.unwrap_or_else(|| PatchTargets::none(n_patches));
-        patch_colors.extend(t.colors);
-        patch_shapes.extend(t.shapes);
-        patch_centres.extend(t.centres);
-        patch_ground.extend(t.ground);
-        und_imgs.push(img);
-        und_prompts.push(prompt);
-        labels.push(if yes { 0i32 } else { 1 });
-    }
-    if !sample_rows.is_empty() {
-        let renders: Vec<PixelImage> = sample_rows.iter().map(|&r| und_imgs[r].clone()).collect();
-        let (lo, hi) = if rng.random_bool(0.5) {
-            SAMPLE_CLEAR
-        } else {
-            SAMPLE_REDRAWN
-        };
-        let t0 = rng.random_range(lo..hi);
-        for (&r, img) in sample_rows
-            .iter()
-            .zip(complete_renders(&inner, &renders, None, t0, rng, device)?)
-        {
-            und_imgs[r] = img;
-            // Yes only where the rule says the scene's truth and it is true (a start time
-            // exactly at the redrawn band's lower end, which has no label, counts as redrawn).
-            labels[r] = i32::from(redrawn_label(t0, labels[r] == 0) != Some(true));
-        }
-    }
-    let nb = labels.len();
-    let text = model.text_batch(&und_prompts)?;
-    let heads = model.understand_heads(PixelImage::to_tensor::<B>(&und_imgs, device)?, &text)?;
-    let (logits, patch_logits) = (heads.answer, heads.patches);
-    // Mean squared error of the locate head on the relation rows whose objects are both
-    // in the scene.
-    let locate_loss = match (&heads.locate, locate_rows.is_empty()) {
-        (Some(pred), false) => {
-            let n = locate_rows.len();
-            let mask: Vec<f32> = locate.iter().map(|v| f32::from(v.is_finite())).collect();
-            let target: Vec<f32> = locate
-                .iter()
-                .map(|v| if v.is_finite() { *v } else { 0.0 })
-                .collect();
-            let count = mask.iter().sum::<f32>().max(1.0);
-            let rows = Tensor::<B, 1, Int>::from_data(
-                TensorData::new(
-                    locate_rows.iter().map(|&r| r as i32).collect::<Vec<_>>(),
-                    [n],
-                ),
-                device,
-            );
-            let diff = pred.clone().select(0, rows)
-                - Tensor::<B, 2>::from_data(TensorData::new(target, [n, 4]), device);
-            let m = Tensor::<B, 2>::from_data(TensorData::new(mask, [n, 4]), device);
-            Some((diff.powi_scalar(2) * m).sum().div_scalar(count))
-        }
-        _ => None,
-    };
-    let patch_loss = {
-        let ce = |logits: Tensor<B, 3>, targets: Vec<i32>, classes: usize| {
-            let n = targets.len();
-            let mask: Vec<f32> = targets
-                .iter()
-                .map(|&t| if t >= 0 { 1.0 } else { 0.0 })
-                .collect();
-            let count = mask.iter().sum::<f32>().max(1.0);
-            let idx: Vec<i32> = targets.iter().map(|&t| t.max(0)).collect();
-            let log_p = burn::tensor::activation::log_softmax(logits.reshape([n, classes]), 1);
-            let picked = log_p.gather(
-                1,
-                Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [n, 1]), device),
-            );
-            let m = Tensor::<B, 2>::from_data(TensorData::new(mask, [n, 1]), device);
-            (picked * m).sum().div_scalar(count).neg()
-        };
-        let mut colour_shape = ce(patch_logits.clone().narrow(2, 0, 5), patch_colors, 5)
-            + ce(patch_logits.clone().narrow(2, 5, 4), patch_shapes, 4);
-        if let Some(g) = heads.ground {
-            colour_shape = colour_shape + ce(g, patch_ground, 3);
-        }
-        if patch_logits.dims()[2] > PATCH_CLASSES {
-            // The centre logit as two classes (no, yes): the same masked cross-entropy.
-            let c = patch_logits.narrow(2, PATCH_CLASSES, 1);
-            colour_shape + ce(Tensor::cat(vec![c.zeros_like(), c], 2), patch_centres, 2)
-        } else {
-            colour_shape
-        }
-    };
+    let nb = u.labels.len();
+    let text = model.text_batch(&u.prompts)?;
+    let heads = model.understand_heads(PixelImage::to_tensor::<B>(&u.images, device)?, &text)?;
+    let locate_loss = locate_loss(heads.locate.as_ref(), &u, device);
+    let labels = u.labels.clone();
+    let relation_rows = u.relation_rows.clone();
+    let logits = heads.answer;
+    let patch_loss = patch_loss(heads.patches, heads.ground, u, device);
     let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(labels.clone(), [nb]), device);
     let log_p = burn::tensor::activation::log_softmax(logits.clone(), 1);
     let und_loss = log_p.gather(1, targets.reshape([nb, 1])).mean().neg();
