@@ -1,5 +1,7 @@
 //! `srum judge`, `srum convert` and `srum parse-judge` from the command line.
 
+// One set of helpers for every crate's tests.
+#[path = "../../srum/tests/common/mod.rs"]
 mod common;
 
 use std::io::Write;

@@ -83,6 +83,22 @@ impl ToyUmmConfig {
     }
 }
 
+/// The mean of `table`'s rows (one per hashed word bucket) over each text's words:
+/// `[texts, d]` for a `[vocab, d]` table; an empty text embeds to zeros.
+pub(crate) fn bag_of_words<B: Backend>(texts: &[String], table: Tensor<B, 2>) -> Tensor<B, 2> {
+    let vocab = table.dims()[0];
+    let device = table.device();
+    let mut counts = vec![0f32; texts.len() * vocab];
+    for (i, text) in texts.iter().enumerate() {
+        let words: Vec<String> = text.split_whitespace().map(str::to_lowercase).collect();
+        for w in &words {
+            counts[i * vocab + word_bucket(w, vocab)] += 1.0 / words.len() as f32;
+        }
+    }
+    let bow = Tensor::<B, 2>::from_data(TensorData::new(counts, [texts.len(), vocab]), &device);
+    bow.matmul(table)
+}
+
 fn word_bucket(word: &str, vocab: usize) -> usize {
     // FNV-1a: stable across platforms and runs.
     let mut h: u64 = 0xcbf29ce484222325;
@@ -100,17 +116,7 @@ impl<B: Backend> ToyUmm<B> {
 
     /// Bag-of-words embedding: `[batch, d_cond]`; an empty prompt embeds to zeros.
     fn embed(&self, texts: &[String]) -> Tensor<B, 2> {
-        let device = self.prompt_table.device();
-        let mut counts = vec![0f32; texts.len() * self.vocab];
-        for (i, text) in texts.iter().enumerate() {
-            let words: Vec<String> = text.split_whitespace().map(str::to_lowercase).collect();
-            for w in &words {
-                counts[i * self.vocab + word_bucket(w, self.vocab)] += 1.0 / words.len() as f32;
-            }
-        }
-        let bow =
-            Tensor::<B, 2>::from_data(TensorData::new(counts, [texts.len(), self.vocab]), &device);
-        bow.matmul(self.prompt_table.val())
+        bag_of_words(texts, self.prompt_table.val())
     }
 
     fn check_images(&self, images: &Tensor<B, 4>) -> Result<()> {

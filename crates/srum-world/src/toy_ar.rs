@@ -77,16 +77,6 @@ impl ToyArConfig {
     }
 }
 
-fn word_bucket(word: &str, vocab: usize) -> usize {
-    // FNV-1a: stable across platforms and runs.
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in word.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    (h % vocab as u64) as usize
-}
-
 impl<B: Backend> ToyArGenerator<B> {
     fn grid(&self) -> usize {
         self.image_size / self.patch
@@ -94,16 +84,7 @@ impl<B: Backend> ToyArGenerator<B> {
 
     /// Bag-of-words embedding `[batch, d_model]`; an empty prompt embeds to zeros.
     fn embed(&self, texts: &[String]) -> Tensor<B, 2> {
-        let mut counts = vec![0f32; texts.len() * self.vocab];
-        for (i, text) in texts.iter().enumerate() {
-            let words: Vec<String> = text.split_whitespace().map(str::to_lowercase).collect();
-            for w in &words {
-                counts[i * self.vocab + word_bucket(w, self.vocab)] += 1.0 / words.len() as f32;
-            }
-        }
-        let device = self.prompt_table.device();
-        Tensor::<B, 2>::from_data(TensorData::new(counts, [texts.len(), self.vocab]), &device)
-            .matmul(self.prompt_table.val())
+        crate::toy::bag_of_words(texts, self.prompt_table.val())
     }
 }
 

@@ -1,6 +1,8 @@
 //! The reference model: tokenizer, shapes, answers the evaluator can parse, a few pretraining
 //! steps, and its checkpoint directory.
 
+// One set of helpers for every crate's tests.
+#[path = "../../srum/tests/common/mod.rs"]
 mod common;
 
 use burn::module::AutodiffModule;

@@ -5,6 +5,8 @@
 //! Without the driver the test fails, naming the package: it never passes by skipping.
 #![cfg(feature = "wgpu")]
 
+// One set of helpers for every crate's tests.
+#[path = "../../srum/tests/common/mod.rs"]
 mod common;
 
 use burn::backend::wgpu::{RuntimeOptions, WgpuDevice, graphics::Vulkan, init_setup};
