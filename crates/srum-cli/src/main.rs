@@ -1,6 +1,7 @@
 //! `srum`: the command-line face of the library. Each subcommand is a thin layer over it.
 
 mod backend;
+mod bagel;
 mod demo;
 mod iterate;
 mod judge;
@@ -67,6 +68,9 @@ enum Command {
     /// `srum train --nodes N` meet through. Runs until interrupted.
     #[cfg(feature = "collective")]
     Orchestrator(train::OrchestratorArgs),
+    /// The BAGEL-7B-MoT port: `srum bagel verify --fixtures DIR` checks it against the
+    /// official PyTorch code's fixtures.
+    Bagel(bagel::BagelArgs),
 }
 
 /// [`srum::data::contained_path`], its error as the message the commands print.
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
         Command::Iterate(a) => iterate::run(a),
         #[cfg(feature = "collective")]
         Command::Orchestrator(a) => train::run_orchestrator(a),
+        Command::Bagel(a) => bagel::run(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e}");

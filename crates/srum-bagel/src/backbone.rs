@@ -1,0 +1,176 @@
+//! The Qwen2 mixture-of-transformers backbone (`Qwen2Model`): embeddings, decoder layers and
+//! the final norms, over a packed sequence or a query block against a [`KvCache`].
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Initializer};
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+
+use crate::attention::{LayerKv, Segment};
+use crate::cache::KvCache;
+use crate::config::BagelConfig;
+use crate::layer::{DecoderLayer, DecoderLayerConfig};
+use crate::norm::{RmsNorm, RmsNormConfig};
+use crate::rope::RopeTables;
+use crate::routing::{Expert, Routing};
+
+/// Configuration of a [`Backbone`].
+#[derive(Config, Debug)]
+pub struct BackboneConfig {
+    /// The model's sizes.
+    pub model: BagelConfig,
+}
+
+impl BackboneConfig {
+    /// A freshly initialised backbone.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Backbone<B> {
+        let c = &self.model;
+        let norm = || {
+            RmsNormConfig::new(c.hidden_size)
+                .with_eps(c.rms_norm_eps)
+                .init(device)
+        };
+        Backbone {
+            embed_tokens: EmbeddingConfig::new(c.vocab_size, c.hidden_size)
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                })
+                .init(device),
+            layers: (0..c.num_hidden_layers)
+                .map(|_| DecoderLayerConfig::new(c.clone()).init(device))
+                .collect(),
+            norm: norm(),
+            norm_moe_gen: norm(),
+            head_dim: c.head_dim(),
+            rope_theta: c.rope_theta,
+        }
+    }
+}
+
+/// Token embeddings, decoder layers and the two final norms.
+#[derive(Module, Debug)]
+pub struct Backbone<B: Backend> {
+    embed_tokens: Embedding<B>,
+    layers: Vec<DecoderLayer<B>>,
+    norm: RmsNorm<B>,
+    norm_moe_gen: RmsNorm<B>,
+    head_dim: usize,
+    rope_theta: f64,
+}
+
+/// Hidden states of a forward pass.
+#[derive(Debug, Clone)]
+pub struct Hidden<B: Backend> {
+    /// After the final norm (each token through its expert's norm): `[n, hidden]`.
+    pub last: Tensor<B, 2>,
+    /// The output of every decoder layer, before the final norm, when asked for: `[n, hidden]`
+    /// each.
+    pub layers: Vec<Tensor<B, 2>>,
+}
+
+/// Everything a forward needs besides the hidden states: routing, RoPE and attention blocks.
+pub(crate) struct Plan<B: Backend> {
+    pub(crate) routing: Routing<B>,
+    pub(crate) rope: RopeTables<B>,
+    pub(crate) segments: Vec<Segment<B>>,
+}
+
+/// `0` where `allowed`, `-inf` elsewhere.
+pub(crate) fn mask_bias<B: Backend>(
+    allowed: &[bool],
+    rows: usize,
+    cols: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let v: Vec<f32> = allowed
+        .iter()
+        .map(|&a| if a { 0.0 } else { f32::NEG_INFINITY })
+        .collect();
+    Tensor::from_data(TensorData::new(v, [rows, cols]), device)
+}
+
+impl<B: Backend> Plan<B> {
+    /// A block of `experts.len()` query tokens that sees all of a `prefix`-token cache, and
+    /// itself causally or fully.
+    pub(crate) fn block(
+        experts: &[Expert],
+        positions: &[i64],
+        prefix: usize,
+        causal: bool,
+        head_dim: usize,
+        theta: f64,
+        device: &B::Device,
+    ) -> Self {
+        let n = experts.len();
+        let cols = prefix + n;
+        let mut allowed = vec![true; n * cols];
+        if causal {
+            for q in 0..n {
+                for k in q + 1..n {
+                    allowed[q * cols + prefix + k] = false;
+                }
+            }
+        }
+        Self {
+            routing: Routing::new(experts, device),
+            rope: RopeTables::new(positions, head_dim, theta, device),
+            segments: vec![Segment {
+                start: 0,
+                len: n,
+                bias: mask_bias(&allowed, n, cols, device),
+            }],
+        }
+    }
+}
+
+impl<B: Backend> Backbone<B> {
+    /// Per-head width.
+    pub(crate) fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    /// RoPE base period.
+    pub(crate) fn rope_theta(&self) -> f64 {
+        self.rope_theta
+    }
+
+    /// Shapes: returns `[ids.len(), hidden]`.
+    pub(crate) fn embed(&self, ids: &[u32], device: &B::Device) -> Tensor<B, 2> {
+        let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+        let n = ids.len();
+        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), device);
+        self.embed_tokens.weight.val().select(0, ids)
+    }
+
+    /// Runs every layer; with a `cache`, each layer's queries also see its cached keys. Returns
+    /// the hidden states and the new tokens' keys and values.
+    ///
+    /// Shapes: `x`: `[n, hidden]`.
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        plan: &Plan<B>,
+        cache: Option<&KvCache<B>>,
+        keep_layers: bool,
+    ) -> (Hidden<B>, Vec<LayerKv<B>>) {
+        let mut x = x;
+        let mut layers = Vec::new();
+        let mut kvs = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let prefix = cache.and_then(|c| c.layer(i));
+            let (y, kv) = layer.forward(x, &plan.routing, &plan.rope, &plan.segments, prefix);
+            x = y;
+            kvs.push(kv);
+            if keep_layers {
+                layers.push(x.clone());
+            }
+        }
+        let last = plan.routing.apply(
+            x,
+            |t| self.norm.forward(t),
+            |t| self.norm_moe_gen.forward(t),
+        );
+        (Hidden { last, layers }, kvs)
+    }
+}

@@ -1,0 +1,89 @@
+//! One mixture-of-transformers decoder layer (`Qwen2MoTDecoderLayer`).
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::{Tensor, backend::Backend};
+
+use crate::attention::{Attention, AttentionConfig, LayerKv, Segment};
+use crate::config::BagelConfig;
+use crate::mlp::{Mlp, MlpConfig};
+use crate::norm::{RmsNorm, RmsNormConfig};
+use crate::rope::RopeTables;
+use crate::routing::Routing;
+
+/// Configuration of a [`DecoderLayer`].
+#[derive(Config, Debug)]
+pub struct DecoderLayerConfig {
+    /// The model's sizes.
+    pub model: BagelConfig,
+}
+
+impl DecoderLayerConfig {
+    /// A freshly initialised layer.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> DecoderLayer<B> {
+        let c = &self.model;
+        let norm = || {
+            RmsNormConfig::new(c.hidden_size)
+                .with_eps(c.rms_norm_eps)
+                .init(device)
+        };
+        let mlp = || MlpConfig::new(c.hidden_size, c.intermediate_size).init(device);
+        DecoderLayer {
+            self_attn: AttentionConfig::new(
+                c.hidden_size,
+                c.num_attention_heads,
+                c.num_key_value_heads,
+            )
+            .with_qk_norm(c.qk_norm)
+            .with_eps(c.rms_norm_eps)
+            .init(device),
+            mlp: mlp(),
+            mlp_moe_gen: mlp(),
+            input_layernorm: norm(),
+            input_layernorm_moe_gen: norm(),
+            post_attention_layernorm: norm(),
+            post_attention_layernorm_moe_gen: norm(),
+        }
+    }
+}
+
+/// Pre-norm attention and MLP, each with an understanding and a generation expert.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    self_attn: Attention<B>,
+    mlp: Mlp<B>,
+    mlp_moe_gen: Mlp<B>,
+    input_layernorm: RmsNorm<B>,
+    input_layernorm_moe_gen: RmsNorm<B>,
+    post_attention_layernorm: RmsNorm<B>,
+    post_attention_layernorm_moe_gen: RmsNorm<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    /// Shapes: `x`: `[n, hidden]` to `[n, hidden]`.
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        routing: &Routing<B>,
+        rope: &RopeTables<B>,
+        segments: &[Segment<B>],
+        prefix: Option<&LayerKv<B>>,
+    ) -> (Tensor<B, 2>, LayerKv<B>) {
+        let h = routing.apply(
+            x.clone(),
+            |t| self.input_layernorm.forward(t),
+            |t| self.input_layernorm_moe_gen.forward(t),
+        );
+        let (a, kv) = self.self_attn.forward(h, routing, rope, segments, prefix);
+        let x = x + a;
+        let m = routing.apply(
+            x.clone(),
+            |t| self.mlp.forward(self.post_attention_layernorm.forward(t)),
+            |t| {
+                self.mlp_moe_gen
+                    .forward(self.post_attention_layernorm_moe_gen.forward(t))
+            },
+        );
+        (x + m, kv)
+    }
+}

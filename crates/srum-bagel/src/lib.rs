@@ -1,0 +1,39 @@
+//! BAGEL-7B-MoT (ByteDance-Seed) on burn, part 1: the Qwen2 mixture-of-transformers backbone,
+//! the flow-matching generation head and the text head, loaded from the official
+//! `ema.safetensors` and checked against the official PyTorch code through fixtures.
+//!
+//! - [`BagelConfig`]: sizes, read from a checkpoint folder's `llm_config.json`.
+//! - [`load_bagel`]: config plus weights, by official tensor name.
+//! - [`Bagel`]: [`Bagel::forward_packed`] and [`Bagel::flow_loss`] (training, on a
+//!   [`PackedSequence`]), [`Bagel::velocity`] (inference against a [`KvCache`]),
+//!   [`Bagel::prefill_text`], [`Bagel::logits`], [`Bagel::greedy`], [`Bagel::yes_probability`].
+//! - [`verify_fixture`]: compare a model with a fixture folder written by `scripts/bagel_fixtures.py`.
+#![warn(missing_docs)]
+
+mod attention;
+mod backbone;
+mod bagel;
+mod cache;
+mod config;
+mod error;
+mod generation;
+mod layer;
+mod load;
+mod mlp;
+mod norm;
+mod rope;
+mod routing;
+mod sequence;
+mod text;
+mod verify;
+
+pub use backbone::Hidden;
+pub use bagel::{Bagel, FlowLoss, LanguageModel, PackedOutput};
+pub use cache::KvCache;
+pub use config::BagelConfig;
+pub use error::{BagelError, Result};
+pub use generation::patchify;
+pub use load::{KNOWN_UNUSED_PREFIXES, load_bagel, load_tokenizer, load_weights};
+pub use routing::Expert;
+pub use sequence::{PackedSequence, SplitKind};
+pub use verify::{Comparison, FixtureReport, verify_fixture};

@@ -1,0 +1,323 @@
+//! Loading the official checkpoint: `ema.safetensors` by official tensor name, read through a
+//! memory map one tensor at a time, converted from bf16/f16/f32 to the backend's float type.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::bagel::Bagel;
+use crate::config::BagelConfig;
+use crate::error::{BagelError, Result};
+
+/// Prefixes of official tensors that belong to the understanding ViT, which this crate does
+/// not build yet: present in the file, read by nobody, not an error.
+pub const KNOWN_UNUSED_PREFIXES: [&str; 3] = ["vit_model.", "connector.", "vit_pos_embed."];
+
+/// The official name of the parameter at burn module path `path`.
+pub(crate) fn official_name(path: &str) -> String {
+    if let Some(rest) = path.strip_prefix("time_embedder.fc_in.") {
+        return format!("time_embedder.mlp.0.{rest}");
+    }
+    if let Some(rest) = path.strip_prefix("time_embedder.fc_out.") {
+        return format!("time_embedder.mlp.2.{rest}");
+    }
+    path.to_string()
+}
+
+/// Linear weights are `[out, in]` in PyTorch and `[in, out]` in burn; the embedding table and
+/// the position table have the same layout in both.
+pub(crate) fn is_linear_weight(official: &str, rank: usize) -> bool {
+    rank == 2
+        && official.ends_with(".weight")
+        && official != "language_model.model.embed_tokens.weight"
+}
+
+/// A memory-mapped safetensors file.
+struct MappedFile {
+    path: PathBuf,
+    map: memmap2::Mmap,
+}
+
+impl MappedFile {
+    fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| BagelError::io(path, e))?;
+        // SAFETY: the map is read-only and lives only while loading; a checkpoint being
+        // rewritten underneath us is outside what this loader supports, as with any reader.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| BagelError::io(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+
+    fn tensors(&self) -> Result<SafeTensors<'_>> {
+        SafeTensors::deserialize(&self.map)
+            .map_err(|e| BagelError::checkpoint(&self.path, format!("not a safetensors file: {e}")))
+    }
+}
+
+/// Values of a tensor as f32, row-major.
+fn to_f32(dtype: Dtype, bytes: &[u8]) -> std::result::Result<Vec<f32>, String> {
+    match dtype {
+        Dtype::BF16 => Ok(bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect()),
+        Dtype::F16 => Ok(bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect()),
+        Dtype::F32 => Ok(bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()),
+        other => Err(format!("dtype {other:?} (expected BF16, F16 or F32)")),
+    }
+}
+
+pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}
+
+struct Filler<'a> {
+    st: &'a SafeTensors<'a>,
+    stack: Vec<String>,
+    seen: HashSet<String>,
+    missing: Vec<String>,
+    misshapen: Vec<String>,
+}
+
+impl<B: Backend> ModuleMapper<B> for Filler<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.stack.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.stack.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let name = official_name(&self.stack.join("."));
+        // The shape comes without materialising the (lazy) random initial value.
+        let want = param.lazy_shape().dims::<D>().to_vec();
+        let Ok(view) = self.st.tensor(&name) else {
+            self.missing.push(name);
+            return param;
+        };
+        self.seen.insert(name.clone());
+        let linear = is_linear_weight(&name, D);
+        let file_shape = view.shape().to_vec();
+        let expected: Vec<usize> = if linear {
+            want.iter().rev().copied().collect()
+        } else {
+            want.clone()
+        };
+        if file_shape != expected {
+            self.misshapen
+                .push(format!("`{name}`: file {file_shape:?}, model {expected:?}"));
+            return param;
+        }
+        let values = match to_f32(view.dtype(), view.data()) {
+            Ok(v) => v,
+            Err(e) => {
+                self.misshapen.push(format!("`{name}`: {e}"));
+                return param;
+            }
+        };
+        let values = if linear {
+            transpose(&values, file_shape[0], file_shape[1])
+        } else {
+            values
+        };
+        let device = param.lazy_device();
+        let id = param.id;
+        let tensor = Tensor::<B, D>::from_data(TensorData::new(values, want), &device);
+        param.transform_for_load(tensor, id)
+    }
+}
+
+/// Fills `model`'s parameters from the safetensors file at `path` by official name. Every
+/// missing, unexpected or misshapen tensor is named in the one error; ViT tensors
+/// ([`KNOWN_UNUSED_PREFIXES`]) are skipped.
+pub fn load_weights<B: Backend>(model: Bagel<B>, path: impl AsRef<Path>) -> Result<Bagel<B>> {
+    let path = path.as_ref();
+    let file = MappedFile::open(path)?;
+    let st = file.tensors()?;
+    let mut filler = Filler {
+        st: &st,
+        stack: Vec::new(),
+        seen: HashSet::new(),
+        missing: Vec::new(),
+        misshapen: Vec::new(),
+    };
+    let model = model.map(&mut filler);
+    let mut unexpected: Vec<String> = st
+        .names()
+        .into_iter()
+        .filter(|n| !filler.seen.contains(*n))
+        .filter(|n| !KNOWN_UNUSED_PREFIXES.iter().any(|p| n.starts_with(p)))
+        .map(str::to_string)
+        .collect();
+    unexpected.sort();
+    let mut problems = Vec::new();
+    if !filler.missing.is_empty() {
+        problems.push(format!("missing tensors: {}", filler.missing.join(", ")));
+    }
+    if !unexpected.is_empty() {
+        problems.push(format!("unexpected tensors: {}", unexpected.join(", ")));
+    }
+    if !filler.misshapen.is_empty() {
+        problems.push(format!(
+            "misshapen tensors: {}",
+            filler.misshapen.join("; ")
+        ));
+    }
+    if problems.is_empty() {
+        Ok(model)
+    } else {
+        Err(BagelError::checkpoint(path, problems.join(". ")))
+    }
+}
+
+/// Builds the model described by the checkpoint folder `dir` (see [`BagelConfig::from_dir`])
+/// and loads `dir/ema.safetensors` into it.
+pub fn load_bagel<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Result<Bagel<B>> {
+    let dir = dir.as_ref();
+    let config = BagelConfig::from_dir(dir)?;
+    load_weights(config.init(device), dir.join("ema.safetensors"))
+}
+
+/// The tokenizer in `dir/tokenizer.json`, or `None` when the folder has none.
+pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<Option<tokenizers::Tokenizer>> {
+    let path = dir.as_ref().join("tokenizer.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    tokenizers::Tokenizer::from_file(&path)
+        .map(Some)
+        .map_err(|e| BagelError::config(&path, "<file>", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::module::ModuleVisitor;
+
+    type B = Flex;
+
+    fn tiny() -> BagelConfig {
+        BagelConfig::new()
+            .with_vocab_size(16)
+            .with_hidden_size(8)
+            .with_intermediate_size(12)
+            .with_num_hidden_layers(1)
+            .with_num_attention_heads(2)
+            .with_num_key_value_heads(1)
+            .with_latent_channel(1)
+            .with_max_latent_size(2)
+            .with_frequency_embedding_size(6)
+    }
+
+    /// Writes `model` in the official layout (names, `[out, in]` linears) as bf16.
+    struct Export {
+        stack: Vec<String>,
+        out: Vec<(String, Vec<usize>, Vec<u8>)>,
+    }
+
+    impl ModuleVisitor<B> for Export {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.stack.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.stack.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let name = official_name(&self.stack.join("."));
+            let t = param.val();
+            let mut shape = t.dims().to_vec();
+            let mut v = t.into_data().to_vec::<f32>().unwrap();
+            if is_linear_weight(&name, D) {
+                v = transpose(&v, shape[0], shape[1]);
+                shape.reverse();
+            }
+            let bytes = v
+                .iter()
+                .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                .collect();
+            self.out.push((name, shape, bytes));
+        }
+    }
+
+    fn write(entries: &[(String, Vec<usize>, Vec<u8>)], path: &Path) {
+        let views: Vec<_> = entries
+            .iter()
+            .map(|(n, s, b)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(Dtype::BF16, s.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+    }
+
+    fn export(model: &Bagel<B>) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+        let mut e = Export {
+            stack: Vec::new(),
+            out: Vec::new(),
+        };
+        model.visit(&mut e);
+        e.out
+    }
+
+    #[test]
+    fn round_trip_and_every_problem_named() {
+        let device = Default::default();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ema.safetensors");
+        let a = tiny().init::<B>(&device);
+        let mut entries = export(&a);
+        let names: Vec<_> = entries.iter().map(|e| e.0.clone()).collect();
+        assert!(names.contains(&"time_embedder.mlp.2.bias".to_string()));
+        assert!(names.contains(
+            &"language_model.model.layers.0.self_attn.q_norm_moe_gen.weight".to_string()
+        ));
+        assert!(names.contains(&"latent_pos_embed.pos_embed".to_string()));
+        entries.push(("vit_model.x.weight".into(), vec![1], vec![0, 0]));
+        write(&entries, &path);
+        let b = load_weights(tiny().init::<B>(&device), &path).unwrap();
+        let ea = export(&a);
+        let eb = export(&b);
+        assert_eq!(ea, eb, "bf16 values survive a round trip");
+
+        // Rename one, drop one, misshape one, add one.
+        let mut bad = entries.clone();
+        bad[0].0 = format!("{}_renamed", bad[0].0);
+        let dropped = bad.remove(1).0;
+        let i = bad
+            .iter()
+            .position(|e| e.0.ends_with("vae2llm.bias"))
+            .unwrap();
+        bad[i].1 = vec![bad[i].1[0] + 1];
+        bad[i].2.extend([0, 0]);
+        write(&bad, &path);
+        let err = load_weights(tiny().init::<B>(&device), &path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&entries[0].0), "{err}");
+        assert!(err.contains(&format!("{}_renamed", entries[0].0)), "{err}");
+        assert!(err.contains(&dropped), "{err}");
+        assert!(err.contains("`vae2llm.bias`"), "{err}");
+        assert!(!err.contains("vit_model"), "{err}");
+    }
+}
