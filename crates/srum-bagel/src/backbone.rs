@@ -13,6 +13,7 @@ use crate::layer::{DecoderLayer, DecoderLayerConfig};
 use crate::norm::{RmsNorm, RmsNormConfig};
 use crate::rope::RopeTables;
 use crate::routing::{Expert, Routing};
+use crate::sequence::PackedSequence;
 
 /// Configuration of a [`Backbone`].
 #[derive(Config, Debug)]
@@ -70,7 +71,10 @@ pub struct Hidden<B: Backend> {
 }
 
 /// Everything a forward needs besides the hidden states: routing, RoPE and attention blocks.
-pub(crate) struct Plan<B: Backend> {
+/// [`Plan::packed`] builds the one of a training forward; [`crate::Bagel::forward_packed`]
+/// builds it on every call, [`crate::DecoderLayer::forward_train`] takes it ready-made.
+#[derive(Debug, Clone)]
+pub struct Plan<B: Backend> {
     pub(crate) routing: Routing<B>,
     pub(crate) rope: RopeTables<B>,
     pub(crate) segments: Vec<Segment<B>>,
@@ -91,6 +95,27 @@ pub(crate) fn mask_bias<B: Backend>(
 }
 
 impl<B: Backend> Plan<B> {
+    /// The plan of the training forward on `seq` (`Bagel.forward` with its per-sample dense
+    /// masks): each token routed to its expert, RoPE at the sequence's positions, one attention
+    /// block per sample with the mask of `prepare_attention_mask_per_sample`.
+    pub fn packed(seq: &PackedSequence, config: &BagelConfig, device: &B::Device) -> Self {
+        let mut segments = Vec::new();
+        let mut start = 0;
+        for (len, mask) in seq.samples().into_iter().zip(seq.sample_masks()) {
+            segments.push(Segment {
+                start,
+                len,
+                bias: mask_bias(&mask, len, len, device),
+            });
+            start += len;
+        }
+        Self {
+            routing: Routing::new(&seq.experts(), device),
+            rope: RopeTables::new(&seq.positions, config.head_dim(), config.rope_theta, device),
+            segments,
+        }
+    }
+
     /// A block of `experts.len()` query tokens that sees all of a `prefix`-token cache, and
     /// itself causally or fully.
     pub(crate) fn block(

@@ -7,16 +7,14 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use srum::train::{LossTerms, srum_loss};
 
-use crate::attention::Segment;
-use crate::backbone::{Backbone, BackboneConfig, Hidden, Plan, mask_bias};
+use crate::backbone::{Backbone, BackboneConfig, Hidden, Plan};
 use crate::cache::KvCache;
 use crate::config::BagelConfig;
 use crate::error::{BagelError, Result};
 use crate::generation::{
     PositionEmbedding, PositionEmbeddingConfig, TimestepEmbedder, TimestepEmbedderConfig,
 };
-use crate::rope::RopeTables;
-use crate::routing::{Expert, Routing};
+use crate::routing::Expert;
 use crate::sequence::{PackedSequence, Slot};
 
 /// The Qwen2 backbone and its untied `lm_head` (`language_model.*` in the checkpoint).
@@ -212,21 +210,7 @@ impl<B: Backend> Bagel<B> {
         }
         let device = self.device();
         let bb = self.backbone();
-        let mut segments = Vec::new();
-        let mut start = 0;
-        for (len, mask) in seq.samples().into_iter().zip(seq.sample_masks()) {
-            segments.push(Segment {
-                start,
-                len,
-                bias: mask_bias(&mask, len, len, &device),
-            });
-            start += len;
-        }
-        let plan = Plan {
-            routing: Routing::new(&seq.experts(), &device),
-            rope: RopeTables::new(&seq.positions, bb.head_dim(), bb.rope_theta(), &device),
-            segments,
-        };
+        let plan = Plan::packed(seq, &self.config, &device);
         let x = self.embed_sequence(seq, x_t, t);
         let (hidden, _) = bb.forward(x, &plan, None, keep_layers);
         let mut rows = vec![0i64; n_lat];

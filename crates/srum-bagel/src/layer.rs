@@ -5,6 +5,7 @@ use burn::module::Module;
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::attention::{Attention, AttentionConfig, LayerKv, Segment};
+use crate::backbone::Plan;
 use crate::config::BagelConfig;
 use crate::mlp::{Mlp, MlpConfig};
 use crate::norm::{RmsNorm, RmsNormConfig};
@@ -60,6 +61,16 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
+    /// The layer alone in a training forward (`Qwen2MoTDecoderLayer.forward_train`), for
+    /// benchmarks and tests of one layer: every token through its expert's norms, projections
+    /// and MLP, joint attention within each sample of `plan` (see [`Plan::packed`]).
+    ///
+    /// Shapes: `x`: `[n, hidden]` to `[n, hidden]`, `n` the length of the plan's sequence.
+    pub fn forward_train(&self, x: Tensor<B, 2>, plan: &Plan<B>) -> Tensor<B, 2> {
+        self.forward(x, &plan.routing, &plan.rope, &plan.segments, None)
+            .0
+    }
+
     /// Shapes: `x`: `[n, hidden]` to `[n, hidden]`.
     pub(crate) fn forward(
         &self,

@@ -7,6 +7,7 @@
 //! - [`Bagel`]: [`Bagel::forward_packed`] and [`Bagel::flow_loss`] (training, on a
 //!   [`PackedSequence`]), [`Bagel::velocity`] (inference against a [`KvCache`]),
 //!   [`Bagel::prefill_text`], [`Bagel::logits`], [`Bagel::greedy`], [`Bagel::yes_probability`].
+//! - [`DecoderLayer::forward_train`]: one decoder layer alone on a [`Plan`], for benchmarks.
 //! - [`verify_fixture`]: compare a model with a fixture folder written by `scripts/bagel_fixtures.py`.
 #![warn(missing_docs)]
 
@@ -27,12 +28,13 @@ mod sequence;
 mod text;
 mod verify;
 
-pub use backbone::Hidden;
+pub use backbone::{Hidden, Plan};
 pub use bagel::{Bagel, FlowLoss, LanguageModel, PackedOutput};
 pub use cache::KvCache;
 pub use config::BagelConfig;
 pub use error::{BagelError, Result};
 pub use generation::patchify;
+pub use layer::{DecoderLayer, DecoderLayerConfig};
 pub use load::{KNOWN_UNUSED_PREFIXES, load_bagel, load_tokenizer, load_weights};
 pub use routing::Expert;
 pub use sequence::{PackedSequence, SplitKind};

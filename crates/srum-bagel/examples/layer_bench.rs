@@ -1,0 +1,150 @@
+//! One BAGEL-7B-MoT decoder layer at full width on the CPU (burn's flex backend): forward, and
+//! forward + backward, over one packed training sample. The PyTorch side is
+//! `scripts/bench_bagel_layer.py`; `scripts/bench_bagel_layer.sh` runs both.
+//!
+//! ```text
+//! RAYON_NUM_THREADS=2 cargo run --release -p srum-bagel --example layer_bench -- \
+//!     [--iters 3] [--json target/bench-bagel-layer/burn.json]
+//! ```
+//!
+//! The sample is packed as BAGEL's training data packs a text-to-image sample: a text split of
+//! 62 tokens (causal) and a noisy-latent split of `<|vision_start|>`, 32 x 32 = 1024 latent
+//! tokens, `<|vision_end|>` (full attention inside, hidden from the rest): 1088 tokens, of which
+//! 64 go through the understanding expert (text and the two markers) and 1024 through the
+//! generation expert (`_moe_gen`). Weights are random (normal, std 0.02; norms one), the input
+//! hidden states standard normal.
+//!
+//! What is timed: [`DecoderLayer::forward_train`] alone, given a [`Plan`] built beforehand
+//! (the routing indices, RoPE tables and dense `-inf` mask that `Bagel.forward` also prepares
+//! outside the layers). "forward" is the flex forward ending in a read-back of one scalar
+//! (`sum`); "forward + backward" is the same forward on `Autodiff<Flex>`, `sum` of the output,
+//! `backward()`, and reading back the input's gradient (every weight gradient is computed by
+//! then). One warm-up run, then `--iters` timed runs; the median is reported.
+
+use std::time::Instant;
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, ElementConversion, Tensor};
+use srum_bagel::{BagelConfig, DecoderLayer, DecoderLayerConfig, PackedSequence, Plan};
+
+const TEXT: usize = 62;
+const SIDE: usize = 32;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn time<F: FnMut()>(iters: usize, mut f: F) -> (f64, Vec<f64>) {
+    f(); // warm-up
+    let runs: Vec<f64> = (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    (median(runs.clone()), runs)
+}
+
+fn sequence(config: &BagelConfig) -> PackedSequence {
+    let mut seq = PackedSequence::new();
+    let ids: Vec<u32> = (0..TEXT as u32).map(|i| 1000 + i).collect();
+    seq.push_text(&ids);
+    seq.push_noisy_latents(
+        (SIDE, SIDE),
+        config.start_of_image_id,
+        config.end_of_image_id,
+        config.max_latent_size,
+    )
+    .expect("a 32 x 32 grid fits the latent table");
+    seq.end_sample();
+    seq
+}
+
+fn forward<B: Backend>(
+    config: &BagelConfig,
+    seq: &PackedSequence,
+    iters: usize,
+) -> (f64, Vec<f64>) {
+    let device = B::Device::default();
+    let layer: DecoderLayer<B> = DecoderLayerConfig::new(config.clone()).init(&device);
+    let plan = Plan::<B>::packed(seq, config, &device);
+    let x = Tensor::<B, 2>::random(
+        [seq.len(), config.hidden_size],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    time(iters, || {
+        let y = layer.forward_train(x.clone(), &plan);
+        let s: f32 = y.sum().into_scalar().elem();
+        assert!(s.is_finite());
+    })
+}
+
+fn forward_backward<B: AutodiffBackend>(
+    config: &BagelConfig,
+    seq: &PackedSequence,
+    iters: usize,
+) -> (f64, Vec<f64>) {
+    let device = B::Device::default();
+    let layer: DecoderLayer<B> = DecoderLayerConfig::new(config.clone()).init(&device);
+    let plan = Plan::<B>::packed(seq, config, &device);
+    let x = Tensor::<B, 2>::random(
+        [seq.len(), config.hidden_size],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    time(iters, || {
+        let x = x.clone().detach().require_grad();
+        let loss = layer.forward_train(x.clone(), &plan).sum();
+        let grads = loss.backward();
+        let g = x.grad(&grads).expect("the input has a gradient");
+        let s: f32 = g.abs().sum().into_scalar().elem();
+        assert!(s.is_finite() && s > 0.0);
+    })
+}
+
+fn main() {
+    let mut iters = 3usize;
+    let mut json: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--iters" => iters = args.next().and_then(|v| v.parse().ok()).expect("--iters N"),
+            "--json" => json = args.next(),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    // BAGEL-7B-MoT's backbone sizes (the defaults); one layer.
+    let config = BagelConfig::new().with_num_hidden_layers(1);
+    let seq = sequence(&config);
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
+    eprintln!(
+        "burn flex: 1 MoT layer, hidden {} intermediate {} heads {}/{} tokens {} threads {threads} iters {iters}",
+        config.hidden_size,
+        config.intermediate_size,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        seq.len()
+    );
+    let (fwd, fwd_runs) = forward::<Flex>(&config, &seq, iters);
+    eprintln!("forward: median {fwd:.3} s, runs {fwd_runs:.3?}");
+    let (fb, fb_runs) = forward_backward::<Autodiff<Flex>>(&config, &seq, iters);
+    eprintln!("forward+backward: median {fb:.3} s, runs {fb_runs:.3?}");
+    let out = serde_json::json!({
+        "side": "burn flex",
+        "tokens": seq.len(),
+        "threads": threads,
+        "iters": iters,
+        "forward_s": fwd,
+        "forward_runs_s": fwd_runs,
+        "forward_backward_s": fb,
+        "forward_backward_runs_s": fb_runs,
+    });
+    println!("{out}");
+    if let Some(path) = json {
+        std::fs::write(&path, out.to_string()).expect("write --json");
+    }
+}
