@@ -5,6 +5,8 @@
 //! ```text
 //! RAYON_NUM_THREADS=2 cargo run --release -p srum-bagel --example layer_bench -- \
 //!     [--iters 3] [--json target/bench-bagel-layer/burn.json]
+//! # on a GPU, in bf16 (or f32):
+//! cargo run --release -p srum-bagel --features cuda --example layer_bench -- --backend cuda --dtype bf16
 //! ```
 //!
 //! The sample is packed as BAGEL's training data packs a text-to-image sample: a text split of
@@ -106,14 +108,56 @@ fn forward_backward<B: AutodiffBackend>(
     })
 }
 
+/// A median in seconds and the runs it is the median of.
+type Timing = (f64, Vec<f64>);
+
+/// Forward and forward + backward medians (with their runs) on the backend and float type the
+/// flags name; a backend this build lacks is an error naming the feature to enable.
+fn run(
+    backend: &str,
+    dtype: &str,
+    config: &BagelConfig,
+    seq: &PackedSequence,
+    iters: usize,
+) -> Result<(Timing, Timing), String> {
+    match (backend, dtype) {
+        ("flex", "f32") => Ok((
+            forward::<Flex>(config, seq, iters),
+            forward_backward::<Autodiff<Flex>>(config, seq, iters),
+        )),
+        #[cfg(feature = "cuda")]
+        ("cuda", "f32") => Ok((
+            forward::<burn::backend::Cuda<f32>>(config, seq, iters),
+            forward_backward::<Autodiff<burn::backend::Cuda<f32>>>(config, seq, iters),
+        )),
+        #[cfg(feature = "cuda")]
+        ("cuda", "bf16") => Ok((
+            forward::<burn::backend::Cuda<half::bf16>>(config, seq, iters),
+            forward_backward::<Autodiff<burn::backend::Cuda<half::bf16>>>(config, seq, iters),
+        )),
+        #[cfg(feature = "wgpu")]
+        ("wgpu", "f32") => Ok((
+            forward::<burn::backend::Wgpu>(config, seq, iters),
+            forward_backward::<Autodiff<burn::backend::Wgpu>>(config, seq, iters),
+        )),
+        (b, d) => Err(format!(
+            "--backend {b} --dtype {d} is not in this build: flex runs f32; cuda (f32, bf16) \
+             and wgpu (f32) need `--features cuda` / `--features wgpu`"
+        )),
+    }
+}
+
 fn main() {
     let mut iters = 3usize;
     let mut json: Option<String> = None;
+    let (mut backend, mut dtype) = ("flex".to_string(), "f32".to_string());
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--iters" => iters = args.next().and_then(|v| v.parse().ok()).expect("--iters N"),
             "--json" => json = args.next(),
+            "--backend" => backend = args.next().expect("--backend flex|cuda|wgpu"),
+            "--dtype" => dtype = args.next().expect("--dtype f32|bf16"),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -122,19 +166,24 @@ fn main() {
     let seq = sequence(&config);
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
     eprintln!(
-        "burn flex: 1 MoT layer, hidden {} intermediate {} heads {}/{} tokens {} threads {threads} iters {iters}",
+        "burn {backend} {dtype}: 1 MoT layer, hidden {} intermediate {} heads {}/{} tokens {} threads {threads} iters {iters}",
         config.hidden_size,
         config.intermediate_size,
         config.num_attention_heads,
         config.num_key_value_heads,
         seq.len()
     );
-    let (fwd, fwd_runs) = forward::<Flex>(&config, &seq, iters);
+    let ((fwd, fwd_runs), (fb, fb_runs)) = match run(&backend, &dtype, &config, &seq, iters) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
     eprintln!("forward: median {fwd:.3} s, runs {fwd_runs:.3?}");
-    let (fb, fb_runs) = forward_backward::<Autodiff<Flex>>(&config, &seq, iters);
     eprintln!("forward+backward: median {fb:.3} s, runs {fb_runs:.3?}");
     let out = serde_json::json!({
-        "side": "burn flex",
+        "side": format!("burn {backend} {dtype}"),
         "tokens": seq.len(),
         "threads": threads,
         "iters": iters,
