@@ -65,11 +65,11 @@ fn sequence(config: &BagelConfig) -> PackedSequence {
     seq
 }
 
-fn forward<B: Backend>(
+/// A random full-width layer, the plan of `seq` and standard-normal input hidden states.
+fn setup<B: Backend>(
     config: &BagelConfig,
     seq: &PackedSequence,
-    iters: usize,
-) -> (f64, Vec<f64>) {
+) -> (DecoderLayer<B>, Plan<B>, Tensor<B, 2>) {
     let device = B::Device::default();
     let layer: DecoderLayer<B> = DecoderLayerConfig::new(config.clone()).init(&device);
     let plan = Plan::<B>::packed(seq, config, &device);
@@ -78,6 +78,15 @@ fn forward<B: Backend>(
         Distribution::Normal(0.0, 1.0),
         &device,
     );
+    (layer, plan, x)
+}
+
+fn forward<B: Backend>(
+    config: &BagelConfig,
+    seq: &PackedSequence,
+    iters: usize,
+) -> (f64, Vec<f64>) {
+    let (layer, plan, x) = setup::<B>(config, seq);
     time(iters, || {
         let y = layer.forward_train(x.clone(), &plan);
         let s: f32 = y.sum().into_scalar().elem();
@@ -90,14 +99,7 @@ fn forward_backward<B: AutodiffBackend>(
     seq: &PackedSequence,
     iters: usize,
 ) -> (f64, Vec<f64>) {
-    let device = B::Device::default();
-    let layer: DecoderLayer<B> = DecoderLayerConfig::new(config.clone()).init(&device);
-    let plan = Plan::<B>::packed(seq, config, &device);
-    let x = Tensor::<B, 2>::random(
-        [seq.len(), config.hidden_size],
-        Distribution::Normal(0.0, 1.0),
-        &device,
-    );
+    let (layer, plan, x) = setup::<B>(config, seq);
     time(iters, || {
         let x = x.clone().detach().require_grad();
         let loss = layer.forward_train(x.clone(), &plan).sum();

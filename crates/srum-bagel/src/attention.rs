@@ -6,9 +6,9 @@ use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::norm::{RmsNorm, RmsNormConfig};
 use crate::rope::RopeTables;
 use crate::routing::Routing;
+use burn::nn::{RmsNorm, RmsNormConfig};
 
 /// Keys (after q/k-norm and RoPE) and values of some tokens, for one layer.
 #[derive(Debug, Clone)]
@@ -63,8 +63,11 @@ impl AttentionConfig {
                 .init(device)
         };
         let norm = || {
-            self.qk_norm
-                .then(|| RmsNormConfig::new(head_dim).with_eps(self.eps).init(device))
+            self.qk_norm.then(|| {
+                RmsNormConfig::new(head_dim)
+                    .with_epsilon(self.eps)
+                    .init(device)
+            })
         };
         Attention {
             q_proj: linear(self.hidden_size, q, true),

@@ -10,10 +10,10 @@ use crate::attention::{LayerKv, Segment};
 use crate::cache::KvCache;
 use crate::config::BagelConfig;
 use crate::layer::{DecoderLayer, DecoderLayerConfig};
-use crate::norm::{RmsNorm, RmsNormConfig};
 use crate::rope::RopeTables;
 use crate::routing::{Expert, Routing};
 use crate::sequence::PackedSequence;
+use burn::nn::{RmsNorm, RmsNormConfig};
 
 /// Configuration of a [`Backbone`].
 #[derive(Config, Debug)]
@@ -28,7 +28,7 @@ impl BackboneConfig {
         let c = &self.model;
         let norm = || {
             RmsNormConfig::new(c.hidden_size)
-                .with_eps(c.rms_norm_eps)
+                .with_epsilon(c.rms_norm_eps)
                 .init(device)
         };
         Backbone {

@@ -8,9 +8,9 @@ use crate::attention::{Attention, AttentionConfig, LayerKv, Segment};
 use crate::backbone::Plan;
 use crate::config::BagelConfig;
 use crate::mlp::{Mlp, MlpConfig};
-use crate::norm::{RmsNorm, RmsNormConfig};
 use crate::rope::RopeTables;
 use crate::routing::Routing;
+use burn::nn::{RmsNorm, RmsNormConfig};
 
 /// Configuration of a [`DecoderLayer`].
 #[derive(Config, Debug)]
@@ -25,7 +25,7 @@ impl DecoderLayerConfig {
         let c = &self.model;
         let norm = || {
             RmsNormConfig::new(c.hidden_size)
-                .with_eps(c.rms_norm_eps)
+                .with_epsilon(c.rms_norm_eps)
                 .init(device)
         };
         let mlp = || MlpConfig::new(c.hidden_size, c.intermediate_size).init(device);

@@ -21,7 +21,6 @@ mod generation;
 mod layer;
 mod load;
 mod mlp;
-mod norm;
 mod rope;
 mod routing;
 mod sequence;

@@ -18,6 +18,10 @@ pub const KNOWN_UNUSED_PREFIXES: [&str; 3] = ["vit_model.", "connector.", "vit_p
 
 /// The official name of the parameter at burn module path `path`.
 pub(crate) fn official_name(path: &str) -> String {
+    // burn's RmsNorm calls its gain `gamma`; PyTorch's Qwen2RMSNorm calls it `weight`.
+    if let Some(stem) = path.strip_suffix(".gamma") {
+        return official_name(&format!("{stem}.weight"));
+    }
     if let Some(rest) = path.strip_prefix("time_embedder.fc_in.") {
         return format!("time_embedder.mlp.0.{rest}");
     }
