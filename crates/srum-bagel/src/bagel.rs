@@ -16,6 +16,7 @@ use crate::generation::{
 };
 use crate::routing::Expert;
 use crate::sequence::{PackedSequence, Slot};
+use crate::vit::{Connector, ConnectorConfig, VitModel, vit_patchify, vit_positions};
 
 /// The Qwen2 backbone and its untied `lm_head` (`language_model.*` in the checkpoint).
 #[derive(Module, Debug)]
@@ -24,7 +25,9 @@ pub struct LanguageModel<B: Backend> {
     pub(crate) lm_head: Linear<B>,
 }
 
-/// BAGEL's language model and generation heads (the ViT side is not part of this crate yet).
+/// BAGEL: the language model, the generation heads and (when configured) the understanding
+/// ViT with its connector, under the official tensor names. The VAE is apart
+/// ([`crate::AutoEncoder`]), as in the official checkpoint.
 #[derive(Module, Debug)]
 pub struct Bagel<B: Backend> {
     pub(crate) language_model: LanguageModel<B>,
@@ -32,6 +35,9 @@ pub struct Bagel<B: Backend> {
     pub(crate) vae2llm: Linear<B>,
     pub(crate) llm2vae: Linear<B>,
     pub(crate) latent_pos_embed: PositionEmbedding<B>,
+    pub(crate) vit_model: Option<VitModel<B>>,
+    pub(crate) connector: Option<Connector<B>>,
+    pub(crate) vit_pos_embed: Option<PositionEmbedding<B>>,
     #[module(skip)]
     pub(crate) config: BagelConfig,
 }
@@ -61,6 +67,14 @@ impl BagelConfig {
                 .with_initializer(Initializer::Zeros)
                 .init(device),
             latent_pos_embed: PositionEmbeddingConfig::new(self.max_latent_size, h).init(device),
+            vit_model: self.vit.as_ref().map(|v| v.init(device)),
+            connector: self
+                .vit
+                .as_ref()
+                .map(|v| ConnectorConfig::new(v.hidden_size, h).init(device)),
+            vit_pos_embed: self.vit.as_ref().map(|_| {
+                PositionEmbeddingConfig::new(self.vit_max_num_patch_per_side, h).init(device)
+            }),
             config: self.clone(),
         }
     }
@@ -84,10 +98,7 @@ pub struct FlowLoss<B: Backend> {
     pub terms: LossTerms<B>,
 }
 
-fn int_tensor<B: Backend>(values: Vec<i64>, device: &B::Device) -> Tensor<B, 1, Int> {
-    let n = values.len();
-    Tensor::from_data(TensorData::new(values, [n]), device)
-}
+use crate::vit::int_tensor;
 
 impl<B: Backend> Bagel<B> {
     /// The configuration the model was built with.
@@ -345,6 +356,87 @@ impl<B: Backend> Bagel<B> {
                 .map(|l| l.narrow(0, 1, n_lat))
                 .collect(),
         })
+    }
+
+    /// The backbone-width embeddings of one image's ViT patches: ViT, connector, plus
+    /// `vit_pos_embed` (`forward_cache_update_vit` before the backbone).
+    ///
+    /// Shapes: `image`: `[3, H, W]` in `[-1, 1]` with `H`, `W` multiples of the ViT patch;
+    /// returns `[(H / p) * (W / p), hidden]`.
+    pub fn vit_embed(&self, image: Tensor<B, 3>) -> Result<Tensor<B, 2>> {
+        let (Some(vit), Some(connector), Some(pos), Some(vc)) = (
+            &self.vit_model,
+            &self.connector,
+            &self.vit_pos_embed,
+            &self.config.vit,
+        ) else {
+            return Err(BagelError::Input(
+                "the model was built without a ViT (no vit_config.json)".into(),
+            ));
+        };
+        let [c, hh, ww] = image.dims();
+        let p = vc.patch_size;
+        let side = self.config.vit_max_num_patch_per_side;
+        if c != 3 || hh % p != 0 || ww % p != 0 || hh == 0 || ww == 0 {
+            return Err(BagelError::Input(format!(
+                "image is [{c}, {hh}, {ww}]; the ViT needs [3, H, W] with H and W multiples of {p}"
+            )));
+        }
+        let (h, w) = (hh / p, ww / p);
+        // The official code indexes both tables by `row * vit_max_num_patch_per_side + col`.
+        let ids = vit_positions(h, w, side);
+        let table = vc.max_patches_per_side * vc.max_patches_per_side;
+        if w > side
+            || ids
+                .last()
+                .is_some_and(|&i| i as usize >= table.min(side * side))
+        {
+            return Err(BagelError::Input(format!(
+                "an image of {h} x {w} patches exceeds the ViT's position grid of {side} x {side}"
+            )));
+        }
+        let device = self.device();
+        let features = vit.forward(vit_patchify(image, p), int_tensor(ids.clone(), &device));
+        Ok(connector.forward(features) + pos.forward(int_tensor(ids, &device)))
+    }
+
+    /// Runs an image through the ViT and appends the block `[start_of_image, patches,
+    /// end_of_image]` to `cache` through the understanding expert, all on one RoPE position
+    /// with full attention inside (`prepare_vit_images` + `forward_cache_update_vit`).
+    /// Returns the block's hidden states after the final norm.
+    ///
+    /// Shapes: `image`: `[3, H, W]` in `[-1, 1]`.
+    pub fn extend_image(
+        &self,
+        cache: &mut KvCache<B>,
+        image: Tensor<B, 3>,
+    ) -> Result<Tensor<B, 2>> {
+        let patches = self.vit_embed(image)?;
+        let [n, _] = patches.dims();
+        let device = self.device();
+        let bb = self.backbone();
+        let c = &self.config;
+        let x = Tensor::cat(
+            vec![
+                bb.embed(&[c.start_of_image_id], &device),
+                patches,
+                bb.embed(&[c.end_of_image_id], &device),
+            ],
+            0,
+        );
+        let len = n + 2;
+        let plan = Plan::block(
+            &vec![Expert::Understanding; len],
+            &vec![cache.next_position(); len],
+            cache.len(),
+            false,
+            bb.head_dim(),
+            bb.rope_theta(),
+            &device,
+        );
+        let (hidden, kvs) = bb.forward(x, &plan, Some(cache), false);
+        cache.append(kvs, len, 1);
+        Ok(hidden.last)
     }
 
     /// Runs a text block through the understanding expert after `cache`, causally, and

@@ -7,6 +7,7 @@ use burn::config::Config;
 use serde_json::Value;
 
 use crate::error::BagelError;
+use crate::vit::VitConfig;
 
 // Not `Result`: burn's `Config` derive expands code that names `Result` with serde's errors.
 type Res<T> = std::result::Result<T, BagelError>;
@@ -69,6 +70,12 @@ pub struct BagelConfig {
     /// `<|vision_end|>`, closing every image split.
     #[config(default = 151653)]
     pub end_of_image_id: u32,
+    /// Side of the ViT position grid the backbone's `vit_pos_embed` covers, in patches.
+    #[config(default = 70)]
+    pub vit_max_num_patch_per_side: usize,
+    /// The understanding ViT; `None` builds the backbone and generation heads alone.
+    #[config(default = "None")]
+    pub vit: Option<VitConfig>,
 }
 
 const BUILT_IN: &str = "<built-in config>";
@@ -195,6 +202,25 @@ impl BagelConfig {
         if let Some(n) = usize_field(v, path, "max_latent_size")? {
             self.max_latent_size = n;
         }
+        if let Some(n) = usize_field(v, path, "vit_max_num_patch_per_side")? {
+            self.vit_max_num_patch_per_side = n;
+        }
+        if let Some(act) = v.get("connector_act")
+            && act.as_str() != Some("gelu_pytorch_tanh")
+        {
+            return Err(BagelError::config(
+                path,
+                "connector_act",
+                format!("{act} is not supported (only \"gelu_pytorch_tanh\")"),
+            ));
+        }
+        if v.get("interpolate_pos").and_then(Value::as_bool) == Some(true) {
+            return Err(BagelError::config(
+                path,
+                "interpolate_pos",
+                "interpolated ViT positions are not supported (BAGEL-7B-MoT uses false)",
+            ));
+        }
         if let Some(x) = f64_field(v, path, "timestep_shift")? {
             self.timestep_shift = x;
         }
@@ -221,11 +247,16 @@ impl BagelConfig {
         Ok(self)
     }
 
-    /// Reads a checkpoint folder: `llm_config.json` (required) for the backbone, then the BAGEL
-    /// settings found in `config.json` (optional; see [`BagelConfig::with_bagel_overrides`]).
+    /// Reads a checkpoint folder: `llm_config.json` (required) for the backbone,
+    /// `vit_config.json` (optional) for the ViT, then the BAGEL settings found in
+    /// `config.json` (optional; see [`BagelConfig::with_bagel_overrides`]).
     pub fn from_dir(dir: impl AsRef<Path>) -> Res<Self> {
         let dir = dir.as_ref();
-        let config = Self::from_llm_config_json(dir.join("llm_config.json"))?;
+        let mut config = Self::from_llm_config_json(dir.join("llm_config.json"))?;
+        let vit = dir.join("vit_config.json");
+        if vit.is_file() {
+            config.vit = Some(VitConfig::from_json(&vit)?);
+        }
         let extra = dir.join("config.json");
         if extra.is_file() {
             let v = read_json(&extra)?;
@@ -291,6 +322,12 @@ impl BagelConfig {
                 "hidden_size",
                 "the 2D sin-cos latent positions need a multiple of 4".into(),
             );
+        }
+        if let Some(vit) = &self.vit {
+            vit.validate_at(path)?;
+            if self.vit_max_num_patch_per_side == 0 {
+                return bad("vit_max_num_patch_per_side", "must be positive".into());
+            }
         }
         if self.frequency_embedding_size == 0 {
             return bad("frequency_embedding_size", "must be positive".into());

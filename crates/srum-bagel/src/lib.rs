@@ -23,9 +23,13 @@ mod load;
 mod mlp;
 mod rope;
 mod routing;
+mod sample;
 mod sequence;
 mod text;
+mod unified;
+mod vae;
 mod verify;
+mod vit;
 
 pub use backbone::{Hidden, Plan};
 pub use bagel::{Bagel, FlowLoss, LanguageModel, PackedOutput};
@@ -34,7 +38,14 @@ pub use config::BagelConfig;
 pub use error::{BagelError, Result};
 pub use generation::patchify;
 pub use layer::{DecoderLayer, DecoderLayerConfig};
-pub use load::{KNOWN_UNUSED_PREFIXES, load_bagel, load_tokenizer, load_weights};
+pub use load::{KNOWN_UNUSED_PREFIXES, load_bagel, load_tokenizer, load_vae, load_weights};
 pub use routing::Expert;
+pub use sample::rollout_sampler;
 pub use sequence::{PackedSequence, SplitKind};
+pub use unified::{
+    BagelCondition, BagelModel, BagelTemplates, GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT,
+    bagel_param_role,
+};
+pub use vae::{AutoEncoder, VaeConfig};
 pub use verify::{Comparison, FixtureReport, verify_fixture};
+pub use vit::{Connector, VitConfig, VitModel, vit_patchify, vit_positions};

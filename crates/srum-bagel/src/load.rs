@@ -11,16 +11,23 @@ use safetensors::{Dtype, SafeTensors};
 use crate::bagel::Bagel;
 use crate::config::BagelConfig;
 use crate::error::{BagelError, Result};
+use crate::vae::{AutoEncoder, VaeConfig};
 
-/// Prefixes of official tensors that belong to the understanding ViT, which this crate does
-/// not build yet: present in the file, read by nobody, not an error.
+/// Prefixes of the official tensors of the understanding side: read when the model has a ViT,
+/// skipped (not an error) when it was built without one.
 pub const KNOWN_UNUSED_PREFIXES: [&str; 3] = ["vit_model.", "connector.", "vit_pos_embed."];
+
+const VIT_LAYERS: &str = "vit_model.vision_model.encoder.layers.";
 
 /// The official name of the parameter at burn module path `path`.
 pub(crate) fn official_name(path: &str) -> String {
     // burn's RmsNorm calls its gain `gamma`; PyTorch's Qwen2RMSNorm calls it `weight`.
     if let Some(stem) = path.strip_suffix(".gamma") {
         return official_name(&format!("{stem}.weight"));
+    }
+    // burn's LayerNorm and GroupNorm call their shift `beta`.
+    if let Some(stem) = path.strip_suffix(".beta") {
+        return format!("{stem}.bias");
     }
     if let Some(rest) = path.strip_prefix("time_embedder.fc_in.") {
         return format!("time_embedder.mlp.0.{rest}");
@@ -36,7 +43,8 @@ pub(crate) fn official_name(path: &str) -> String {
 pub(crate) fn is_linear_weight(official: &str, rank: usize) -> bool {
     rank == 2
         && official.ends_with(".weight")
-        && official != "language_model.model.embed_tokens.weight"
+        && !official.ends_with("embed_tokens.weight")
+        && !official.ends_with("position_embedding.weight")
 }
 
 /// A memory-mapped safetensors file.
@@ -149,11 +157,14 @@ impl<B: Backend> ModuleMapper<B> for Filler<'_> {
     }
 }
 
-/// Fills `model`'s parameters from the safetensors file at `path` by official name. Every
-/// missing, unexpected or misshapen tensor is named in the one error; ViT tensors
-/// ([`KNOWN_UNUSED_PREFIXES`]) are skipped.
-pub fn load_weights<B: Backend>(model: Bagel<B>, path: impl AsRef<Path>) -> Result<Bagel<B>> {
-    let path = path.as_ref();
+/// Fills `module`'s parameters from the safetensors file at `path` by official name. Every
+/// missing, unexpected or misshapen tensor is named in the one error; tensors for which
+/// `skip(name)` holds are left unread.
+fn fill<B: Backend, M: Module<B>>(
+    module: M,
+    path: &Path,
+    skip: impl Fn(&str) -> bool,
+) -> Result<M> {
     let file = MappedFile::open(path)?;
     let st = file.tensors()?;
     let mut filler = Filler {
@@ -163,12 +174,11 @@ pub fn load_weights<B: Backend>(model: Bagel<B>, path: impl AsRef<Path>) -> Resu
         missing: Vec::new(),
         misshapen: Vec::new(),
     };
-    let model = model.map(&mut filler);
+    let module = module.map(&mut filler);
     let mut unexpected: Vec<String> = st
         .names()
         .into_iter()
-        .filter(|n| !filler.seen.contains(*n))
-        .filter(|n| !KNOWN_UNUSED_PREFIXES.iter().any(|p| n.starts_with(p)))
+        .filter(|n| !filler.seen.contains(*n) && !skip(n))
         .map(str::to_string)
         .collect();
     unexpected.sort();
@@ -186,10 +196,26 @@ pub fn load_weights<B: Backend>(model: Bagel<B>, path: impl AsRef<Path>) -> Resu
         ));
     }
     if problems.is_empty() {
-        Ok(model)
+        Ok(module)
     } else {
         Err(BagelError::checkpoint(path, problems.join(". ")))
     }
+}
+
+/// Fills `model`'s parameters from the safetensors file at `path` by official name. Every
+/// missing, unexpected or misshapen tensor is named in the one error. Skipped: the ViT side
+/// ([`KNOWN_UNUSED_PREFIXES`]) when the model has no ViT, and the ViT layers beyond those
+/// built (the official file holds one more than BAGEL runs).
+pub fn load_weights<B: Backend>(model: Bagel<B>, path: impl AsRef<Path>) -> Result<Bagel<B>> {
+    let built = model.config().vit.as_ref().map(|v| v.num_hidden_layers);
+    fill(model, path.as_ref(), |name| match built {
+        None => KNOWN_UNUSED_PREFIXES.iter().any(|p| name.starts_with(p)),
+        Some(n) => name
+            .strip_prefix(VIT_LAYERS)
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok())
+            .is_some_and(|i| i >= n),
+    })
 }
 
 /// Builds the model described by the checkpoint folder `dir` (see [`BagelConfig::from_dir`])
@@ -198,6 +224,19 @@ pub fn load_bagel<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Resu
     let dir = dir.as_ref();
     let config = BagelConfig::from_dir(dir)?;
     load_weights(config.init(device), dir.join("ema.safetensors"))
+}
+
+/// The autoencoder of the checkpoint folder `dir`: sizes from `dir/vae_config.json` when
+/// present (FLUX's otherwise), weights from `dir/ae.safetensors`.
+pub fn load_vae<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Result<AutoEncoder<B>> {
+    let dir = dir.as_ref();
+    let cfg = dir.join("vae_config.json");
+    let config = if cfg.is_file() {
+        VaeConfig::from_json(&cfg)?
+    } else {
+        VaeConfig::new()
+    };
+    fill(config.init(device), &dir.join("ae.safetensors"), |_| false)
 }
 
 /// The tokenizer in `dir/tokenizer.json`, or `None` when the folder has none.

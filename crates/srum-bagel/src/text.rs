@@ -37,6 +37,35 @@ impl<B: Backend> Bagel<B> {
         Ok(self.greedy_with_logits(cache, start, steps)?.0)
     }
 
+    /// Greedy decoding that stops at `stop` (BAGEL's `eos`, not returned) or after `max`
+    /// tokens, as `generate_text` with an end token. Every token but the last is in `cache`.
+    pub fn greedy_until(
+        &self,
+        cache: &mut KvCache<B>,
+        start: u32,
+        max: usize,
+        stop: u32,
+    ) -> Result<Vec<u32>> {
+        self.check_ids(&[start])?;
+        let mut tokens = Vec::new();
+        let mut current = start;
+        while tokens.len() < max {
+            let hidden = self.extend_text(cache, &[current], false);
+            let next = self
+                .logits(hidden.last)
+                .argmax(1)
+                .into_scalar()
+                .elem::<i64>();
+            current = u32::try_from(next)
+                .map_err(|_| BagelError::Input(format!("arg-max token {next} out of range")))?;
+            if current == stop {
+                break;
+            }
+            tokens.push(current);
+        }
+        Ok(tokens)
+    }
+
     /// [`Bagel::greedy`], also returning the logits each token was picked from: `[steps, vocab]`.
     pub(crate) fn greedy_with_logits(
         &self,

@@ -16,8 +16,12 @@ use crate::cache::KvCache;
 use crate::config::BagelConfig;
 use crate::error::{BagelError, Result};
 use crate::generation::{patchify, sincos_2d};
-use crate::load::{is_linear_weight, load_weights, official_name, transpose};
+use crate::load::{is_linear_weight, load_vae, load_weights, official_name, transpose};
+use crate::sample::rollout_sampler;
 use crate::sequence::PackedSequence;
+use crate::vae::AutoEncoder;
+use crate::vit::{int_tensor, vit_patchify, vit_positions};
+use srum::flow::{EulerSampler, EulerSamplerConfig};
 
 /// One output compared with the reference.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +77,10 @@ struct Cases {
 }
 
 impl Cases {
+    fn has(&self, name: &str) -> bool {
+        SafeTensors::deserialize(&self.bytes).is_ok_and(|st| st.tensor(name).is_ok())
+    }
+
     fn tensor(&self, name: &str, dtype: Dtype) -> Result<(Vec<usize>, Vec<u8>)> {
         let st = SafeTensors::deserialize(&self.bytes).map_err(|e| {
             BagelError::checkpoint(&self.path, format!("not a safetensors file: {e}"))
@@ -426,9 +434,127 @@ pub fn verify_fixture<B: AutodiffBackend>(
             }),
         }
     }
+    if cases.has("vit.image") {
+        verify_understanding(&inner, &cases, &mut r)?;
+    }
+    if dir.join("ae.safetensors").is_file() {
+        let vae = load_vae::<B::InnerBackend>(dir, &inner_device)?;
+        verify_vae(&vae, &cases, &mut r)?;
+        if cases.has("gen.latent") {
+            verify_sampling(&inner, &vae, &fx_path, fc, &cases, &mut r)?;
+        }
+    }
     Ok(FixtureReport {
         name,
         tolerance: tol,
         comparisons: r.out,
     })
+}
+
+/// ViT, connector, and a greedy answer about an image after a system prompt.
+fn verify_understanding<B: Backend>(model: &Bagel<B>, cases: &Cases, r: &mut Report) -> Result<()> {
+    let device = model.device();
+    let c = model.config().clone();
+    let (Some(vc), Some(vit), Some(connector)) = (&c.vit, &model.vit_model, &model.connector)
+    else {
+        return Err(fixture_err(
+            &cases.path,
+            "the fixture has ViT cases but no vit_config.json",
+        ));
+    };
+    let image: Tensor<B, 3> = cases.tensor_f32("vit.image", &device)?;
+    let [_, hh, ww] = image.dims();
+    let p = vc.patch_size;
+    let tokens = vit_patchify(image.clone(), p);
+    r.tensor(cases, "meta.vit.tokens", tokens.clone())?;
+    let ids = vit_positions(hh / p, ww / p, c.vit_max_num_patch_per_side);
+    r.ints(
+        "meta.vit.position_ids",
+        &ids,
+        &cases.i64s("meta.vit.position_ids")?,
+    );
+    let features = vit.forward(tokens, int_tensor(ids, &device));
+    r.tensor(cases, "vit.features", features.clone())?;
+    r.tensor(cases, "vit.connector", connector.forward(features))?;
+    r.tensor(cases, "vit.embed", model.vit_embed(image.clone())?)?;
+
+    let mut cache = KvCache::new();
+    model.prefill_text(
+        &mut cache,
+        &model.wrap_text(&cases.ids("meta.und.system_ids_raw")?),
+        false,
+    )?;
+    let block = model.extend_image(&mut cache, image)?;
+    r.tensor(cases, "und.image_hidden.final", block)?;
+    model.prefill_text(
+        &mut cache,
+        &model.wrap_text(&cases.ids("meta.und.question_ids_raw")?),
+        false,
+    )?;
+    let want = cases.i64s("und.tokens")?;
+    let (tokens, logits) = model.greedy_with_logits(&mut cache, c.bos_token_id, want.len())?;
+    let got: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+    r.ints("und.tokens", &got, &want);
+    if !logits.is_empty() {
+        r.tensor(cases, "und.logits", Tensor::cat(logits, 0))?;
+    }
+    Ok(())
+}
+
+/// Encoder moments, mean and sampled latents, and the decoder.
+fn verify_vae<B: Backend>(vae: &AutoEncoder<B>, cases: &Cases, r: &mut Report) -> Result<()> {
+    let device = vae.devices().into_iter().next().unwrap_or_default();
+    let image: Tensor<B, 4> = cases.tensor_f32("vae.image", &device)?;
+    r.tensor(cases, "vae.moments", vae.moments(image.clone()))?;
+    r.tensor(cases, "vae.latent", vae.encode(image.clone()))?;
+    let noise: Tensor<B, 4> = cases.tensor_f32("meta.vae.sample_noise", &device)?;
+    r.tensor(cases, "vae.latent_sample", vae.encode_sample(image, noise))?;
+    let latent: Tensor<B, 4> = cases.tensor_f32("vae.latent", &device)?;
+    r.tensor(cases, "vae.decoded", vae.decode(latent))?;
+    Ok(())
+}
+
+/// A whole text-to-image sample with guidance, and its decoding.
+fn verify_sampling<B: Backend>(
+    model: &Bagel<B>,
+    vae: &AutoEncoder<B>,
+    fx_path: &Path,
+    fc: &Value,
+    cases: &Cases,
+    r: &mut Report,
+) -> Result<()> {
+    let device = model.device();
+    let c = model.config().clone();
+    let steps = fc
+        .get("gen_steps")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| BagelError::config(fx_path, "config.gen_steps", "missing"))?;
+    let grid = cases.i64s("flow.grid")?;
+    let (h, w) = match grid.as_slice() {
+        [h, w] if *h > 0 && *w > 0 => (*h as usize, *w as usize),
+        _ => return Err(fixture_err(&cases.path, format!("flow.grid is {grid:?}"))),
+    };
+    let mut cond = KvCache::new();
+    model.prefill_text(
+        &mut cond,
+        &model.wrap_text(&cases.ids("meta.gen.prompt_ids_raw")?),
+        false,
+    )?;
+    let uncond = KvCache::new();
+    let noise: Tensor<B, 2> = cases.tensor_f32("gen.noise", &device)?;
+    // `num_timesteps` times give one Euler step fewer.
+    let sampler = EulerSampler::new(EulerSamplerConfig {
+        steps: (steps as usize).saturating_sub(1),
+        ..rollout_sampler()
+    });
+    let latent = model.sample_latent(&cond, &uncond, noise, (h, w), &sampler)?;
+    r.tensor(cases, "gen.latent", latent.clone())?;
+    let p = c.latent_patch_size;
+    let z = c.latent_channel;
+    let lat = latent
+        .reshape([1, h, w, p, p, z])
+        .permute([0, 5, 1, 3, 2, 4])
+        .reshape([1, z, h * p, w * p]);
+    r.tensor(cases, "gen.decoded", vae.decode(lat))?;
+    Ok(())
 }

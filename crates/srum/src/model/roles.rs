@@ -16,6 +16,8 @@ pub enum ParamRole {
     Shared,
     /// Used only to understand (vision encoder, answer head ...).
     Understanding,
+    /// Never trained by SRUM: a fixed image codec (a VAE) or a fixed table.
+    Frozen,
 }
 
 /// The parameters the trainer may change.
@@ -34,7 +36,7 @@ impl TrainableSet {
     /// Whether a parameter with `role` is trained.
     pub fn trains(self, role: ParamRole) -> bool {
         match (self, role) {
-            (_, ParamRole::Understanding) => false,
+            (_, ParamRole::Understanding | ParamRole::Frozen) => false,
             (_, ParamRole::Generation) => true,
             (TrainableSet::GenerationAndShared, ParamRole::Shared) => true,
             (TrainableSet::GenerationOnly, ParamRole::Shared) => false,
