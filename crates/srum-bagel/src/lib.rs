@@ -38,13 +38,15 @@ pub use config::BagelConfig;
 pub use error::{BagelError, Result};
 pub use generation::patchify;
 pub use layer::{DecoderLayer, DecoderLayerConfig};
-pub use load::{KNOWN_UNUSED_PREFIXES, load_bagel, load_tokenizer, load_vae, load_weights};
+pub use load::{
+    KNOWN_UNUSED_PREFIXES, load_bagel, load_tokenizer, load_vae, load_weights, save_weights,
+};
 pub use routing::Expert;
 pub use sample::rollout_sampler;
 pub use sequence::{PackedSequence, SplitKind};
 pub use unified::{
-    BagelCondition, BagelModel, BagelTemplates, GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT,
-    bagel_param_role,
+    BagelCondition, BagelModel, BagelTemplates, CHECKPOINT_FILES, GEN_THINK_SYSTEM_PROMPT,
+    VLM_THINK_SYSTEM_PROMPT, bagel_param_role,
 };
 pub use vae::{AutoEncoder, VaeConfig};
 pub use verify::{Comparison, FixtureReport, verify_fixture};

@@ -239,6 +239,76 @@ pub fn load_vae<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Result
     fill(config.init(device), &dir.join("ae.safetensors"), |_| false)
 }
 
+/// Collects parameters in the official layout (names, `[out, in]` linears) as bf16 bytes.
+struct Export {
+    stack: Vec<String>,
+    out: Vec<(String, Vec<usize>, Vec<u8>)>,
+}
+
+impl<B: Backend> burn::module::ModuleVisitor<B> for Export {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.stack.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.stack.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let name = official_name(&self.stack.join("."));
+        let t = param.val();
+        let mut shape = t.dims().to_vec();
+        let mut v = t
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .unwrap_or_default();
+        if is_linear_weight(&name, D) {
+            v = transpose(&v, shape[0], shape[1]);
+            shape.reverse();
+        }
+        let bytes = v
+            .iter()
+            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+            .collect();
+        self.out.push((name, shape, bytes));
+    }
+}
+
+/// Every parameter of `module` under its official name, `[out, in]` for linears, as bf16
+/// bytes: what the official checkpoints hold.
+pub(crate) fn export_bf16<B: Backend, M: Module<B>>(
+    module: &M,
+) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+    let mut e = Export {
+        stack: Vec::new(),
+        out: Vec::new(),
+    };
+    module.visit(&mut e);
+    e.out.sort_by(|a, b| a.0.cmp(&b.0));
+    e.out
+}
+
+/// Writes `module`'s parameters to `path` as the official code stores them (bf16, official
+/// names), so `load_state_dict` of the official model reads the file back.
+pub fn save_weights<B: Backend, M: Module<B>>(module: &M, path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
+    let entries = export_bf16(module);
+    let views = entries
+        .iter()
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(Dtype::BF16, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| BagelError::checkpoint(path, format!("`{n}`: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    let bytes = safetensors::serialize(views, Some(meta))
+        .map_err(|e| BagelError::checkpoint(path, e.to_string()))?;
+    let tmp = path.with_extension("safetensors.tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| BagelError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| BagelError::io(path, e))
+}
+
 /// The tokenizer in `dir/tokenizer.json`, or `None` when the folder has none.
 pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<Option<tokenizers::Tokenizer>> {
     let path = dir.as_ref().join("tokenizer.json");
@@ -254,7 +324,6 @@ pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<Option<tokenizers::Tokeni
 mod tests {
     use super::*;
     use burn::backend::Flex;
-    use burn::module::ModuleVisitor;
 
     type B = Flex;
 
@@ -271,36 +340,6 @@ mod tests {
             .with_frequency_embedding_size(6)
     }
 
-    /// Writes `model` in the official layout (names, `[out, in]` linears) as bf16.
-    struct Export {
-        stack: Vec<String>,
-        out: Vec<(String, Vec<usize>, Vec<u8>)>,
-    }
-
-    impl ModuleVisitor<B> for Export {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.stack.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.stack.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let name = official_name(&self.stack.join("."));
-            let t = param.val();
-            let mut shape = t.dims().to_vec();
-            let mut v = t.into_data().to_vec::<f32>().unwrap();
-            if is_linear_weight(&name, D) {
-                v = transpose(&v, shape[0], shape[1]);
-                shape.reverse();
-            }
-            let bytes = v
-                .iter()
-                .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
-                .collect();
-            self.out.push((name, shape, bytes));
-        }
-    }
-
     fn write(entries: &[(String, Vec<usize>, Vec<u8>)], path: &Path) {
         let views: Vec<_> = entries
             .iter()
@@ -315,12 +354,7 @@ mod tests {
     }
 
     fn export(model: &Bagel<B>) -> Vec<(String, Vec<usize>, Vec<u8>)> {
-        let mut e = Export {
-            stack: Vec::new(),
-            out: Vec::new(),
-        };
-        model.visit(&mut e);
-        e.out
+        export_bf16(model)
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::bagel::Bagel;
 use crate::cache::KvCache;
 use crate::error::{BagelError, Result};
 use crate::generation::patchify;
-use crate::load::{load_bagel, load_tokenizer, load_vae, official_name};
+use crate::load::{load_bagel, load_tokenizer, load_vae, official_name, save_weights};
 use crate::vae::AutoEncoder;
 
 /// The official inferencer's system prompt for understanding with a reasoning trace.
@@ -70,6 +70,20 @@ impl BagelTemplates {
             .map_err(|e| BagelError::config(path, format!("line {}", e.line()), e.to_string()))
     }
 }
+
+/// The files of an official checkpoint folder besides `ema.safetensors`.
+pub const CHECKPOINT_FILES: [&str; 10] = [
+    "llm_config.json",
+    "vit_config.json",
+    "config.json",
+    "vae_config.json",
+    "ae.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+];
 
 /// Text side of a [`BagelModel`]: not parameters, carried along.
 #[derive(Debug, Clone)]
@@ -157,6 +171,22 @@ impl<B: Backend> BagelModel<B> {
         let tokenizer = load_tokenizer(dir)?
             .ok_or_else(|| BagelError::config(dir.join("tokenizer.json"), "<file>", "missing"))?;
         Self::new(bagel, vae, tokenizer, templates)
+    }
+
+    /// Writes the model as an official checkpoint folder `dir`: `ema.safetensors` (bf16,
+    /// official names, the VAE not included) and, copied from the folder it was loaded from,
+    /// the configuration, tokenizer and VAE files present there. The official code loads the
+    /// result as it loads the published checkpoint.
+    pub fn save_dir(&self, dir: impl AsRef<Path>, source: impl AsRef<Path>) -> Result<()> {
+        let (dir, source) = (dir.as_ref(), source.as_ref());
+        std::fs::create_dir_all(dir).map_err(|e| BagelError::io(dir, e))?;
+        for name in CHECKPOINT_FILES {
+            let from = source.join(name);
+            if from.is_file() && from != dir.join(name) {
+                std::fs::copy(&from, dir.join(name)).map_err(|e| BagelError::io(&from, e))?;
+            }
+        }
+        save_weights(&self.bagel, dir.join("ema.safetensors"))
     }
 
     /// Generates `size` images (its sides multiples of 16, at most `16 * max_latent_size`).
