@@ -6,28 +6,40 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use crate::backend::Ad;
+use crate::backend::{Ad, Back};
 use burn::module::AutodiffModule;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use srum::flow::EulerSampler;
 use srum::judge::{ConnectedComponents, JudgeMode, SelfEvaluator, SelfEvaluatorConfig};
-use srum::model::ImageSize;
+use srum::model::{FlowGenerator, ImageCodec, ImageSize, Understanding};
 use srum::reward::RewardComposer;
 use srum::train::{Trainer, TrainerConfig};
-use srum_world::tiny::TinyUmm;
 
 use crate::demo::{write_manifest, write_rollout};
+use crate::model::{Loaded, ModelArgs, ModelKind};
 use crate::world::{SamplingArgs, bar};
 
 #[derive(clap::Args)]
 pub struct IterateArgs {
-    /// Model directory to start from (round 1's generator and judge).
+    /// Model directory to start from (round 1's generator and judge), or with --model bagel an
+    /// official BAGEL folder.
     #[arg(long)]
     checkpoint: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// With --model bagel: BAGEL's prompts and limits as JSON (`BagelTemplates` fields).
+    #[arg(long, alias = "bagel-templates")]
+    templates: Option<PathBuf>,
     /// Run folder: round-1/, round-2/, ... each with rollout/ (images and manifest.jsonl with
-    /// the self-judgements), metrics.jsonl and train/model/ (which starts the next round).
+    /// the self-judgements), metrics.jsonl and train/model/ (which starts the next round; with
+    /// --model bagel an official BAGEL folder).
     #[arg(long)]
     out: PathBuf,
+    /// Training prompts, one per line (default: the world's training split, single objects
+    /// left out; required with --model bagel).
+    #[arg(long)]
+    prompts: Option<PathBuf>,
     /// Rounds to run. A round whose trained model already exists is skipped, so rerunning with
     /// a larger number continues a run.
     #[arg(long, default_value_t = 1)]
@@ -35,7 +47,7 @@ pub struct IterateArgs {
     /// Candidates per training prompt in each rollout.
     #[arg(long, default_value_t = 4)]
     candidates: usize,
-    /// Use only this many training prompts.
+    /// Use only this many training prompts (the first ones).
     #[arg(long)]
     limit: Option<usize>,
     /// Optimizer steps per round.
@@ -52,7 +64,7 @@ pub struct IterateArgs {
     #[arg(long, default_value = "text", value_parser = ["text", "yes-no"])]
     judge_mode: String,
     /// After each round, evaluate the trained model with the oracle on this many held-out
-    /// prompts per category (0: skip).
+    /// prompts per category (0: skip). The reference model only.
     #[arg(long, default_value_t = 0)]
     eval_per_category: usize,
     /// Rollout sampling; round r draws its noise with seed + r.
@@ -83,11 +95,25 @@ pub fn run(a: IterateArgs) -> Result<ExitCode, String> {
     if a.rounds == 0 || a.candidates == 0 || a.train_steps == 0 || a.batch == 0 {
         return Err("--rounds, --candidates, --train-steps and --batch must be at least 1".into());
     }
+    a.model.check(a.templates.as_deref(), "--templates")?;
+    let bagel = a.model.model == ModelKind::Bagel;
+    if bagel && a.prompts.is_none() {
+        return Err("--model bagel needs --prompts FILE (one prompt a line)".into());
+    }
+    if bagel && a.eval_per_category > 0 {
+        return Err("--eval-per-category scores with the synthetic world's oracle: the reference model only".into());
+    }
+    // The file that marks a round's trained model as complete (written last).
+    let weights = if bagel {
+        "ema.safetensors"
+    } else {
+        "model.safetensors"
+    };
     let mut model: PathBuf = a.checkpoint.clone();
     for r in 1..=a.rounds {
         let dir = a.out.join(format!("round-{r}"));
         let trained = dir.join("train").join("model");
-        if trained.join("model.safetensors").is_file() {
+        if trained.join(weights).is_file() {
             eprintln!(
                 "round {r}: already trained in {}, skipped",
                 trained.display()
@@ -127,16 +153,74 @@ pub fn run(a: IterateArgs) -> Result<ExitCode, String> {
 fn run_round(a: &IterateArgs, r: usize, model_dir: &Path, dir: &Path) -> Result<(), String> {
     eprintln!("== round {r}");
     let device = Default::default();
-    let (model, config) = TinyUmm::<Ad>::load_dir(model_dir, &device).map_err(|e| e.to_string())?;
-    let size = ImageSize::square(config.image_size);
-    let sampler = a.sampling.sampler()?;
-    let mut prompts = srum_world::world::rollout_prompts();
+    let loaded = Loaded::<Ad>::load(
+        &a.model,
+        a.templates.as_deref(),
+        "--templates",
+        model_dir,
+        &device,
+    )?;
+    let size = loaded.image_size();
+    let sampler = loaded.sampler(&a.sampling)?;
+    let mut prompts = match &a.prompts {
+        Some(p) => loaded.read_prompts(p)?,
+        None => srum_world::world::rollout_prompts(),
+    };
     if let Some(l) = a.limit {
         prompts.truncate(l);
     }
     if prompts.is_empty() {
         return Err("no prompts to roll out".into());
     }
+    let round = Round {
+        a,
+        r,
+        dir,
+        size,
+        sampler: &sampler,
+        prompts: &prompts,
+    };
+    let out = dir.join("train").join("model");
+    match loaded {
+        Loaded::Tiny(model, config) => run_round_with(round, model, |m| {
+            m.save_dir(&config, &out).map_err(|e| e.to_string())
+        }),
+        Loaded::Bagel(model, source) => run_round_with(round, model, |m| {
+            m.save_dir(&out, &source).map_err(|e| e.to_string())
+        }),
+    }
+}
+
+/// What one round works with besides the model.
+struct Round<'a> {
+    a: &'a IterateArgs,
+    r: usize,
+    dir: &'a Path,
+    size: ImageSize,
+    sampler: &'a EulerSampler,
+    prompts: &'a [String],
+}
+
+/// Rollout, self-judgement and training of `model`; `save` writes the trained model (last:
+/// its presence marks the round as done).
+fn run_round_with<M>(
+    round: Round<'_>,
+    model: M,
+    save: impl FnOnce(M) -> Result<(), String>,
+) -> Result<(), String>
+where
+    M: FlowGenerator<Ad> + AutodiffModule<Ad>,
+    M::InnerModule: FlowGenerator<Back> + ImageCodec<Back> + Understanding<Back>,
+{
+    let Round {
+        a,
+        r,
+        dir,
+        size,
+        sampler,
+        prompts,
+    } = round;
+    let device = Default::default();
     let mut tc = match &a.train_config {
         Some(p) => {
             let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -155,10 +239,10 @@ fn run_round(a: &IterateArgs, r: usize, model_dir: &Path, dir: &Path) -> Result<
     let pb = bar((prompts.len() * a.candidates) as u64, "rollout");
     let rollouts = srum::round::rollout(
         &inner,
-        &prompts,
+        prompts,
         a.candidates,
         size,
-        &sampler,
+        sampler,
         64,
         &mut rng,
         &device,
@@ -191,6 +275,7 @@ fn run_round(a: &IterateArgs, r: usize, model_dir: &Path, dir: &Path) -> Result<
     )
     .map_err(|e| e.to_string())?;
     pb.finish_and_clear();
+    drop(inner);
     let name = |i: usize| format!("{i:05}.png");
     write_rollout(&samples, dir, &name, 8)?;
     write_manifest(&samples, &dir.join("rollout/manifest.jsonl"), &name)?;
@@ -220,8 +305,5 @@ fn run_round(a: &IterateArgs, r: usize, model_dir: &Path, dir: &Path) -> Result<
     srum::train::write_file_atomic(&dir.join("metrics.jsonl"), metrics.as_bytes())
         .map_err(|e| e.to_string())?;
     // Written last: its presence marks the round as done.
-    trainer
-        .into_model()
-        .save_dir(&config, dir.join("train").join("model"))
-        .map_err(|e| e.to_string())
+    save(trainer.into_model())
 }

@@ -14,13 +14,25 @@ use srum::judge::{
     AnswerKind, ConnectedComponents, GridProposer, JudgeMode, JudgeTemplates, RegionProposer,
     SelfEvaluator, SelfEvaluatorConfig, parse_to_json,
 };
+use srum::model::ImageSize;
 use srum_world::toy::ToyUmm;
+
+use crate::model::{ModelArgs, ModelKind};
 
 #[derive(clap::Args)]
 pub struct JudgeArgs {
-    /// Model directory (`model.json` + `model.safetensors`).
+    /// Model directory (`model.json` + `model.safetensors`), or with --model bagel an official
+    /// BAGEL folder.
     #[arg(long)]
     checkpoint: PathBuf,
+    /// The model's kind and, for BAGEL, the size of the images (every image must be it).
+    #[command(flatten)]
+    model: ModelArgs,
+    /// With --model bagel: BAGEL's prompts and limits as JSON (`BagelTemplates` fields: the
+    /// judge's system prompt, whether it thinks, the longest answer). `--templates` is the
+    /// judge's questions.
+    #[arg(long)]
+    bagel_templates: Option<PathBuf>,
     /// Folder of the generated images.
     #[arg(long)]
     images: PathBuf,
@@ -158,17 +170,30 @@ pub fn model_kind(dir: &Path) -> Result<String, String> {
 
 pub fn run_judge(a: JudgeArgs) -> Result<ExitCode, String> {
     let device = Default::default();
+    a.model
+        .check(a.bagel_templates.as_deref(), "--bagel-templates")?;
+    if a.model.model == ModelKind::Bagel {
+        // The judge needs no generation size: the ViT takes any image.
+        let model = crate::model::load_bagel::<Back>(
+            &a.checkpoint,
+            a.bagel_templates.as_deref(),
+            None,
+            &device,
+        )?;
+        let size = a.model.bagel_size();
+        return judge_with(a, &model, size);
+    }
     match model_kind(&a.checkpoint)?.as_str() {
         srum_world::toy::TOY_KIND => {
             let (model, config) =
                 ToyUmm::<Back>::load_dir(&a.checkpoint, &device).map_err(|e| e.to_string())?;
-            judge_with(a, &model, config.image_size)
+            judge_with(a, &model, ImageSize::square(config.image_size))
         }
         srum_world::tiny::TINY_KIND => {
             let (model, config) =
                 srum_world::tiny::TinyUmm::<Back>::load_dir(&a.checkpoint, &device)
                     .map_err(|e| e.to_string())?;
-            judge_with(a, &model, config.image_size)
+            judge_with(a, &model, ImageSize::square(config.image_size))
         }
         k => Err(format!(
             "{}: unknown model kind `{k}`",
@@ -177,10 +202,10 @@ pub fn run_judge(a: JudgeArgs) -> Result<ExitCode, String> {
     }
 }
 
-fn judge_with<M: srum::model::UnifiedModel<Back>>(
+fn judge_with<M: srum::model::Understanding<Back>>(
     a: JudgeArgs,
     model: &M,
-    size: usize,
+    size: ImageSize,
 ) -> Result<ExitCode, String> {
     let device = Default::default();
     if a.batch_size == 0 {
@@ -262,14 +287,14 @@ fn judge_with<M: srum::model::UnifiedModel<Back>>(
             .map_err(|e| e.to_string())?,
     );
     let mut scored = 0usize;
+    // Answers that never parsed, after the retries: the parse defaults stand in for them.
+    let (mut global_unparsed, mut regions_unparsed, mut retries) = (0usize, 0usize, 0usize);
     for chunk in todo.chunks(a.batch_size) {
         let mut images = Vec::new();
         let mut items = Vec::new();
         for (line, m) in chunk {
-            let img = crate::contained_path(&a.images, &m.file).and_then(|p| {
-                srum::data::load_rgb_image(&p, srum::model::ImageSize::square(size))
-                    .map_err(|e| e.to_string())
-            });
+            let img = crate::contained_path(&a.images, &m.file)
+                .and_then(|p| srum::data::load_rgb_image(&p, size).map_err(|e| e.to_string()));
             match img {
                 Ok(img) => {
                     images.push(img);
@@ -291,6 +316,11 @@ fn judge_with<M: srum::model::UnifiedModel<Back>>(
             .judge(model, batch, &prompts)
             .map_err(|e| e.to_string())?;
         for (m, j) in items.iter().zip(judged) {
+            global_unparsed += usize::from(j.global_defaulted);
+            regions_unparsed += usize::from(
+                !a.sample_level_only && !j.proposals.is_empty() && j.judgement.regions.is_empty(),
+            );
+            retries += j.retries;
             let raw = [j.raw_global, j.raw_regions]
                 .into_iter()
                 .flatten()
@@ -300,8 +330,8 @@ fn judge_with<M: srum::model::UnifiedModel<Back>>(
                 &m.file,
                 &m.prompt,
                 &j.judgement,
-                size,
-                size,
+                size.width,
+                size.height,
                 Some(raw),
             );
             let mut line = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
@@ -320,6 +350,12 @@ fn judge_with<M: srum::model::UnifiedModel<Back>>(
         "{scored} images judged into {}; {bad} skipped",
         a.out.display()
     );
+    if global_unparsed + regions_unparsed + retries > 0 {
+        eprintln!(
+            "unparsed answers: {global_unparsed} global (score set to the default 0), \
+             {regions_unparsed} region (no region scored); {retries} questions asked again"
+        );
+    }
     Ok(if scored + done.len() == 0 && total > 0 {
         ExitCode::FAILURE
     } else {

@@ -6,6 +6,7 @@ mod demo;
 mod iterate;
 mod judge;
 mod merge;
+mod model;
 mod reward_map;
 mod train;
 mod world;

@@ -1,7 +1,7 @@
 //! `srum train`: reward-weighted training from records and images (stage 2 of SRUM).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::backend::{Ad, Back};
@@ -10,23 +10,33 @@ use burn::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use srum::data::RewardDataset;
 use srum::image::PixelImage;
-use srum::model::{ImageCodec, ImageSize, TrainableSet};
+use srum::model::{FlowGenerator, ImageCodec, ImageSize, TrainableSet};
 use srum::reward::RewardComposer;
 use srum::train::{Constraint, SrumBatch, StepReport, Trainer, TrainerConfig};
-use srum_world::tiny::TinyUmm;
+
+use crate::model::{Loaded, ModelArgs};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// Model directory to start from (model.json, model.safetensors, tokenizer.json).
+    /// Model directory to start from (model.json, model.safetensors, tokenizer.json), or with
+    /// --model bagel an official BAGEL folder.
     #[arg(long)]
     checkpoint: PathBuf,
+    /// The model's kind and, for BAGEL, the size of the images (every image must be it).
+    #[command(flatten)]
+    model: ModelArgs,
+    /// With --model bagel: BAGEL's prompts and limits as JSON (`BagelTemplates` fields).
+    #[arg(long, alias = "bagel-templates")]
+    templates: Option<PathBuf>,
     /// Training-format records.
     #[arg(long)]
     records: PathBuf,
     /// Folder of the images the records name.
     #[arg(long)]
     images: PathBuf,
-    /// Run folder: metrics.jsonl, checkpoint/ (trainer state), model/ (final model directory).
+    /// Run folder: metrics.jsonl, checkpoint/ (trainer state), model/ (final model directory;
+    /// with --model bagel an official BAGEL folder: ema.safetensors in bf16 under the official
+    /// names, the configuration, tokenizer and VAE files copied from --checkpoint).
     #[arg(long)]
     out: PathBuf,
     /// Optimizer steps in total.
@@ -128,9 +138,16 @@ fn group(a: &TrainArgs) -> Result<(usize, usize, Option<srum::train::DataParalle
 }
 
 #[cfg(not(feature = "collective"))]
-fn group(_: &TrainArgs) -> Result<(usize, usize, Option<()>), String> {
+fn group(_: &TrainArgs) -> Result<(usize, usize, Option<Group>), String> {
     Ok((0, 1, None))
 }
+
+/// The data-parallel group a node joins.
+#[cfg(feature = "collective")]
+type Group = srum::train::DataParallel;
+/// The data-parallel group a node joins (none without the `collective` feature).
+#[cfg(not(feature = "collective"))]
+type Group = ();
 
 /// FNV-1a over the bits of every weight: equal on all nodes when they are in step.
 fn checksum<M: burn::module::Module<Back>>(m: &M) -> u64 {
@@ -186,11 +203,48 @@ pub fn run_train(a: TrainArgs) -> Result<ExitCode, String> {
     }
     let device = Default::default();
     let (rank, world, dp) = group(&a)?;
+    let node = Node { rank, world, dp };
+    let loaded = Loaded::<Ad>::load(
+        &a.model,
+        a.templates.as_deref(),
+        "--templates",
+        &a.checkpoint,
+        &device,
+    )?;
+    let image_size = loaded.image_size();
+    match loaded {
+        Loaded::Tiny(model, config) => train_with(&a, model, image_size, node, |m, dir| {
+            m.save_dir(&config, dir).map_err(|e| e.to_string())
+        }),
+        Loaded::Bagel(model, source) => train_with(&a, model, image_size, node, |m, dir| {
+            m.save_dir(dir, &source).map_err(|e| e.to_string())
+        }),
+    }
+}
+
+/// This process's place among the nodes training together.
+struct Node {
+    rank: usize,
+    world: usize,
+    dp: Option<Group>,
+}
+
+/// Trains `model` on the records' `image_size` images and writes the result to `--out`/model
+/// with `save`.
+fn train_with<M>(
+    a: &TrainArgs,
+    model: M,
+    image_size: ImageSize,
+    node: Node,
+    save: impl FnOnce(&M::InnerModule, &Path) -> Result<(), String>,
+) -> Result<ExitCode, String>
+where
+    M: FlowGenerator<Ad> + ImageCodec<Ad> + AutodiffModule<Ad>,
+    M::InnerModule: FlowGenerator<Back> + ImageCodec<Back>,
+{
+    let device = Default::default();
+    let Node { rank, world, dp } = node;
     let root = rank == 0;
-    let (model, model_config) =
-        TinyUmm::<Ad>::load_dir(&a.checkpoint, &device).map_err(|e| e.to_string())?;
-    let size = model_config.image_size;
-    let image_size = ImageSize::square(size);
     let grid = model.latent_grid(image_size);
     let ckpt = a.out.join("checkpoint");
     let metrics_path = a.out.join("metrics.jsonl");
@@ -218,7 +272,7 @@ pub fn run_train(a: TrainArgs) -> Result<ExitCode, String> {
         if root {
             let _ = std::fs::remove_file(&metrics_path);
         }
-        Trainer::new(model, config(&a)?, &device).map_err(|e| e.to_string())?
+        Trainer::new(model, config(a)?, &device).map_err(|e| e.to_string())?
     };
     #[cfg(feature = "collective")]
     let mut trainer = match dp {
@@ -333,9 +387,7 @@ pub fn run_train(a: TrainArgs) -> Result<ExitCode, String> {
     #[cfg(feature = "collective")]
     trainer.leave_group().map_err(|e| e.to_string())?;
     if root {
-        model
-            .save_dir(&model_config, a.out.join("model"))
-            .map_err(|e| e.to_string())?;
+        save(&model, &a.out.join("model"))?;
         eprintln!(
             "trained to step {step}; model in {}",
             a.out.join("model").display()

@@ -1,14 +1,15 @@
 //! `srum pretrain`, `srum generate`, `srum eval`: the reference model and the synthetic world.
 
-use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use crate::backend::{Ad, Back};
+use crate::model::{Loaded, ModelArgs};
 use burn::module::AutodiffModule;
 use indicatif::{ProgressBar, ProgressStyle};
 use srum::flow::{EulerSampler, EulerSamplerConfig};
+use srum::model::{FlowGenerator, ImageCodec, ImageSize};
 use srum_world::tiny::{
     Prediction, PretrainConfig, PromptScore, TinyUmm, TinyUmmConfig, UnderstandingMix,
     build_tokenizer, pretrain,
@@ -226,9 +227,15 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
 
 #[derive(clap::Args)]
 pub struct GenerateArgs {
-    /// Model directory (model.json, model.safetensors, tokenizer.json).
+    /// Model directory (model.json, model.safetensors, tokenizer.json), or with --model bagel
+    /// an official BAGEL folder.
     #[arg(long)]
     checkpoint: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// With --model bagel: BAGEL's prompts and limits as JSON (`BagelTemplates` fields).
+    #[arg(long, alias = "bagel-templates")]
+    templates: Option<PathBuf>,
     /// Prompts, one per line.
     #[arg(long)]
     prompts: PathBuf,
@@ -248,20 +255,27 @@ pub struct SamplingArgs {
     /// Seed of the noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Euler steps.
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
-    /// Classifier-free guidance weight.
-    #[arg(long, default_value_t = 4.0)]
-    guidance: f32,
+    /// Euler steps [default: 20; with --model bagel, BAGEL's rollout sampler: 49 (50
+    /// timesteps), shift 3, guidance on t in (0.4, 1], global CFG renorm].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance weight [default: 4].
+    #[arg(long)]
+    guidance: Option<f32>,
 }
 
 impl SamplingArgs {
+    /// The reference model's sampler: 20 Euler steps, guidance 4, unless the flags say otherwise.
     pub fn sampler(&self) -> Result<EulerSampler, String> {
+        self.sampler_from(EulerSamplerConfig::default())
+    }
+
+    /// `base` with `--steps` and `--guidance` put in where given.
+    pub fn sampler_from(&self, base: EulerSamplerConfig) -> Result<EulerSampler, String> {
         let s = EulerSampler::new(EulerSamplerConfig {
-            steps: self.steps,
-            guidance_scale: self.guidance,
-            ..Default::default()
+            steps: self.steps.unwrap_or(base.steps),
+            guidance_scale: self.guidance.unwrap_or(base.guidance_scale),
+            ..base
         });
         s.config.validate().map_err(|e| e.to_string())?;
         Ok(s)
@@ -270,10 +284,15 @@ impl SamplingArgs {
 
 pub fn run_generate(a: GenerateArgs) -> Result<ExitCode, String> {
     let device = Default::default();
-    let (model, config) =
-        TinyUmm::<Back>::load_dir(&a.checkpoint, &device).map_err(|e| e.to_string())?;
+    let model = Loaded::<Back>::load(
+        &a.model,
+        a.templates.as_deref(),
+        "--templates",
+        &a.checkpoint,
+        &device,
+    )?;
     // Every prompt is checked before any work: an unknown word is named with its line.
-    let prompts = read_prompts(&model, &a.prompts)?;
+    let prompts = model.read_prompts(&a.prompts)?;
     if prompts.is_empty() {
         return Err(format!("{}: no prompts", a.prompts.display()));
     }
@@ -281,29 +300,42 @@ pub fn run_generate(a: GenerateArgs) -> Result<ExitCode, String> {
         first: 0,
         total: None,
     };
-    write_generations(
-        &model,
-        &config,
-        &prompts,
+    let sampler = model.sampler(&a.sampling)?;
+    let size = model.image_size();
+    let run = Generations {
+        prompts: &prompts,
         job,
-        &a.out,
-        &a.sampling,
-        a.batch_size,
-    )
+        size,
+        out: &a.out,
+        sampler: &sampler,
+        seed: a.sampling.seed,
+        batch_size: a.batch_size,
+    };
+    match &model {
+        Loaded::Tiny(m, _) => write_generations(m, run),
+        Loaded::Bagel(m, _) => write_generations(m, run),
+    }
 }
 
 #[derive(clap::Args)]
 pub struct RolloutArgs {
-    /// Model directory (model.json, model.safetensors, tokenizer.json).
+    /// Model directory (model.json, model.safetensors, tokenizer.json), or with --model bagel
+    /// an official BAGEL folder.
     #[arg(long)]
     checkpoint: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// With --model bagel: BAGEL's prompts and limits as JSON (`BagelTemplates` fields).
+    #[arg(long, alias = "bagel-templates")]
+    templates: Option<PathBuf>,
     /// Output folder: 00000.png, ... and manifest.jsonl (the input of `srum judge --prompts`).
     #[arg(long)]
     out: PathBuf,
     /// Candidates generated per prompt.
     #[arg(long, default_value_t = 4)]
     candidates: usize,
-    /// Prompts, one per line (default: the world's training split, single objects left out).
+    /// Prompts, one per line (default: the world's training split, single objects left out;
+    /// required with --model bagel).
     #[arg(long)]
     prompts: Option<PathBuf>,
     /// Use only this many prompts (the first ones).
@@ -327,11 +359,19 @@ pub fn run_rollout(a: RolloutArgs) -> Result<ExitCode, String> {
         return Err("--candidates must be at least 1".into());
     }
     let device = Default::default();
-    let (model, config) =
-        TinyUmm::<Back>::load_dir(&a.checkpoint, &device).map_err(|e| e.to_string())?;
-    let mut prompts = match &a.prompts {
-        Some(path) => read_prompts(&model, path)?,
-        None => srum_world::world::rollout_prompts(),
+    let model = Loaded::<Back>::load(
+        &a.model,
+        a.templates.as_deref(),
+        "--templates",
+        &a.checkpoint,
+        &device,
+    )?;
+    let mut prompts = match (&a.prompts, &model) {
+        (Some(path), _) => model.read_prompts(path)?,
+        (None, Loaded::Tiny(..)) => srum_world::world::rollout_prompts(),
+        (None, Loaded::Bagel(..)) => {
+            return Err("--model bagel needs --prompts FILE (one prompt a line)".into());
+        }
     };
     if let Some(n) = a.limit {
         prompts.truncate(n);
@@ -348,15 +388,20 @@ pub fn run_rollout(a: RolloutArgs) -> Result<ExitCode, String> {
         first: range.start,
         total: Some(all.len()),
     };
-    write_generations(
-        &model,
-        &config,
-        &all[range],
+    let sampler = model.sampler(&a.sampling)?;
+    let run = Generations {
+        prompts: &all[range],
         job,
-        &a.out,
-        &a.sampling,
-        a.batch_size,
-    )
+        size: model.image_size(),
+        out: &a.out,
+        sampler: &sampler,
+        seed: a.sampling.seed,
+        batch_size: a.batch_size,
+    };
+    match &model {
+        Loaded::Tiny(m, _) => write_generations(m, run),
+        Loaded::Bagel(m, _) => write_generations(m, run),
+    }
 }
 
 /// Where a list of prompts sits in the whole job: global index of its first image, and the
@@ -367,50 +412,47 @@ struct Job {
     total: Option<usize>,
 }
 
-/// Prompts from a file, one per line, each checked against the tokenizer (named by line).
-fn read_prompts(model: &TinyUmm<Back>, path: &std::path::Path) -> Result<Vec<String>, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut prompts = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
-        let p = line.trim();
-        if p.is_empty() {
-            continue;
-        }
-        model
-            .text_batch(&[p.to_string()])
-            .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
-        prompts.push(p.to_string());
-    }
-    Ok(prompts)
+/// What [`write_generations`] makes: one `size` image per entry of `prompts`, numbered from
+/// `job.first`, into `out`.
+#[derive(Clone, Copy)]
+struct Generations<'a> {
+    prompts: &'a [String],
+    job: Job,
+    size: ImageSize,
+    out: &'a std::path::Path,
+    sampler: &'a EulerSampler,
+    seed: u64,
+    batch_size: usize,
 }
 
 /// Generates one image per entry of `prompts` into `out` (PNG files and `manifest.jsonl`).
-fn write_generations(
-    model: &TinyUmm<Back>,
-    config: &TinyUmmConfig,
-    prompts: &[String],
-    job: Job,
-    out: &std::path::Path,
-    sampling: &SamplingArgs,
-    batch_size: usize,
+fn write_generations<M: FlowGenerator<Back> + ImageCodec<Back>>(
+    model: &M,
+    g: Generations<'_>,
 ) -> Result<ExitCode, String> {
+    let Generations {
+        prompts,
+        job,
+        size,
+        out,
+        sampler,
+        seed,
+        batch_size,
+    } = g;
     let device = Default::default();
     let batch = batch_size.max(1);
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let sampler = sampling.sampler()?;
     let pb = bar(prompts.len() as u64, "generating");
     let mut manifest = String::new();
-    let size = config.image_size;
     for (k, chunk) in prompts.chunks(batch).enumerate() {
         let first = job.first + k * batch;
         let imgs = srum::flow::generate_indexed(
             model,
             chunk,
-            srum::model::ImageSize::square(size),
-            &sampler,
+            size,
+            sampler,
             batch,
-            sampling.seed,
+            seed,
             first as u64,
             &device,
         )
@@ -422,12 +464,13 @@ fn write_generations(
             image::save_buffer(
                 &path,
                 &img.to_rgb8(),
-                size as u32,
-                size as u32,
+                size.width as u32,
+                size.height as u32,
                 image::ExtendedColorType::Rgb8,
             )
             .map_err(|e| format!("{}: {e}", path.display()))?;
-            let mut line = serde_json::json!({"index": index, "prompt": p, "file": file, "seed": sampling.seed});
+            let mut line =
+                serde_json::json!({"index": index, "prompt": p, "file": file, "seed": seed});
             if let Some(total) = job.total {
                 line["total"] = total.into();
             }
@@ -573,7 +616,7 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
     println!("{}", report.markdown(&a.checkpoint.display().to_string()));
     let mut json = serde_json::json!({
         "checkpoint": a.checkpoint, "split": a.split, "samples": a.samples, "seed": a.sampling.seed,
-        "steps": a.sampling.steps, "guidance": a.sampling.guidance, "generation": report, "images": scores.len(),
+        "steps": sampler.config.steps, "guidance": sampler.config.guidance_scale, "generation": report, "images": scores.len(),
         "seconds": start.elapsed().as_secs_f64(),
     });
     if let Some(n) = a.understanding {
