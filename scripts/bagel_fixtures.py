@@ -8,9 +8,14 @@ float32 on the CPU, with a few run-time patches (listed in PATCHES below and in 
 
     .venv-bagel/bin/python scripts/bagel_fixtures.py --bagel-src /tmp/bagel-src \
         --out crates/srum-bagel/tests/data/tiny-gqa --hidden 64 --intermediate 96 --layers 2 --heads 4 \
-        --kv-heads 2 --head-dim 16 --vocab 160 --prompt-len 7 --latent-h 3 --latent-w 5 --max-latent-size 8 --seed 0
+        --kv-heads 2 --head-dim 16 --vocab 160 --prompt-len 7 --latent-h 3 --latent-w 5 --max-latent-size 8 --seed 0 \
+        --vit-grid-h 3 --vit-grid-w 4 --gen-steps 6 --vae-ch 32 --vae-ch-mult 1,1,1,1 --vae-res-blocks 0
 
     .venv-bagel/bin/python scripts/bagel_fixtures.py --bagel-src /tmp/bagel-src --verify crates/srum-bagel/tests/data/tiny-gqa
+
+    .venv-bagel/bin/python scripts/bagel_fixtures.py --bagel-src /tmp/bagel-src --check-export DIR
+
+(--check-export: the official velocity for a folder the Rust port exported, see tests/data/README.md.)
 
 Generating a folder also verifies it (re-loads the files, re-runs the official code from them, and runs an
 independent plain-tensor implementation of the documented semantics against the stored outputs).
@@ -18,6 +23,7 @@ independent plain-tensor implementation of the documented semantics against the 
 
 import argparse
 import contextlib
+import copy
 import importlib.machinery
 import json
 import math
@@ -54,14 +60,31 @@ PATCHES = [
     "taylorseer: model.language_model.model.enable_taylorseer = False is set before _forward_flow "
     "(the official generate_image sets it; _forward_flow reads it).",
     "tokenizer: a stand-in whose encode(prompt) returns the prompt's token id list (no real tokenizer at this vocab).",
-    "VAE: not built; BagelConfig gets the official load_ae AutoEncoderParams (z_channels 16, downsample 8) and the "
-    "training forward gets the clean latent directly as padded_latent (what vae_model.encode would return).",
+    "VAE in the LLM cases: BagelConfig gets the official load_ae AutoEncoderParams (z_channels 16, downsample 8) and "
+    "the training forward gets the clean latent directly as padded_latent (what vae_model.encode would return). The "
+    "vae and gen cases use a separate TINY official AutoEncoder (modeling/autoencoder.py) built from vae_config.json "
+    "with the weights of ae.safetensors.",
     "data/dataset_base.py: its imports data.dataset_info, data.transforms and data.video_utils (dataset "
     "building; pyarrow, decord, cv2, torchvision) are stand-in modules; PackedDataset.set_sequence_status, "
     "pack_sequence and to_tensor and SimpleCustomBatch are called unchanged on a minimal `self`.",
     "visual_und: the model is built with visual_und=True (the checkpoint layout, ViT included); for the training "
     "forward model.config.visual_und is set to False for the call (SRUM trains with visual_und False; the official "
     "forward would otherwise require ViT tokens).",
+    "ViT: SiglipFlashAttention2 calls the flash_attn stand-in (causal=False, cu_seqlens [0, n]); its 3 bf16 casts are "
+    "no-ops (the torch proxy). The vit case calls model.vit_model, model.connector and model.vit_pos_embed directly "
+    "with the tensors prepare_vit_images would build (data_utils.patchify, get_flattened_position_ids_extrapolate).",
+    "VAE noise: during the sampled encode (vae.latent_sample), the module-level name `torch` of modeling.autoencoder is "
+    "a proxy whose randn_like returns the stored meta.vae.sample_noise (all else forwarded); the mean-mode encode sets "
+    "ae.reg.sample = False for the call.",
+    "inferencer: the und and gen cases call the official InterleaveInferencer's init_gen_context, update_context_text, "
+    "update_context_image (vae=False) and gen_image in the order interleave_inference uses, with the FakeTokenizer "
+    "(prompts are id lists, so interleave_inference's own str / PIL.Image dispatch loop is mirrored, not called), "
+    "vit_transform a callable that returns vit.image, vae_transform None (never used: understanding takes no VAE "
+    "tokens). Understanding decodes with prepare_start_tokens + generate_text (do_sample False, end_token_id None) "
+    "instead of gen_text (which stops at eos and detokenizes).",
+    "gen noise: for the gen_image call, model.prepare_vae_latent is wrapped (an instance attribute) so that its "
+    "packed_init_noises (a fresh torch.randn draw) is replaced by the stored gen.noise; model.generate_image, "
+    "model._forward_flow and ae.decode are wrapped to record their results (passed through unchanged).",
 ]
 
 
@@ -139,6 +162,8 @@ def import_official(bagel_src):
             setattr(stub, n, {} if n.isupper() else None)
         sys.modules["data." + sub] = stub
     from data.dataset_base import DataConfig, PackedDataset, SimpleCustomBatch
+    from modeling import autoencoder as ae_mod
+    import inferencer
 
     qwen2_navit.sdpa_kernel = lambda *a, **k: contextlib.nullcontext()
     for mod in (qwen2_navit, siglip_navit, bagel_mod):
@@ -148,7 +173,8 @@ def import_official(bagel_src):
         Qwen2ForCausalLM=Qwen2ForCausalLM, SiglipVisionConfig=SiglipVisionConfig,
         SiglipVisionModel=SiglipVisionModel, NaiveCache=NaiveCache, AutoEncoderParams=AutoEncoderParams,
         get_2d_sincos_pos_embed=get_2d_sincos_pos_embed, data_utils=data_utils, DataConfig=DataConfig,
-        PackedDataset=PackedDataset, SimpleCustomBatch=SimpleCustomBatch,
+        PackedDataset=PackedDataset, SimpleCustomBatch=SimpleCustomBatch, ae_mod=ae_mod,
+        AutoEncoder=ae_mod.AutoEncoder, InterleaveInferencer=inferencer.InterleaveInferencer,
     )
 
 
@@ -165,6 +191,47 @@ def fixed_randn_like(noise):
         yield
     finally:
         del proxy.__dict__["randn_like"]
+
+
+class TorchOverride(types.ModuleType):
+    """Stands for `torch` inside an official module, with a few names overridden; everything else is torch."""
+
+    def __init__(self, real, **overrides):
+        super().__init__("torch")
+        self.__dict__["_real"] = real
+        self.__dict__.update(overrides)
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["_real"], name)
+
+
+@contextlib.contextmanager
+def fixed_randn_like_ae(noise):
+    """torch.randn_like as seen by modeling.autoencoder (DiagonalGaussian) returns the stored noise."""
+
+    def randn_like(t, **kw):
+        assert tuple(t.shape) == tuple(noise.shape), (t.shape, noise.shape)
+        return noise.clone().to(t.dtype)
+
+    real = O.ae_mod.torch
+    O.ae_mod.torch = TorchOverride(real, randn_like=randn_like)
+    try:
+        yield
+    finally:
+        O.ae_mod.torch = real
+
+
+@contextlib.contextmanager
+def wrapped_methods(obj, **wrappers):
+    """Instance attributes that shadow obj's methods: wrappers[name](original bound method) -> replacement."""
+    for name, make in wrappers.items():
+        assert name not in obj.__dict__, name
+        object.__setattr__(obj, name, make(getattr(obj, name)))
+    try:
+        yield
+    finally:
+        for name in wrappers:
+            object.__delattr__(obj, name)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -261,6 +328,83 @@ def build_model(folder, fx):
     return model.float()
 
 
+def vae_config_json(a):
+    return {"resolution": 256, "in_channels": 3, "downsample": VAE_DOWNSAMPLE, "ch": a.vae_ch, "out_ch": 3,
+            "ch_mult": list(a.vae_ch_mult), "num_res_blocks": a.vae_res_blocks, "z_channels": LATENT_CHANNEL,
+            "scale_factor": 0.3611, "shift_factor": 0.1159}
+
+
+def build_vae(folder):
+    """The official AutoEncoder with the (tiny) parameters of the folder's vae_config.json."""
+    with open(os.path.join(folder, "vae_config.json")) as f:
+        params = O.AutoEncoderParams(**json.load(f))
+    return O.AutoEncoder(params).float().eval()
+
+
+def random_vae_weights(ae, seed):
+    """Random weights for every AutoEncoder state-dict entry (generator seeded with seed + 3), rounded to bf16."""
+    g = torch.Generator().manual_seed(seed + 3)
+    out = {}
+    for name, t in ae.state_dict().items():
+        mod = ae.get_submodule(name.rsplit(".", 1)[0])
+        shape = tuple(t.shape)
+        if isinstance(mod, torch.nn.GroupNorm):
+            val = (1.0 + 0.1 * torch.randn(shape, generator=g)) if name.endswith(".weight") else \
+                0.02 * torch.randn(shape, generator=g)
+        else:
+            assert isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)), name
+            if name.endswith(".bias"):
+                val = 0.02 * torch.randn(shape, generator=g)
+            else:
+                fan_in = math.prod(shape[1:])  # in_ch * kh * kw
+                val = (1.0 / math.sqrt(fan_in)) * torch.randn(shape, generator=g)
+        out[name] = to_bf16_and_back(val)
+    return out
+
+
+def tokenizer_json(vocab):
+    """A character-level Hugging Face tokenizer for the fixture vocabulary (see tests/data/README.md)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models
+    st = special_tokens(vocab)
+    chars = ["\n"] + [chr(c) for c in range(32, 127)]
+    v = {"<unk>": 0}
+    for ch in chars:
+        v[ch] = len(v)
+    assert len(v) <= st["bos_token_id"], "vocab too small for the character tokenizer"
+    for i in range(len(v), st["bos_token_id"]):
+        v[f"<|unused_{i}|>"] = i  # never produced: the model has no merges
+    names = {"bos_token_id": "<|im_start|>", "eos_token_id": "<|im_end|>", "start_of_image": "<|vision_start|>",
+             "end_of_image": "<|vision_end|>"}
+    for key in ("bos_token_id", "eos_token_id", "start_of_image", "end_of_image"):
+        v[names[key]] = st[key]
+    assert sorted(v.values()) == list(range(vocab))
+    tok = Tokenizer(models.BPE(vocab=v, merges=[], unk_token="<unk>"))
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens([AddedToken(names[k], special=True, normalized=False)
+                            for k in ("bos_token_id", "eos_token_id", "start_of_image", "end_of_image")])
+    text = tok.to_str(pretty=True) + "\n"
+    check_tokenizer(text, vocab)
+    return text
+
+
+def check_tokenizer(text, vocab):
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_str(text)
+    st = special_tokens(vocab)
+    for s in ("a red circle", "".join(chr(c) for c in range(32, 127)) + "\nx\n"):
+        ids = tok.encode(s).ids
+        assert len(ids) == len(s) and all(tok.id_to_token(i) == ch for i, ch in zip(ids, s)), (s, ids)
+        assert tok.decode(ids, skip_special_tokens=False) == s, (s, tok.decode(ids))
+    s = "<|im_start|>a red circle<|im_end|><|vision_start|><|vision_end|>"
+    ids = tok.encode(s).ids
+    assert ids == [st["bos_token_id"]] + tok.encode("a red circle").ids + \
+        [st["eos_token_id"], st["start_of_image"], st["end_of_image"]], ids
+    assert tok.decode(ids, skip_special_tokens=False) == s
+    assert tok.decode(ids, skip_special_tokens=True) == "a red circle"
+    assert tok.encode("\u00e9").ids == [0]  # not in the vocabulary: <unk>
+    assert tok.get_vocab_size(with_added_tokens=True) == vocab
+
+
 def to_bf16_and_back(t):
     return t.to(torch.bfloat16).to(torch.float32)
 
@@ -305,8 +449,9 @@ def hooks(pairs):
             h.remove()
 
 
-def run_official(model, fx, inp):
-    """Runs every case through the official code. inp: the input tensors (cases names). Returns the outputs."""
+def run_official(model, fx, inp, ae=None):
+    """Runs every case through the official code. inp: the input tensors (cases names). Returns the outputs.
+    The vit, und, vae and gen cases run when their inputs are there (ae: the tiny official AutoEncoder)."""
     c = fx["config"]
     st = c["special_tokens"]
     L = c["num_hidden_layers"]
@@ -432,6 +577,127 @@ def run_official(model, fx, inp):
         out[f"meta.loss.{key}"] = data[key].clone().long()
     out["meta.loss.attention_mask"] = data["nested_attention_masks"][0].clone()
     out["meta.loss.split_lens"] = torch.tensor(split_lens, dtype=torch.long)
+    if "vit.image" in inp:
+        assert ae is not None
+        out.update(run_image_cases(model, ae, fx, inp))
+    return out
+
+
+def run_image_cases(model, ae, fx, inp):
+    """The vit, und, vae and gen cases through the official code (after the LLM cases; they draw nothing from
+    torch's global generator that reaches an output: prepare_vae_latent's draw is replaced by gen.noise)."""
+    c = fx["config"]
+    st = c["special_tokens"]
+    lm = model.language_model
+    tok = FakeTokenizer()
+    out = {}
+    model.eval()
+    ae.eval()
+
+    # ---- ViT + connector: the tensors prepare_vit_images builds, through forward_cache_update_vit's calls ----
+    image = inp["vit.image"]
+    P = c["vit"]["patch_size"]
+    H, W = image.shape[1], image.shape[2]
+    vit_tokens = O.data_utils.patchify(image, P)
+    vit_ids = model.get_flattened_position_ids(H, W, P, max_num_patches_per_side=c["vit_max_num_patch_per_side"])
+    n = vit_tokens.shape[0]
+    with torch.no_grad():
+        feats = model.vit_model(packed_pixel_values=vit_tokens, packed_flattened_position_ids=vit_ids,
+                                cu_seqlens=torch.tensor([0, n], dtype=torch.int32), max_seqlen=n)
+        conn = model.connector(feats)
+        emb = conn + model.vit_pos_embed(vit_ids)
+    out["meta.vit.tokens"] = vit_tokens.clone()
+    out["meta.vit.position_ids"] = vit_ids.clone().long()
+    out["vit.features"] = feats.detach().clone()
+    out["vit.connector"] = conn.detach().clone()
+    out["vit.embed"] = emb.detach().clone()
+
+    # ---- understanding: interleave_inference([image, question], understanding_output=True, think=True) ----
+    inf = O.InterleaveInferencer(model=model, vae_model=ae, tokenizer=tok, vae_transform=None,
+                                 vit_transform=lambda img: image, new_token_ids=st)
+    ctx = inf.init_gen_context()
+    ctx = inf.update_context_text(inp["meta.und.system_ids_raw"].tolist(), ctx)  # the (think) system prompt
+    got = {}
+    final_hook = (lm.model, lambda m, a, o: got.__setitem__("final", o.packed_query_sequence.detach().clone()))
+    with hooks([final_hook]):
+        ctx = inf.update_context_image(image, ctx, vae=False, vit=True)  # vae = not understanding_output
+    out["und.image_hidden.final"] = got["final"]
+    ctx = inf.update_context_text(inp["meta.und.question_ids_raw"].tolist(), ctx)
+    k = c["greedy_new_tokens"]
+    gi = model.prepare_start_tokens(ctx["kv_lens"], ctx["ropes"], st)
+    out["meta.und.start_position"] = gi["packed_query_position_ids"].clone()
+    logits = []
+    with hooks([(lm.lm_head, lambda m, a, o: logits.append(o.detach().clone()))]):
+        seq = model.generate_text(past_key_values=ctx["past_key_values"], max_length=k + 1, do_sample=False,
+                                  temperature=1.0, end_token_id=None, **gi)
+    out["und.tokens"] = seq[1:, 0].clone().long()
+    out["und.logits"] = torch.cat(logits[:k], dim=0)
+    assert torch.equal(out["und.logits"].argmax(-1), out["und.tokens"])
+
+    # ---- VAE: the tiny official AutoEncoder ----
+    x = inp["vae.image"]
+    with torch.no_grad():
+        out["vae.moments"] = ae.encoder(x).clone()
+        ae.reg.sample = False
+        try:
+            out["vae.latent"] = ae.encode(x).clone()
+        finally:
+            ae.reg.sample = True
+        with fixed_randn_like_ae(inp["meta.vae.sample_noise"]):
+            out["vae.latent_sample"] = ae.encode(x).clone()
+        out["vae.decoded"] = ae.decode(out["vae.latent"]).clone()
+
+    # ---- text-to-image with CFG: interleave_inference([prompt], think=False) -> gen_image -> generate_image ----
+    g = c["gen"]
+    h, w = [int(v) for v in inp["flow.grid"].tolist()]
+    image_shape = (h * LATENT_DOWNSAMPLE, w * LATENT_DOWNSAMPLE)
+    gen_ctx = inf.init_gen_context()
+    cfg_text_ctx = copy.deepcopy(gen_ctx)
+    cfg_img_ctx = copy.deepcopy(gen_ctx)
+    prompt = inp["meta.gen.prompt_ids_raw"].tolist()
+    cfg_text_ctx = copy.deepcopy(gen_ctx)  # a text input: the text-CFG context is the context before it (empty)
+    gen_ctx = inf.update_context_text(prompt, gen_ctx)
+    cfg_img_ctx = inf.update_context_text(prompt, cfg_img_ctx)
+    noise = inp["gen.noise"]
+    rec = {"v": [], "t": []}
+
+    def prepare_vae_latent(orig):
+        def f(*a, **kw):
+            gi = orig(*a, **kw)
+            assert gi["packed_init_noises"].shape == noise.shape, gi["packed_init_noises"].shape
+            gi["packed_init_noises"] = noise.clone()
+            return gi
+        return f
+
+    def recorder(key):
+        def make(orig):
+            def f(*a, **kw):
+                r = orig(*a, **kw)
+                rec.setdefault(key, r)
+                return r
+            return f
+        return make
+
+    def forward_flow(orig):
+        def f(*a, **kw):
+            v = orig(*a, **kw)
+            rec["v"].append(v.detach().clone())
+            rec["t"].append(kw["timestep"][0].clone())
+            return v
+        return f
+
+    with wrapped_methods(model, prepare_vae_latent=prepare_vae_latent, generate_image=recorder("latent"),
+                         _forward_flow=forward_flow), wrapped_methods(ae, decode=recorder("decoded")):
+        inf.gen_image(image_shape, gen_ctx, cfg_text_scale=g["cfg_text_scale"], cfg_img_scale=g["cfg_img_scale"],
+                      cfg_text_precontext=cfg_text_ctx, cfg_img_precontext=cfg_img_ctx,
+                      cfg_interval=g["cfg_interval"], cfg_renorm_min=g["cfg_renorm_min"],
+                      cfg_renorm_type=g["cfg_renorm_type"], num_timesteps=g["num_timesteps"],
+                      timestep_shift=g["timestep_shift"], enable_taylorseer=False)
+    assert len(rec["v"]) == g["num_timesteps"] - 1
+    out["gen.latent"] = rec["latent"][0].clone()
+    out["gen.velocity.0"] = rec["v"][0]
+    out["meta.gen.timesteps"] = torch.stack(rec["t"]).float()
+    out["gen.decoded"] = rec["decoded"].clone()
     return out
 
 
@@ -584,7 +850,7 @@ class Spec:
         return x, pos, gen, allowed, slice(n + 1, n + 1 + hw)
 
 
-def spec_check(W, fx, cases):
+def spec_check(W, fx, cases, Wv=None):
     """Recomputes the stored outputs from the documented semantics; returns {name: max abs diff}."""
     s = Spec(W, fx)
     c = fx["config"]
@@ -623,6 +889,8 @@ def spec_check(W, fx, cases):
             cmp(f"flow.hidden.{l}", col[l][sl])
         cmp("flow.hidden.final", fin[sl])
         cmp("flow.velocity", s.lin(fin[sl], "llm2vae", True))
+        if "vit.image" in cases:
+            spec_check_images(W, Wv, fx, cases, cmp, diffs)
 
     # training loss and its gradients
     Wg = {k: v.clone().requires_grad_(True) for k, v in W.items()}
@@ -662,6 +930,176 @@ def spec_check(W, fx, cases):
     return diffs
 
 
+def spec_vit(W, c, tokens, ids):
+    """SigLIP (no RoPE): patch Linear + position embedding, pre-LN layers (full attention), post LayerNorm."""
+    v = c["vit"]
+    D, Hh = v["hidden_size"], v["num_attention_heads"]
+    hd = D // Hh
+    p = "vit_model.vision_model."
+
+    def lin(x, name):
+        return x @ W[name + ".weight"].T + W[name + ".bias"]
+
+    def ln(x, name):
+        return F.layer_norm(x, (D,), W[name + ".weight"], W[name + ".bias"], eps=1e-6)
+
+    def gelu(x):
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+    x = lin(tokens, p + "embeddings.patch_embedding") + W[p + "embeddings.position_embedding.weight"][ids]
+    n = x.shape[0]
+    for l in range(v["num_hidden_layers_built"]):
+        q = p + f"encoder.layers.{l}."
+        hh = ln(x, q + "layer_norm1")
+        qs, ks, vs = (lin(hh, q + f"self_attn.{k}_proj").view(n, Hh, hd) for k in "qkv")
+        att = torch.softmax(torch.einsum("nhd,mhd->hnm", qs, ks) / math.sqrt(hd), dim=-1)
+        x = x + lin(torch.einsum("hnm,mhd->nhd", att, vs).reshape(n, D), q + "self_attn.out_proj")
+        x = x + lin(gelu(lin(ln(x, q + "layer_norm2"), q + "mlp.fc1")), q + "mlp.fc2")
+    feats = ln(x, p + "post_layernorm")
+    conn = lin(gelu(lin(feats, "connector.fc1")), "connector.fc2")
+    return feats, conn, conn + W["vit_pos_embed.pos_embed"][ids]
+
+
+class SpecVae:
+    """The AutoEncoder of modeling/autoencoder.py in plain torch ops (vae_config in fixture.json)."""
+
+    def __init__(self, Wv, vc):
+        self.W, self.vc = Wv, vc
+
+    def conv(self, x, name, stride=1, pad=None):
+        w = self.W[name + ".weight"]
+        k = w.shape[-1]
+        return F.conv2d(x, w, self.W[name + ".bias"], stride=stride, padding=(k // 2) if pad is None else pad)
+
+    def gn(self, x, name):
+        return F.group_norm(x, 32, self.W[name + ".weight"], self.W[name + ".bias"], eps=1e-6)
+
+    @staticmethod
+    def swish(x):
+        return x * torch.sigmoid(x)
+
+    def res(self, x, p):
+        h = self.conv(self.swish(self.gn(x, p + "norm1")), p + "conv1")
+        h = self.conv(self.swish(self.gn(h, p + "norm2")), p + "conv2")
+        if p + "nin_shortcut.weight" in self.W:
+            x = self.conv(x, p + "nin_shortcut")
+        return x + h
+
+    def attn(self, x, p):
+        b, ch, hh, ww = x.shape
+        h = self.gn(x, p + "norm")
+        q, k, v = (self.conv(h, p + n).reshape(b, ch, hh * ww).transpose(1, 2) for n in "qkv")
+        a = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(ch), dim=-1) @ v
+        return x + self.conv(a.transpose(1, 2).reshape(b, ch, hh, ww), p + "proj_out")
+
+    def mid(self, x, p):
+        return self.res(self.attn(self.res(x, p + "mid.block_1."), p + "mid.attn_1."), p + "mid.block_2.")
+
+    def encoder(self, x):
+        levels, nrb = len(self.vc["ch_mult"]), self.vc["num_res_blocks"]
+        h = self.conv(x, "encoder.conv_in")
+        for i in range(levels):
+            for b in range(nrb):
+                h = self.res(h, f"encoder.down.{i}.block.{b}.")
+            if i != levels - 1:  # pad right and bottom by one, 3x3 stride 2, no padding
+                h = self.conv(F.pad(h, (0, 1, 0, 1)), f"encoder.down.{i}.downsample.conv", stride=2, pad=0)
+        h = self.mid(h, "encoder.")
+        return self.conv(self.swish(self.gn(h, "encoder.norm_out")), "encoder.conv_out")
+
+    def decoder(self, z):
+        levels, nrb = len(self.vc["ch_mult"]), self.vc["num_res_blocks"]
+        h = self.mid(self.conv(z, "decoder.conv_in"), "decoder.")
+        for i in reversed(range(levels)):
+            for b in range(nrb + 1):
+                h = self.res(h, f"decoder.up.{i}.block.{b}.")
+            if i != 0:
+                h = self.conv(F.interpolate(h, scale_factor=2.0, mode="nearest"), f"decoder.up.{i}.upsample.conv")
+        return self.conv(self.swish(self.gn(h, "decoder.norm_out")), "decoder.conv_out")
+
+    def decode(self, z):
+        return self.decoder(z / self.vc["scale_factor"] + self.vc["shift_factor"])
+
+
+def spec_check_images(W, Wv, fx, cases, cmp, diffs):
+    """The vit, und, vae and gen cases from the documented semantics."""
+    s = Spec(W, fx)
+    c = fx["config"]
+    st = c["special_tokens"]
+    P = c["vit"]["patch_size"]
+    img = cases["vit.image"]
+    gh, gw = img.shape[1] // P, img.shape[2] // P
+    tokens = img.reshape(3, gh, P, gw, P).permute(1, 3, 2, 4, 0).reshape(gh * gw, P * P * 3)
+    cmp("meta.vit.tokens", tokens)
+    ids = (torch.arange(gh)[:, None] * c["vit_max_num_patch_per_side"] + torch.arange(gw)[None, :]).flatten()
+    diffs["meta.vit.position_ids(mismatches)"] = float((ids != cases["meta.vit.position_ids"]).sum().item())
+    feats, conn, emb = spec_vit(W, c, tokens, ids)
+    cmp("vit.features", feats)
+    cmp("vit.connector", conn)
+    cmp("vit.embed", emb)
+
+    # und: [bos sys eos] causal at 0..ns-1; [soi, n vit, eoi] full, all at position ns; [bos q eos] causal from
+    # ns+1; then decoding from bos (all und, causal over everything before)
+    n = gh * gw
+    sys_ids = [st["bos_token_id"]] + cases["meta.und.system_ids_raw"].tolist() + [st["eos_token_id"]]
+    q_ids = [st["bos_token_id"]] + cases["meta.und.question_ids_raw"].tolist() + [st["eos_token_id"]]
+    toks = cases["und.tokens"].tolist()
+    dec = [st["bos_token_id"]] + toks[:-1]
+    ns, nq = len(sys_ids), len(q_ids)
+    x = torch.cat([s.embed(torch.tensor(sys_ids)), s.embed(torch.tensor([st["start_of_image"]])), emb,
+                   s.embed(torch.tensor([st["end_of_image"]])), s.embed(torch.tensor(q_ids + dec))])
+    N = x.shape[0]
+    pos = torch.tensor(list(range(ns)) + [ns] * (n + 2) + list(range(ns + 1, ns + 1 + nq + len(dec))))
+    allowed = torch.ones(N, N, dtype=torch.bool).tril()
+    allowed[ns: ns + n + 2, ns: ns + n + 2] = True
+    fin = s.forward(x, pos, torch.zeros(N, dtype=torch.bool), allowed)
+    cmp("und.image_hidden.final", fin[ns: ns + n + 2])
+    lg = s.lin(fin[ns + n + 2 + nq:], "language_model.lm_head", False)
+    cmp("und.logits", lg)
+    diffs["und.tokens(mismatches)"] = float((lg.argmax(-1) != cases["und.tokens"]).sum().item())
+    diffs["meta.und.start_position(mismatches)"] = float(cases["meta.und.start_position"].item() != ns + 1 + nq)
+
+    # vae
+    vc = c["vae"]
+    vae = SpecVae(Wv, vc)
+    mom = vae.encoder(cases["vae.image"])
+    cmp("vae.moments", mom)
+    mean, logvar = mom.chunk(2, dim=1)
+    cmp("vae.latent", vc["scale_factor"] * (mean - vc["shift_factor"]))
+    z = mean + torch.exp(0.5 * logvar) * cases["meta.vae.sample_noise"]
+    cmp("vae.latent_sample", vc["scale_factor"] * (z - vc["shift_factor"]))
+    cmp("vae.decoded", vae.decode(cases["vae.latent"]))
+
+    # gen: Euler from t = 1 to 0 on the shifted schedule; CFG against the empty context inside the interval
+    g = c["gen"]
+    h, w = [int(v) for v in cases["flow.grid"].tolist()]
+    prompt = [st["bos_token_id"]] + cases["meta.gen.prompt_ids_raw"].tolist() + [st["eos_token_id"]]
+    S, sh = g["num_timesteps"], g["timestep_shift"]
+    ts = torch.linspace(1, 0, S)
+    ts = sh * ts / (1 + (sh - 1) * ts)
+    dts = ts[:-1] - ts[1:]
+    cmp("meta.gen.timesteps", ts[:-1])
+    x_t = cases["gen.noise"]
+
+    def velocity(prefix, x_t, t):
+        x, pos, gen, allowed, sl = s.image_sequence(prefix, x_t, t.reshape(1), (h, w))
+        return s.lin(s.forward(x, pos, gen, allowed)[sl], "llm2vae", True)
+
+    for i in range(S - 1):
+        t = ts[i]
+        v = velocity(prompt, x_t, t)
+        lo, hi = g["cfg_interval"]
+        if g["cfg_text_scale"] > 1.0 and lo < t <= hi:
+            vu = velocity([], x_t, t)
+            v_ = vu + g["cfg_text_scale"] * (v - vu)
+            v = v_ * (torch.norm(v) / (torch.norm(v_) + 1e-8)).clamp(min=g["cfg_renorm_min"], max=1.0)
+        if i == 0:
+            cmp("gen.velocity.0", v)
+        x_t = x_t - v * dts[i]
+    cmp("gen.latent", x_t)
+    lat = x_t.reshape(1, h, w, 2, 2, LATENT_CHANNEL).permute(0, 5, 1, 3, 2, 4).reshape(1, LATENT_CHANNEL, 2 * h, 2 * w)
+    cmp("gen.decoded", vae.decode(lat))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Generation and verification
 # ----------------------------------------------------------------------------------------------------------------
@@ -692,6 +1130,33 @@ def draw_inputs(a):
         torch.tensor([a.loss_timestep], dtype=torch.float32)
     inp["loss.reward"] = torch.rand(hl * wl, generator=g)
     return inp
+
+
+def draw_image_inputs(a):
+    """The inputs of the vit, und, vae and gen cases, from a generator seeded with seed + 2 (so every earlier
+    input, drawn from seed + 1, is unchanged)."""
+    g = torch.Generator().manual_seed(a.seed + 2)
+    n_ordinary = a.vocab - 4
+
+    def prompt(n):
+        return torch.randint(0, n_ordinary, (n,), generator=g, dtype=torch.long)
+
+    P = a.vit_patch
+    h, w = a.latent_h, a.latent_w
+    inp = {}
+    inp["vit.image"] = 2.0 * torch.rand(3, a.vit_grid_h * P, a.vit_grid_w * P, generator=g) - 1.0
+    inp["meta.und.system_ids_raw"] = prompt(a.und_system_len)
+    inp["meta.und.question_ids_raw"] = prompt(a.und_question_len)
+    inp["vae.image"] = 2.0 * torch.rand(1, 3, h * LATENT_DOWNSAMPLE, w * LATENT_DOWNSAMPLE, generator=g) - 1.0
+    inp["meta.vae.sample_noise"] = torch.randn(1, LATENT_CHANNEL, h * LATENT_PATCH_SIZE, w * LATENT_PATCH_SIZE,
+                                               generator=g)
+    inp["meta.gen.prompt_ids_raw"] = prompt(a.gen_prompt_len)
+    inp["gen.noise"] = torch.randn(h * w, PATCH_DIM, generator=g)
+    return inp
+
+
+IMAGE_INPUT_NAMES = ["vit.image", "meta.und.system_ids_raw", "meta.und.question_ids_raw", "vae.image",
+                     "meta.vae.sample_noise", "meta.gen.prompt_ids_raw", "gen.noise"]
 
 
 INPUT_NAMES = ["meta.text.prompt_ids", "meta.flow.prompt_ids_raw", "meta.loss.prompt_ids_raw", "flow.grid",
@@ -734,6 +1199,15 @@ def load_weights_f32(path):
     return {k: v.float() for k, v in sd.items()}
 
 
+def load_vae(folder):
+    ae = build_vae(folder)
+    Wv = load_weights_f32(os.path.join(folder, "ae.safetensors"))
+    ae.load_state_dict(Wv, strict=True)
+    sd = ae.state_dict()
+    assert sd.keys() == Wv.keys() and all(torch.equal(sd[k], Wv[k]) for k in Wv)
+    return ae.eval()
+
+
 def verify(folder, tol_official=0.0, tol_spec=1e-5):
     from safetensors.torch import load_file
     with open(os.path.join(folder, "fixture.json")) as f:
@@ -746,9 +1220,17 @@ def verify(folder, tol_official=0.0, tol_spec=1e-5):
     sd = model.state_dict()
     for k, v in W.items():
         assert torch.equal(sd[k], v), k
-    inp = {k: cases[k] for k in INPUT_NAMES}
+    input_names = list(INPUT_NAMES)
+    ae = Wv = None
+    if "vit.image" in cases:  # a folder with the image cases
+        input_names += IMAGE_INPUT_NAMES
+        ae = load_vae(folder)
+        Wv = load_weights_f32(os.path.join(folder, "ae.safetensors"))
+        with open(os.path.join(folder, "tokenizer.json")) as f:
+            check_tokenizer(f.read(), fx["config"]["vocab_size"])
+    inp = {k: cases[k] for k in input_names}
     torch.manual_seed(fx["seed"])
-    out = run_official(model, fx, inp)
+    out = run_official(model, fx, inp, ae)
     worst_official = 0.0
     for k, v in out.items():
         ref = cases[k]
@@ -760,9 +1242,9 @@ def verify(folder, tol_official=0.0, tol_spec=1e-5):
             d = torch.where(same_inf, 0.0, (v.double() - ref.double()).abs()).max().item()
         worst_official = max(worst_official, d)
         assert d <= tol_official, f"official rerun differs on {k}: {d}"
-    missing_outputs = sorted(set(cases) - set(out) - set(INPUT_NAMES))
+    missing_outputs = sorted(set(cases) - set(out) - set(input_names))
     assert not missing_outputs, missing_outputs
-    diffs = spec_check(W, fx, cases)
+    diffs = spec_check(W, fx, cases, Wv)
     for k, d in diffs.items():
         if k.endswith("(mismatches)"):
             assert d == 0, (k, d)
@@ -774,6 +1256,74 @@ def verify(folder, tol_official=0.0, tol_spec=1e-5):
     print(f"verified {folder}: official rerun from the saved files max |diff| = {worst_official:.3g}; "
           f"independent implementation max |diff| / max|ref| = {worst_spec:.3g} over {len(diffs)} tensors")
     return fx, cases
+
+
+def flow_velocity(model, fx, prompt_raw, grid, x_t, t):
+    """The flow case's computation: prefill [bos] + prompt + [eos], then _forward_flow (CFG off) at timestep t."""
+    c = fx["config"]
+    st = c["special_tokens"]
+    h, w = grid
+    cache = O.NaiveCache(c["num_hidden_layers"])
+    gi, newlens, new_rope = model.prepare_prompts(
+        curr_kvlens=[0], curr_rope=[0], prompts=[list(prompt_raw)], tokenizer=FakeTokenizer(), new_token_ids=st)
+    cache = model.forward_cache_update_text(cache, **gi)
+    gv = model.prepare_vae_latent(curr_kvlens=newlens, curr_rope=new_rope,
+                                  image_sizes=[(h * LATENT_DOWNSAMPLE, w * LATENT_DOWNSAMPLE)], new_token_ids=st)
+    gv.pop("packed_init_noises")
+    timestep = torch.tensor([float(t)] * x_t.shape[0])
+    model.language_model.model.enable_taylorseer = False
+    return model._forward_flow(x_t=x_t, timestep=timestep, past_key_values=cache, cfg_text_scale=1.0,
+                               cfg_img_scale=1.0, **gv)
+
+
+def check_export(folder):
+    """--check-export: the official velocity from a Rust export against the velocity the port computed.
+    Returns the exit status (0 pass, 1 fail)."""
+    from safetensors.torch import load_file
+    with open(os.path.join(folder, "config.json")) as f:
+        cj = json.load(f)
+    with open(os.path.join(folder, "llm_config.json")) as f:
+        lj = json.load(f)
+    assert cj.get("visual_gen", True) and cj.get("visual_und", True), "the export must have both experts"
+    assert not cj.get("interpolate_pos", False), "interpolate_pos true is not supported"
+    assert cj.get("latent_patch_size", LATENT_PATCH_SIZE) == LATENT_PATCH_SIZE
+    keys = ("bos_token_id", "eos_token_id", "start_of_image", "end_of_image")
+    missing = [k for k in keys if k not in cj]
+    if missing:  # as the official add_special_tokens does: the ids the tokenizer gives these tokens
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+        names = {"bos_token_id": "<|im_start|>", "eos_token_id": "<|im_end|>",
+                 "start_of_image": "<|vision_start|>", "end_of_image": "<|vision_end|>"}
+        for k in missing:
+            cj[k] = tok.token_to_id(names[k])
+            assert cj[k] is not None, f"neither config.json nor tokenizer.json has {names[k]}"
+    fx = {"config": {
+        "latent_patch_size": cj.get("latent_patch_size", LATENT_PATCH_SIZE), "max_latent_size": cj["max_latent_size"],
+        "vit_max_num_patch_per_side": cj["vit_max_num_patch_per_side"],
+        "connector_act": cj.get("connector_act", "gelu_pytorch_tanh"), "timestep_shift": cj.get("timestep_shift", 1.0),
+        "num_hidden_layers": lj["num_hidden_layers"], "special_tokens": {k: int(cj[k]) for k in keys}}}
+    model = build_model(folder, fx)
+    W = load_weights_f32(os.path.join(folder, "ema.safetensors"))  # asserts every tensor is bf16
+    want = set(model.state_dict())
+    lacking, extra = sorted(want - set(W)), sorted(set(W) - want)
+    assert not lacking and not extra, f"ema.safetensors: missing {lacking[:8]}, unexpected {extra[:8]}"
+    model.load_state_dict(W, strict=True)
+    model.eval()
+    ck = load_file(os.path.join(folder, "check.safetensors"))
+    for name, dt in (("prompt_ids", torch.int64), ("grid", torch.int64), ("x_t", torch.float32),
+                     ("timestep", torch.float32), ("velocity", torch.float32)):
+        assert name in ck and ck[name].dtype == dt, (name, ck.get(name, torch.empty(0)).dtype)
+    grid = [int(v) for v in ck["grid"].tolist()]
+    assert len(grid) == 2 and ck["x_t"].shape == (grid[0] * grid[1], PATCH_DIM) == ck["velocity"].shape
+    assert max(grid) <= fx["config"]["max_latent_size"]
+    v = flow_velocity(model, fx, ck["prompt_ids"].tolist(), grid, ck["x_t"], float(ck["timestep"][0]))
+    diff = (v - ck["velocity"]).abs().max().item()
+    tol = 1e-4 * max(1.0, ck["velocity"].abs().max().item())
+    ok = diff <= tol
+    print(f"check-export {folder}: prompt {len(ck['prompt_ids'])} ids, grid {grid[0]} x {grid[1]}, "
+          f"t {float(ck['timestep'][0]):.6g}: max |official - port velocity| = {diff:.3g} (tolerance {tol:.3g}): "
+          f"{'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
 
 
 def default_grad_names(L):
@@ -809,6 +1359,20 @@ def describe(a):
                 "PackedDataset.pack_sequence (prompt split causal, noisy image split 'noise'), VAE bypassed via "
                 "padded_latent, noise fixed; SRUM loss mean(R * mse) + lambda * mean(mse) (anchor constraint, "
                 "x_anchor = x0) and its gradients",
+        "vit": f"official SigLIP ViT (model.vit_model, flash_attn stand-in causal=False over one segment), connector "
+               f"and vit_pos_embed on a {a.vit_grid_h} x {a.vit_grid_w} patch grid image in [-1, 1] (patchified by "
+               f"data_utils.patchify, extrapolated position ids), as forward_cache_update_vit computes them",
+        "und": "official understanding flow of InterleaveInferencer.interleave_inference([image, question], "
+               "understanding_output=True, think=True): system-prompt text update, the vit case's image through "
+               "prepare_vit_images + forward_cache_update_vit, question text update, then prepare_start_tokens + "
+               "generate_text greedy (do_sample False, end_token_id None)",
+        "vae": "the official AutoEncoder (modeling/autoencoder.py) with the tiny vae_config.json and the random "
+               "weights of ae.safetensors: encoder moments, encode in mean mode and with fixed noise, decode",
+        "gen": f"official text-to-image of InterleaveInferencer.interleave_inference([prompt], think=False) -> "
+               f"gen_image -> Bagel.generate_image: {a.gen_steps} timesteps, timestep_shift {a.gen_timestep_shift}, "
+               f"cfg_text_scale {a.gen_cfg_text_scale} (empty text-CFG context), cfg_img_scale 1.0, cfg_interval "
+               f"[0.4, 1.0], cfg_renorm global (min 0), init noise fixed; the latent and its tiny-VAE decode "
+               f"(unpatchified as decode_image does, before its clamp)",
     }
 
 
@@ -850,7 +1414,23 @@ def main():
     ap.add_argument("--vit-patch", type=int, default=14)
     ap.add_argument("--vit-image-size", type=int, default=56)
     ap.add_argument("--vit-max-patch-per-side", type=int, default=4)
+    ap.add_argument("--vit-grid-h", type=int, default=3, help="ViT patch grid of the vit / und image (rows)")
+    ap.add_argument("--vit-grid-w", type=int, default=4, help="ViT patch grid of the vit / und image (columns)")
+    ap.add_argument("--und-system-len", type=int, default=4, help="raw ids of the und case's system prompt")
+    ap.add_argument("--und-question-len", type=int, default=5, help="raw ids of the und case's question")
+    ap.add_argument("--gen-prompt-len", type=int, default=6, help="raw ids of the gen case's prompt")
+    ap.add_argument("--gen-steps", type=int, default=6, help="num_timesteps of the gen case (steps run: one less)")
+    ap.add_argument("--gen-timestep-shift", type=float, default=3.0)
+    ap.add_argument("--gen-cfg-text-scale", type=float, default=4.0)
+    ap.add_argument("--vae-ch", type=int, default=32, help="tiny VAE base channels (GroupNorm(32): ch*mult %% 32 == 0)")
+    ap.add_argument("--vae-ch-mult", default="1,2,2,2",
+                    help="tiny VAE channel multipliers, comma-separated (4 levels: 3 downsamplings = 8x)")
+    ap.add_argument("--vae-res-blocks", type=int, default=1, help="tiny VAE num_res_blocks")
+    ap.add_argument("--check-export", metavar="DIR",
+                    help="check a Rust export: DIR holds llm_config.json, vit_config.json, config.json, "
+                         "ema.safetensors and check.safetensors (see tests/data/README.md)")
     a = ap.parse_args()
+    a.vae_ch_mult = [int(x) for x in a.vae_ch_mult.split(",")]
 
     torch.set_num_threads(1)
     torch.manual_seed(a.seed)
@@ -858,6 +1438,8 @@ def main():
     random.seed(a.seed)
     import_official(a.bagel_src)
 
+    if a.check_export:
+        sys.exit(check_export(a.check_export))
     if a.verify:
         verify(a.verify)
         return
@@ -873,11 +1455,21 @@ def main():
         ap.error("the latent grid must fit in --max-latent-size")
     if a.vocab < 8:
         ap.error("--vocab too small")
+    if a.vocab - 4 < 97:
+        ap.error("--vocab must leave room for the 97 tokens of the character tokenizer below the special ids")
+    n_side = a.vit_image_size // a.vit_patch
+    if (a.vit_grid_h - 1) * a.vit_max_patch_per_side + a.vit_grid_w > n_side * n_side or \
+            max(a.vit_grid_w, a.vit_grid_h) > a.vit_max_patch_per_side:
+        ap.error("the ViT grid must fit --vit-max-patch-per-side and the ViT position embedding")
+    if len(a.vae_ch_mult) != 4 or any(a.vae_ch * m % 32 for m in a.vae_ch_mult):
+        ap.error("--vae-ch-mult needs 4 levels (8x) and every channel count a multiple of 32 (GroupNorm(32))")
+    if a.vae_res_blocks < 1 and len(set(a.vae_ch_mult)) > 1:
+        ap.error("--vae-res-blocks 0 only works with equal multipliers (the official Encoder)")
 
     os.makedirs(a.out, exist_ok=True)
     name = a.name or os.path.basename(os.path.normpath(a.out))
     for fname, obj in (("llm_config.json", llm_config_json(a)), ("vit_config.json", vit_config_json(a)),
-                       ("config.json", bagel_config_json(a))):
+                       ("config.json", bagel_config_json(a)), ("vae_config.json", vae_config_json(a))):
         with open(os.path.join(a.out, fname), "w") as f:
             json.dump(obj, f, indent=2)
             f.write("\n")
@@ -909,9 +1501,23 @@ def main():
             "loss_grad_names": default_grad_names(a.layers),
             "flow_grid": [a.latent_h, a.latent_w],
             "loss_grid": [a.loss_latent_h or a.latent_h, a.loss_latent_w or a.latent_w],
+            "vit_grid": [a.vit_grid_h, a.vit_grid_w],
+            "und": {"system_len": a.und_system_len, "question_len": a.und_question_len, "think": True,
+                    "new_tokens": a.greedy_tokens},
+            "gen": {"prompt_len": a.gen_prompt_len, "grid": [a.latent_h, a.latent_w],
+                    "image_shape": [a.latent_h * LATENT_DOWNSAMPLE, a.latent_w * LATENT_DOWNSAMPLE],
+                    "num_timesteps": a.gen_steps, "timestep_shift": a.gen_timestep_shift,
+                    "cfg_text_scale": a.gen_cfg_text_scale, "cfg_img_scale": 1.0, "cfg_interval": [0.4, 1.0],
+                    "cfg_renorm_type": "global", "cfg_renorm_min": 0.0, "enable_taylorseer": False},
+            "vae": vae_config_json(a),
         },
         "weights": "ema.safetensors: bf16, every Bagel.state_dict() entry under its official name; the reference "
                    "ran in fp32 with exactly these values (bf16 -> f32 is exact)",
+        "vae_weights": "ae.safetensors: bf16, every official AutoEncoder state_dict() entry (encoder.*, decoder.*, "
+                       "the names of BAGEL's ae.safetensors) for the tiny vae_config.json; reference in fp32",
+        "tokenizer": "tokenizer.json: Hugging Face tokenizers JSON, BPE without merges on single characters (no "
+                     "normalizer, no pre-tokenizer, Fuse decoder): <unk> 0, '\\n' 1, ' '..'~' 2..96, unused "
+                     "placeholders, the four special tokens at vocab-4..vocab-1",
         "tolerance": 1e-4,
         "cases": describe(a),
         "patches": PATCHES,
@@ -925,7 +1531,12 @@ def main():
     model.load_state_dict(W, strict=True)
     model.eval()
     inp = draw_inputs(a)
-    out = run_official(model, fx, inp)
+    inp.update(draw_image_inputs(a))
+    ae = build_vae(a.out)
+    Wv = random_vae_weights(ae, a.seed)
+    ae.load_state_dict(Wv, strict=True)
+    ae.eval()
+    out = run_official(model, fx, inp, ae)
 
     # greedy decoding must be robust to 1e-4 errors: check the top-1 / top-2 logit gaps
     top2 = out["greedy.logits"].topk(2, dim=-1).values
@@ -933,6 +1544,11 @@ def main():
     if gap < 1e-2:
         sys.exit(f"greedy decoding has a near tie (min top-2 gap {gap:.2e}); choose another --seed")
     fx["greedy_min_top2_gap"] = round(gap, 6)
+    top2 = out["und.logits"].topk(2, dim=-1).values
+    und_gap = (top2[:, 0] - top2[:, 1]).min().item()
+    if und_gap < 1e-2:
+        sys.exit(f"understanding decoding has a near tie (min top-2 gap {und_gap:.2e}); choose other sizes or --seed")
+    fx["und_min_top2_gap"] = round(und_gap, 6)
     with open(os.path.join(a.out, "fixture.json"), "w") as f:
         json.dump(fx, f, indent=2)
         f.write("\n")
@@ -945,15 +1561,22 @@ def main():
     save_safetensors(os.path.join(a.out, "ema.safetensors"), {k: v.to(torch.bfloat16) for k, v in W.items()},
                      {"format": "pt"})
     save_safetensors(os.path.join(a.out, "cases.safetensors"), cases, {"format": "pt", "fixture": name})
+    save_safetensors(os.path.join(a.out, "ae.safetensors"), {k: v.to(torch.bfloat16) for k, v in Wv.items()},
+                     {"format": "pt"})
+    with open(os.path.join(a.out, "tokenizer.json"), "w") as f:
+        f.write(tokenizer_json(a.vocab))
     for f in os.listdir(a.out):
         os.chmod(os.path.join(a.out, f), 0o644)
 
     # the saved bf16 weights are exactly the weights used
     W2 = load_weights_f32(os.path.join(a.out, "ema.safetensors"))
     assert W2.keys() == W.keys() and all(torch.equal(W2[k], W[k]) for k in W)
+    W2 = load_weights_f32(os.path.join(a.out, "ae.safetensors"))
+    assert W2.keys() == Wv.keys() and all(torch.equal(W2[k], Wv[k]) for k in Wv)
     verify(a.out)
     total = sum(os.path.getsize(os.path.join(a.out, f)) for f in os.listdir(a.out))
-    print(f"wrote {a.out} ({total} bytes); greedy tokens {out['greedy.tokens'].tolist()}, min top-2 gap {gap:.3g}")
+    print(f"wrote {a.out} ({total} bytes); greedy tokens {out['greedy.tokens'].tolist()}, min top-2 gap {gap:.3g}; "
+          f"und tokens {out['und.tokens'].tolist()}, min top-2 gap {und_gap:.3g}")
     for k, v in cases.items():
         print(f"  {k:70s} {str(v.dtype).replace('torch.', ''):8s} {list(v.shape)}")
 

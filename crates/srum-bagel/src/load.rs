@@ -218,11 +218,34 @@ pub fn load_weights<B: Backend>(model: Bagel<B>, path: impl AsRef<Path>) -> Resu
     })
 }
 
-/// Builds the model described by the checkpoint folder `dir` (see [`BagelConfig::from_dir`])
-/// and loads `dir/ema.safetensors` into it.
+/// Sets BAGEL's four special ids from the tokenizer, as the official `add_special_tokens`
+/// does; `path` names the tokenizer in errors.
+pub(crate) fn special_ids_from(
+    config: &mut BagelConfig,
+    tokenizer: &tokenizers::Tokenizer,
+    path: &Path,
+) -> Result<()> {
+    let id = |token: &str| {
+        tokenizer
+            .token_to_id(token)
+            .ok_or_else(|| BagelError::config(path, token, "BAGEL's special token is missing"))
+    };
+    config.bos_token_id = id("<|im_start|>")?;
+    config.eos_token_id = id("<|im_end|>")?;
+    config.start_of_image_id = id("<|vision_start|>")?;
+    config.end_of_image_id = id("<|vision_end|>")?;
+    Ok(())
+}
+
+/// Builds the model described by the checkpoint folder `dir` (see [`BagelConfig::from_dir`];
+/// the special token ids come from `dir/tokenizer.json` when there is one) and loads
+/// `dir/ema.safetensors` into it.
 pub fn load_bagel<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Result<Bagel<B>> {
     let dir = dir.as_ref();
-    let config = BagelConfig::from_dir(dir)?;
+    let mut config = BagelConfig::from_dir(dir)?;
+    if let Some(tokenizer) = load_tokenizer(dir)? {
+        special_ids_from(&mut config, &tokenizer, &dir.join("tokenizer.json"))?;
+    }
     load_weights(config.init(device), dir.join("ema.safetensors"))
 }
 

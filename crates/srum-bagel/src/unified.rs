@@ -16,9 +16,12 @@ use srum::model::{
 
 use crate::bagel::Bagel;
 use crate::cache::KvCache;
+use crate::config::BagelConfig;
 use crate::error::{BagelError, Result};
 use crate::generation::patchify;
-use crate::load::{load_bagel, load_tokenizer, load_vae, official_name, save_weights};
+use crate::load::{
+    load_tokenizer, load_vae, load_weights, official_name, save_weights, special_ids_from,
+};
 use crate::vae::AutoEncoder;
 
 /// The official inferencer's system prompt for understanding with a reasoning trace.
@@ -159,17 +162,19 @@ impl<B: Backend> BagelModel<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let dir = dir.as_ref();
-        let bagel = load_bagel(dir, device)?;
-        if bagel.config().vit.is_none() {
+        let tokenizer = load_tokenizer(dir)?
+            .ok_or_else(|| BagelError::config(dir.join("tokenizer.json"), "<file>", "missing"))?;
+        let mut config = BagelConfig::from_dir(dir)?;
+        special_ids_from(&mut config, &tokenizer, &dir.join("tokenizer.json"))?;
+        if config.vit.is_none() {
             return Err(BagelError::config(
                 dir.join("vit_config.json"),
                 "<file>",
                 "missing: the judge needs the ViT",
             ));
         }
+        let bagel = load_weights(config.init(device), dir.join("ema.safetensors"))?;
         let vae = load_vae(dir, device)?;
-        let tokenizer = load_tokenizer(dir)?
-            .ok_or_else(|| BagelError::config(dir.join("tokenizer.json"), "<file>", "missing"))?;
         Self::new(bagel, vae, tokenizer, templates)
     }
 

@@ -17,7 +17,6 @@ use crate::config::BagelConfig;
 use crate::error::{BagelError, Result};
 use crate::generation::{patchify, sincos_2d};
 use crate::load::{is_linear_weight, load_vae, load_weights, official_name, transpose};
-use crate::sample::rollout_sampler;
 use crate::sequence::PackedSequence;
 use crate::vae::AutoEncoder;
 use crate::vit::{int_tensor, vit_patchify, vit_positions};
@@ -525,10 +524,37 @@ fn verify_sampling<B: Backend>(
 ) -> Result<()> {
     let device = model.device();
     let c = model.config().clone();
-    let steps = fc
-        .get("gen_steps")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| BagelError::config(fx_path, "config.gen_steps", "missing"))?;
+    let g = fc
+        .get("gen")
+        .ok_or_else(|| BagelError::config(fx_path, "config.gen", "missing"))?;
+    let num = |key: &str| -> Result<f64> {
+        g.get(key)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| BagelError::config(fx_path, format!("config.gen.{key}"), "missing"))
+    };
+    let interval = g
+        .get("cfg_interval")
+        .and_then(Value::as_array)
+        .and_then(|a| Some((a.first()?.as_f64()?, a.get(1)?.as_f64()?)))
+        .ok_or_else(|| BagelError::config(fx_path, "config.gen.cfg_interval", "missing"))?;
+    if g.get("cfg_renorm_type").and_then(Value::as_str) != Some("global")
+        || num("cfg_img_scale")? != 1.0
+    {
+        return Err(BagelError::config(
+            fx_path,
+            "config.gen",
+            "only text guidance with global renorm is supported",
+        ));
+    }
+    // `num_timesteps` times give one Euler step fewer.
+    let sampler = EulerSampler::new(EulerSamplerConfig {
+        steps: (num("num_timesteps")? as usize).saturating_sub(1),
+        shift: num("timestep_shift")? as f32,
+        guidance_scale: num("cfg_text_scale")? as f32,
+        guidance_interval: (interval.0 as f32, interval.1 as f32),
+        cfg_renorm: true,
+        cfg_renorm_min: num("cfg_renorm_min")? as f32,
+    });
     let grid = cases.i64s("flow.grid")?;
     let (h, w) = match grid.as_slice() {
         [h, w] if *h > 0 && *w > 0 => (*h as usize, *w as usize),
@@ -542,11 +568,6 @@ fn verify_sampling<B: Backend>(
     )?;
     let uncond = KvCache::new();
     let noise: Tensor<B, 2> = cases.tensor_f32("gen.noise", &device)?;
-    // `num_timesteps` times give one Euler step fewer.
-    let sampler = EulerSampler::new(EulerSamplerConfig {
-        steps: (steps as usize).saturating_sub(1),
-        ..rollout_sampler()
-    });
     let latent = model.sample_latent(&cond, &uncond, noise, (h, w), &sampler)?;
     r.tensor(cases, "gen.latent", latent.clone())?;
     let p = c.latent_patch_size;

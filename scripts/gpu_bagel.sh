@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# BAGEL on a lent CUDA GPU, in one short run (about 5 minutes of device time):
+#   1. the real-width MoT layer of the CPU benchmark (examples/layer_bench.rs) in bf16 and f32;
+#   2. where a BAGEL-7B-MoT folder is given (official layout: llm_config.json, vit_config.json, config.json,
+#      ema.safetensors, ae.safetensors, tokenizer.json), one rollout image, one judgement and one SRUM training
+#      step (examples/bagel_step.rs) in bf16, with their times; the GPU's peak memory is sampled with nvidia-smi.
+#
+#   scripts/gpu_bagel.sh [BAGEL_DIR]
+#   env: LAYER_BENCH, BAGEL_STEP (prebuilt executables; default: build them here with --features cuda),
+#        ITERS (layer runs, default 3), SIZE (default 512x512), STEPS (sampler steps, default 49),
+#        OUT (where the JSON lines go; default a temp dir; the device runner brings $OUT back)
+#
+# Build elsewhere and carry the executables:
+#   cargo build --release -p srum-bagel --features cuda --example layer_bench --example bagel_step
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-$(mktemp -d)}
+iters=${ITERS:-3}
+if [[ -z "${LAYER_BENCH:-}" || -z "${BAGEL_STEP:-}" ]]; then
+  cargo build --release -p srum-bagel --features cuda --example layer_bench --example bagel_step
+fi
+layer=${LAYER_BENCH:-target/release/examples/layer_bench}
+step=${BAGEL_STEP:-target/release/examples/bagel_step}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/machine.txt"
+
+# Peak GPU memory of a command: nvidia-smi every 100 ms in the background.
+peak() {
+  local log="$out/mem-$1.csv"; shift
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$log" &
+  local mon=$!
+  local rc=0
+  "$@" || rc=$?
+  kill "$mon" 2>/dev/null || true
+  wait "$mon" 2>/dev/null || true
+  echo "peak_gpu_mib $(sort -n "$log" | tail -n1)"
+  return $rc
+}
+
+for dtype in bf16 f32; do
+  peak "layer-$dtype" "$layer" --backend cuda --dtype "$dtype" --iters "$iters" --json "$out/layer-$dtype.json" \
+    | tee "$out/layer-$dtype.txt"
+done
+if [[ -n "${1:-}" ]]; then
+  peak step "$step" --checkpoint "$1" --backend cuda --dtype bf16 --size "${SIZE:-512x512}" \
+    --steps "${STEPS:-49}" --generation-only | tee "$out/step.txt"
+fi
+echo "results in $out"
