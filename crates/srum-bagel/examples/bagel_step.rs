@@ -106,7 +106,7 @@ fn round<B: AutodiffBackend>(a: &Args, device: &B::Device) -> Result<(), String>
     let t = Instant::now();
     let images = generate(
         &inner,
-        &[prompt.clone()],
+        std::slice::from_ref(&prompt),
         a.size,
         &sampler,
         1,

@@ -1,12 +1,16 @@
-//! BAGEL-7B-MoT (ByteDance-Seed) on burn, part 1: the Qwen2 mixture-of-transformers backbone,
-//! the flow-matching generation head and the text head, loaded from the official
-//! `ema.safetensors` and checked against the official PyTorch code through fixtures.
+//! BAGEL-7B-MoT (ByteDance-Seed) on burn: the Qwen2 mixture-of-transformers backbone, the
+//! flow-matching generation head, the text head, the SigLIP ViT with its connector and the
+//! FLUX autoencoder, loaded from the official checkpoint folder and checked against the official
+//! PyTorch code through fixtures.
 //!
-//! - [`BagelConfig`]: sizes, read from a checkpoint folder's `llm_config.json`.
-//! - [`load_bagel`]: config plus weights, by official tensor name.
+//! - [`BagelModel`]: the whole model behind srum's traits (understanding, codec, generator),
+//!   with [`BagelTemplates`] for the system prompts; [`BagelModel::save_dir`] writes the
+//!   official layout.
+//! - [`BagelConfig`], [`VitConfig`], [`VaeConfig`]: sizes, read from a checkpoint folder.
+//! - [`load_bagel`], [`load_vae`], [`save_weights`]: weights by official tensor name.
 //! - [`Bagel`]: [`Bagel::forward_packed`] and [`Bagel::flow_loss`] (training, on a
-//!   [`PackedSequence`]), [`Bagel::velocity`] (inference against a [`KvCache`]),
-//!   [`Bagel::prefill_text`], [`Bagel::logits`], [`Bagel::greedy`], [`Bagel::yes_probability`].
+//!   [`PackedSequence`]), [`Bagel::velocity`] and [`Bagel::sample_latent`] (inference against a
+//!   [`KvCache`]), [`Bagel::prefill_text`], [`Bagel::extend_image`], [`Bagel::greedy_until`].
 //! - [`DecoderLayer::forward_train`]: one decoder layer alone on a [`Plan`], for benchmarks.
 //! - [`verify_fixture`]: compare a model with a fixture folder written by `scripts/bagel_fixtures.py`.
 #![warn(missing_docs)]
