@@ -6,6 +6,7 @@ use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Tensor, backend::Backend};
 
+use crate::lora::{LoraAdapter, LoraConfig, attach, merge, project};
 use crate::rope::RopeTables;
 use crate::routing::Routing;
 use burn::nn::{RmsNorm, RmsNormConfig};
@@ -82,6 +83,14 @@ impl AttentionConfig {
             k_norm: norm(),
             q_norm_moe_gen: norm(),
             k_norm_moe_gen: norm(),
+            q_proj_lora: None,
+            k_proj_lora: None,
+            v_proj_lora: None,
+            o_proj_lora: None,
+            q_proj_moe_gen_lora: None,
+            k_proj_moe_gen_lora: None,
+            v_proj_moe_gen_lora: None,
+            o_proj_moe_gen_lora: None,
             num_heads: self.num_heads,
             num_kv_heads: self.num_kv_heads,
             head_dim,
@@ -105,6 +114,14 @@ pub struct Attention<B: Backend> {
     k_norm: Option<RmsNorm<B>>,
     q_norm_moe_gen: Option<RmsNorm<B>>,
     k_norm_moe_gen: Option<RmsNorm<B>>,
+    q_proj_lora: Option<LoraAdapter<B>>,
+    k_proj_lora: Option<LoraAdapter<B>>,
+    v_proj_lora: Option<LoraAdapter<B>>,
+    o_proj_lora: Option<LoraAdapter<B>>,
+    q_proj_moe_gen_lora: Option<LoraAdapter<B>>,
+    k_proj_moe_gen_lora: Option<LoraAdapter<B>>,
+    v_proj_moe_gen_lora: Option<LoraAdapter<B>>,
+    o_proj_moe_gen_lora: Option<LoraAdapter<B>>,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -118,6 +135,71 @@ fn maybe_norm<B: Backend>(norm: &Option<RmsNorm<B>>, x: Tensor<B, 3>) -> Tensor<
 }
 
 impl<B: Backend> Attention<B> {
+    /// Adds adapters to the projections `config` targets; `prefix` is the block's official
+    /// name (`language_model.model.layers.{i}.self_attn`).
+    pub(crate) fn attach_lora(&mut self, prefix: &str, config: &LoraConfig) {
+        attach(
+            &mut self.q_proj_lora,
+            &self.q_proj,
+            &format!("{prefix}.q_proj"),
+            config,
+        );
+        attach(
+            &mut self.k_proj_lora,
+            &self.k_proj,
+            &format!("{prefix}.k_proj"),
+            config,
+        );
+        attach(
+            &mut self.v_proj_lora,
+            &self.v_proj,
+            &format!("{prefix}.v_proj"),
+            config,
+        );
+        attach(
+            &mut self.o_proj_lora,
+            &self.o_proj,
+            &format!("{prefix}.o_proj"),
+            config,
+        );
+        attach(
+            &mut self.q_proj_moe_gen_lora,
+            &self.q_proj_moe_gen,
+            &format!("{prefix}.q_proj_moe_gen"),
+            config,
+        );
+        attach(
+            &mut self.k_proj_moe_gen_lora,
+            &self.k_proj_moe_gen,
+            &format!("{prefix}.k_proj_moe_gen"),
+            config,
+        );
+        attach(
+            &mut self.v_proj_moe_gen_lora,
+            &self.v_proj_moe_gen,
+            &format!("{prefix}.v_proj_moe_gen"),
+            config,
+        );
+        attach(
+            &mut self.o_proj_moe_gen_lora,
+            &self.o_proj_moe_gen,
+            &format!("{prefix}.o_proj_moe_gen"),
+            config,
+        );
+    }
+
+    /// Folds every adapter into its projection.
+    pub(crate) fn merge_lora(&mut self) {
+        merge(&mut self.q_proj_lora, &mut self.q_proj);
+        merge(&mut self.k_proj_lora, &mut self.k_proj);
+        merge(&mut self.v_proj_lora, &mut self.v_proj);
+        merge(&mut self.o_proj_lora, &mut self.o_proj);
+        merge(&mut self.q_proj_moe_gen_lora, &mut self.q_proj_moe_gen);
+        merge(&mut self.k_proj_moe_gen_lora, &mut self.k_proj_moe_gen);
+        merge(&mut self.v_proj_moe_gen_lora, &mut self.v_proj_moe_gen);
+        merge(&mut self.o_proj_moe_gen_lora, &mut self.o_proj_moe_gen);
+    }
+
     /// Attends every segment's queries to its own keys, after the `prefix` keys when given.
     /// Returns the output and the new tokens' keys and values (for a cache).
     ///
@@ -135,22 +217,22 @@ impl<B: Backend> Attention<B> {
         let q = routing
             .apply(
                 x.clone(),
-                |t| self.q_proj.forward(t),
-                |t| self.q_proj_moe_gen.forward(t),
+                |t| project(&self.q_proj, &self.q_proj_lora, t),
+                |t| project(&self.q_proj_moe_gen, &self.q_proj_moe_gen_lora, t),
             )
             .reshape([n, h, d]);
         let k = routing
             .apply(
                 x.clone(),
-                |t| self.k_proj.forward(t),
-                |t| self.k_proj_moe_gen.forward(t),
+                |t| project(&self.k_proj, &self.k_proj_lora, t),
+                |t| project(&self.k_proj_moe_gen, &self.k_proj_moe_gen_lora, t),
             )
             .reshape([n, kvh, d]);
         let v = routing
             .apply(
                 x,
-                |t| self.v_proj.forward(t),
-                |t| self.v_proj_moe_gen.forward(t),
+                |t| project(&self.v_proj, &self.v_proj_lora, t),
+                |t| project(&self.v_proj_moe_gen, &self.v_proj_moe_gen_lora, t),
             )
             .reshape([n, kvh, d]);
         let q = routing.apply(
@@ -180,8 +262,8 @@ impl<B: Backend> Attention<B> {
         let out = Tensor::cat(outs, 0).reshape([n, h * d]);
         let out = routing.apply(
             out,
-            |t| self.o_proj.forward(t),
-            |t| self.o_proj_moe_gen.forward(t),
+            |t| project(&self.o_proj, &self.o_proj_lora, t),
+            |t| project(&self.o_proj_moe_gen, &self.o_proj_moe_gen_lora, t),
         );
         (out, LayerKv { k, v })
     }

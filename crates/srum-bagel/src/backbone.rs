@@ -10,6 +10,7 @@ use crate::attention::{LayerKv, Segment};
 use crate::cache::KvCache;
 use crate::config::BagelConfig;
 use crate::layer::{DecoderLayer, DecoderLayerConfig};
+use crate::lora::LoraConfig;
 use crate::rope::RopeTables;
 use crate::routing::{Expert, Routing};
 use crate::sequence::PackedSequence;
@@ -58,6 +59,22 @@ pub struct Backbone<B: Backend> {
     norm_moe_gen: RmsNorm<B>,
     head_dim: usize,
     rope_theta: f64,
+}
+
+impl<B: Backend> Backbone<B> {
+    /// Adds adapters to every layer where `config` targets.
+    pub(crate) fn attach_lora(&mut self, config: &LoraConfig) {
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            layer.attach_lora(&format!("language_model.model.layers.{i}"), config);
+        }
+    }
+
+    /// Folds every adapter into its projection.
+    pub(crate) fn merge_lora(&mut self) {
+        for layer in &mut self.layers {
+            layer.merge_lora();
+        }
+    }
 }
 
 /// Hidden states of a forward pass.

@@ -7,6 +7,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use crate::attention::{Attention, AttentionConfig, LayerKv, Segment};
 use crate::backbone::Plan;
 use crate::config::BagelConfig;
+use crate::lora::LoraConfig;
 use crate::mlp::{Mlp, MlpConfig};
 use crate::rope::RopeTables;
 use crate::routing::Routing;
@@ -61,6 +62,22 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
+    /// Adds adapters where `config` targets; `prefix` is the layer's official name.
+    pub(crate) fn attach_lora(&mut self, prefix: &str, config: &LoraConfig) {
+        self.self_attn
+            .attach_lora(&format!("{prefix}.self_attn"), config);
+        self.mlp.attach_lora(&format!("{prefix}.mlp"), config);
+        self.mlp_moe_gen
+            .attach_lora(&format!("{prefix}.mlp_moe_gen"), config);
+    }
+
+    /// Folds every adapter into its projection.
+    pub(crate) fn merge_lora(&mut self) {
+        self.self_attn.merge_lora();
+        self.mlp.merge_lora();
+        self.mlp_moe_gen.merge_lora();
+    }
+
     /// The layer alone in a training forward (`Qwen2MoTDecoderLayer.forward_train`), for
     /// benchmarks and tests of one layer: every token through its expert's norms, projections
     /// and MLP, joint attention within each sample of `plan` (see [`Plan::packed`]).

@@ -24,6 +24,7 @@ mod error;
 mod generation;
 mod layer;
 mod load;
+mod lora;
 mod mlp;
 mod rope;
 mod routing;
@@ -45,6 +46,7 @@ pub use layer::{DecoderLayer, DecoderLayerConfig};
 pub use load::{
     KNOWN_UNUSED_PREFIXES, load_bagel, load_tokenizer, load_vae, load_weights, save_weights,
 };
+pub use lora::{LoraAdapter, LoraConfig};
 pub use routing::Expert;
 pub use sample::rollout_sampler;
 pub use sequence::{PackedSequence, SplitKind};

@@ -17,10 +17,24 @@ use crate::vae::{AutoEncoder, VaeConfig};
 /// skipped (not an error) when it was built without one.
 pub const KNOWN_UNUSED_PREFIXES: [&str; 3] = ["vit_model.", "connector.", "vit_pos_embed."];
 
+/// PEFT's prefix of adapter tensor names.
+pub(crate) const PEFT_PREFIX: &str = "base_model.model.";
+
+/// Whether an official name is an adapter's.
+pub(crate) fn is_adapter(official: &str) -> bool {
+    official.starts_with(PEFT_PREFIX)
+}
+
 const VIT_LAYERS: &str = "vit_model.vision_model.encoder.layers.";
 
 /// The official name of the parameter at burn module path `path`.
 pub(crate) fn official_name(path: &str) -> String {
+    // Adapters take PEFT's names: `base_model.model.<projection>.lora_A.weight`.
+    for (ours, peft) in [("_lora.lora_a.", ".lora_A."), ("_lora.lora_b.", ".lora_B.")] {
+        if let Some((stem, rest)) = path.split_once(ours) {
+            return format!("{PEFT_PREFIX}{stem}{peft}{rest}");
+        }
+    }
     // burn's RmsNorm calls its gain `gamma`; PyTorch's Qwen2RMSNorm calls it `weight`.
     if let Some(stem) = path.strip_suffix(".gamma") {
         return official_name(&format!("{stem}.weight"));
@@ -102,6 +116,7 @@ pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 struct Filler<'a> {
     st: &'a SafeTensors<'a>,
+    want: &'a dyn Fn(&str) -> bool,
     stack: Vec<String>,
     seen: HashSet<String>,
     missing: Vec<String>,
@@ -119,6 +134,9 @@ impl<B: Backend> ModuleMapper<B> for Filler<'_> {
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let name = official_name(&self.stack.join("."));
+        if !(self.want)(&name) {
+            return param;
+        }
         // The shape comes without materialising the (lazy) random initial value.
         let want = param.lazy_shape().dims::<D>().to_vec();
         let Ok(view) = self.st.tensor(&name) else {
@@ -164,11 +182,13 @@ fn fill<B: Backend, M: Module<B>>(
     module: M,
     path: &Path,
     skip: impl Fn(&str) -> bool,
+    want: &dyn Fn(&str) -> bool,
 ) -> Result<M> {
     let file = MappedFile::open(path)?;
     let st = file.tensors()?;
     let mut filler = Filler {
         st: &st,
+        want,
         stack: Vec::new(),
         seen: HashSet::new(),
         missing: Vec::new(),
@@ -208,14 +228,25 @@ fn fill<B: Backend, M: Module<B>>(
 /// built (the official file holds one more than BAGEL runs).
 pub fn load_weights<B: Backend>(model: Bagel<B>, path: impl AsRef<Path>) -> Result<Bagel<B>> {
     let built = model.config().vit.as_ref().map(|v| v.num_hidden_layers);
-    fill(model, path.as_ref(), |name| match built {
-        None => KNOWN_UNUSED_PREFIXES.iter().any(|p| name.starts_with(p)),
-        Some(n) => name
-            .strip_prefix(VIT_LAYERS)
-            .and_then(|rest| rest.split('.').next())
-            .and_then(|i| i.parse::<usize>().ok())
-            .is_some_and(|i| i >= n),
-    })
+    fill(
+        model,
+        path.as_ref(),
+        |name: &str| match built {
+            None => KNOWN_UNUSED_PREFIXES.iter().any(|p| name.starts_with(p)),
+            Some(n) => name
+                .strip_prefix(VIT_LAYERS)
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|i| i.parse::<usize>().ok())
+                .is_some_and(|i| i >= n),
+        },
+        &|name| !is_adapter(name),
+    )
+}
+
+/// Fills the adapters of `model` from a PEFT `adapter_model.safetensors`; every adapter must be
+/// there and nothing else may be.
+pub(crate) fn load_adapter_weights<B: Backend>(model: Bagel<B>, path: &Path) -> Result<Bagel<B>> {
+    fill(model, path, |_| false, &is_adapter)
 }
 
 /// Sets BAGEL's four special ids from the tokenizer, as the official `add_special_tokens`
@@ -259,16 +290,22 @@ pub fn load_vae<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Result
     } else {
         VaeConfig::new()
     };
-    fill(config.init(device), &dir.join("ae.safetensors"), |_| false)
+    fill(
+        config.init(device),
+        &dir.join("ae.safetensors"),
+        |_| false,
+        &|_| true,
+    )
 }
 
 /// Collects parameters in the official layout (names, `[out, in]` linears) as bf16 bytes.
-struct Export {
+struct Export<'a> {
+    want: &'a dyn Fn(&str) -> bool,
     stack: Vec<String>,
     out: Vec<(String, Vec<usize>, Vec<u8>)>,
 }
 
-impl<B: Backend> burn::module::ModuleVisitor<B> for Export {
+impl<B: Backend> burn::module::ModuleVisitor<B> for Export<'_> {
     fn enter_module(&mut self, name: &str, _: &str) {
         self.stack.push(name.to_string());
     }
@@ -277,6 +314,9 @@ impl<B: Backend> burn::module::ModuleVisitor<B> for Export {
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let name = official_name(&self.stack.join("."));
+        if !(self.want)(&name) {
+            return;
+        }
         let t = param.val();
         let mut shape = t.dims().to_vec();
         let mut v = t
@@ -300,8 +340,10 @@ impl<B: Backend> burn::module::ModuleVisitor<B> for Export {
 /// bytes: what the official checkpoints hold.
 pub(crate) fn export_bf16<B: Backend, M: Module<B>>(
     module: &M,
+    want: &dyn Fn(&str) -> bool,
 ) -> Vec<(String, Vec<usize>, Vec<u8>)> {
     let mut e = Export {
+        want,
         stack: Vec::new(),
         out: Vec::new(),
     };
@@ -311,10 +353,14 @@ pub(crate) fn export_bf16<B: Backend, M: Module<B>>(
 }
 
 /// Writes `module`'s parameters to `path` as the official code stores them (bf16, official
-/// names), so `load_state_dict` of the official model reads the file back.
+/// names), so `load_state_dict` of the official model reads the file back. LoRA adapters are
+/// not included (see [`crate::Bagel::save_lora`]).
 pub fn save_weights<B: Backend, M: Module<B>>(module: &M, path: impl AsRef<Path>) -> Result<()> {
-    let path = path.as_ref();
-    let entries = export_bf16(module);
+    write_bf16(&export_bf16(module, &|n| !is_adapter(n)), path.as_ref())
+}
+
+/// Writes exported entries as a safetensors file, atomically.
+pub(crate) fn write_bf16(entries: &[(String, Vec<usize>, Vec<u8>)], path: &Path) -> Result<()> {
     let views = entries
         .iter()
         .map(|(n, s, b)| {
@@ -377,7 +423,7 @@ mod tests {
     }
 
     fn export(model: &Bagel<B>) -> Vec<(String, Vec<usize>, Vec<u8>)> {
-        export_bf16(model)
+        export_bf16(model, &|_| true)
     }
 
     #[test]

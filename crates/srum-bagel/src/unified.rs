@@ -20,8 +20,10 @@ use crate::config::BagelConfig;
 use crate::error::{BagelError, Result};
 use crate::generation::patchify;
 use crate::load::{
-    load_tokenizer, load_vae, load_weights, official_name, save_weights, special_ids_from,
+    is_adapter, load_tokenizer, load_vae, load_weights, official_name, save_weights,
+    special_ids_from,
 };
+use crate::lora::LoraConfig;
 use crate::vae::AutoEncoder;
 
 /// The official inferencer's system prompt for understanding with a reasoning trace.
@@ -74,7 +76,7 @@ impl BagelTemplates {
     }
 }
 
-/// The files of an official checkpoint folder besides `ema.safetensors`.
+/// The files of an official checkpoint folder besides `ema.safetensors` (and the adapters).
 pub const CHECKPOINT_FILES: [&str; 10] = [
     "llm_config.json",
     "vit_config.json",
@@ -92,6 +94,7 @@ pub const CHECKPOINT_FILES: [&str; 10] = [
 #[derive(Debug, Clone)]
 struct TextSide {
     tokenizer: tokenizers::Tokenizer,
+    lora: Option<LoraConfig>,
     templates: BagelTemplates,
     generation_size: ImageSize,
 }
@@ -145,6 +148,7 @@ impl<B: Backend> BagelModel<B> {
             vae,
             text: TextSide {
                 tokenizer,
+                lora: None,
                 templates,
                 generation_size: size,
             },
@@ -175,6 +179,12 @@ impl<B: Backend> BagelModel<B> {
         }
         let bagel = load_weights(config.init(device), dir.join("ema.safetensors"))?;
         let vae = load_vae(dir, device)?;
+        if dir.join("adapter_config.json").is_file() {
+            let (bagel, lora) = bagel.load_lora(dir)?;
+            let mut model = Self::new(bagel, vae, tokenizer, templates)?;
+            model.text.lora = Some(lora);
+            return Ok(model);
+        }
         Self::new(bagel, vae, tokenizer, templates)
     }
 
@@ -191,7 +201,40 @@ impl<B: Backend> BagelModel<B> {
                 std::fs::copy(&from, dir.join(name)).map_err(|e| BagelError::io(&from, e))?;
             }
         }
-        save_weights(&self.bagel, dir.join("ema.safetensors"))
+        save_weights(&self.bagel, dir.join("ema.safetensors"))?;
+        match &self.text.lora {
+            Some(lora) => self.bagel.save_lora(dir, lora),
+            None => Ok(()),
+        }
+    }
+
+    /// Trains LoRA adapters instead of the weights: every weight frozen (no gradients), fresh
+    /// adapters where `config` targets, and [`Generator::param_roles`] marking the adapters
+    /// as the only trainable parameters. [`BagelModel::save_dir`] then also writes them in the
+    /// PEFT layout (`adapter_config.json`, `adapter_model.safetensors`), and
+    /// [`BagelModel::load`] reads them back.
+    pub fn with_lora(mut self, config: LoraConfig) -> Result<Self> {
+        if self.text.lora.is_some() {
+            return Err(BagelError::Input(
+                "the model already has LoRA adapters".into(),
+            ));
+        }
+        self.bagel = self.bagel.with_lora(&config)?;
+        self.text.lora = Some(config);
+        Ok(self)
+    }
+
+    /// The adapters' settings, when the model has adapters.
+    pub fn lora(&self) -> Option<&LoraConfig> {
+        self.text.lora.as_ref()
+    }
+
+    /// Folds the adapters into the weights (a model without adapters, which
+    /// [`BagelModel::save_dir`] writes as full weights).
+    pub fn merge_lora(mut self) -> Self {
+        self.bagel = self.bagel.merge_lora();
+        self.text.lora = None;
+        self
     }
 
     /// Generates `size` images (its sides multiples of 16, at most `16 * max_latent_size`).
@@ -495,11 +538,17 @@ impl<B: Backend> Generator<B> for BagelModel<B> {
             out: Vec::new(),
         };
         self.bagel.visit(&mut names);
+        let lora = self.text.lora.is_some();
         let roles = names
             .out
             .into_iter()
             .fold(ParamRoles::default(), |r, (id, name)| {
-                r.with_param(bagel_param_role(&name), id)
+                let role = match (lora, is_adapter(&name)) {
+                    (_, true) => ParamRole::Generation,
+                    (true, false) => ParamRole::Frozen,
+                    (false, false) => bagel_param_role(&name),
+                };
+                r.with_param(role, id)
             });
         roles.with_module(ParamRole::Frozen, &self.vae)
     }
