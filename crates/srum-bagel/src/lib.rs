@@ -25,6 +25,7 @@ mod generation;
 mod layer;
 mod load;
 mod lora;
+mod memory;
 mod mlp;
 mod rope;
 mod routing;
@@ -47,6 +48,10 @@ pub use load::{
     KNOWN_UNUSED_PREFIXES, load_bagel, load_tokenizer, load_vae, load_weights, save_weights,
 };
 pub use lora::{LoraAdapter, LoraConfig};
+pub use memory::{
+    ParamCounts, Precision, StepMemory, StepShape, Trained, activation_bytes, lora_params,
+    param_counts, step_memory,
+};
 pub use routing::Expert;
 pub use sample::rollout_sampler;
 pub use sequence::{PackedSequence, SplitKind};
