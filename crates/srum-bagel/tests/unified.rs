@@ -324,3 +324,47 @@ fn a_trained_checkpoint_is_written_in_the_official_layout_and_reads_back() {
         .unwrap();
     }
 }
+
+#[test]
+fn a_thinking_rollout_plans_before_the_image_and_guides_against_the_system_prompt() {
+    let device = Default::default();
+    let think = BagelTemplates {
+        generation_think: true,
+        max_think_tokens: 4,
+        ..templates()
+    };
+    let model = BagelModel::<B>::load(folder(), think.clone(), &device)
+        .unwrap()
+        .with_generation_size(SIZE)
+        .unwrap();
+    let prompt = "a red circle".to_string();
+    let cond = model.condition(std::slice::from_ref(&prompt)).unwrap();
+    let uncond = model.unconditional(1).unwrap();
+    let system = model
+        .encode_text(&think.generation_system_prompt)
+        .unwrap()
+        .len()
+        + 2;
+    let plain = model.encode_text(&prompt).unwrap().len() + 2;
+    // [system] [prompt] [plan]: the plan is a text split of its own (its decoded text
+    // tokenized again, as the official inferencer does).
+    let len = cond.caches()[0].len();
+    assert!(
+        len > system + plain + 2,
+        "{len}: system {system}, prompt {plain}"
+    );
+    let plain_model = BagelModel::<B>::load(folder(), templates(), &device)
+        .unwrap()
+        .with_generation_size(SIZE)
+        .unwrap();
+    let c = plain_model
+        .condition(std::slice::from_ref(&prompt))
+        .unwrap();
+    assert_eq!(
+        c.caches()[0].len(),
+        plain,
+        "without thinking: the prompt alone"
+    );
+    assert_eq!(uncond.caches()[0].len(), system, "the system prompt alone");
+    assert_eq!(uncond.caches()[0].next_position(), system as i64);
+}
