@@ -54,32 +54,6 @@ fn copy_model(dir: &Path) {
             std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
         }
     }
-    // The loader takes BAGEL's special token ids from config.json, by default those of the
-    // real Qwen2 tokenizer (151644 ...); the official code asks the tokenizer. The tiny folder's
-    // tokenizer has them at the end of its small vocabulary and its config.json does not name
-    // them, so the copy's config.json is given the tokenizer's ids.
-    let path = to.join("config.json");
-    let mut c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    if c.get("bos_token_id").is_none() {
-        let tok: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(to.join("tokenizer.json")).unwrap())
-                .unwrap();
-        let id = |content: &str| {
-            tok["added_tokens"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|t| t["content"] == content)
-                .unwrap_or_else(|| panic!("tokenizer.json lacks {content}"))["id"]
-                .clone()
-        };
-        c["bos_token_id"] = id("<|im_start|>");
-        c["eos_token_id"] = id("<|im_end|>");
-        c["start_of_image"] = id("<|vision_start|>");
-        c["end_of_image"] = id("<|vision_end|>");
-        std::fs::write(&path, c.to_string()).unwrap();
-    }
 }
 
 /// Every tensor of a safetensors file: name -> (dtype, shape, bytes).
