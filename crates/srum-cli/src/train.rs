@@ -28,6 +28,15 @@ pub struct TrainArgs {
     /// With --model bagel: BAGEL's prompts and limits as JSON (`BagelTemplates` fields).
     #[arg(long, alias = "bagel-templates")]
     templates: Option<PathBuf>,
+    /// With --model bagel: train LoRA adapters of this rank on the generation expert's
+    /// attention and MLP projections instead of its weights (written in the PEFT layout
+    /// beside the unchanged weights). A checkpoint that already has adapters keeps training
+    /// them.
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// LoRA's alpha (the update is scaled by alpha / rank). Default: the rank.
+    #[arg(long, requires = "lora_rank")]
+    lora_alpha: Option<f64>,
     /// Training-format records.
     #[arg(long)]
     records: PathBuf,
@@ -213,12 +222,28 @@ pub fn run_train(a: TrainArgs) -> Result<ExitCode, String> {
     )?;
     let image_size = loaded.image_size();
     match loaded {
+        Loaded::Tiny(_, _) if a.lora_rank.is_some() => {
+            Err("--lora-rank needs --model bagel".into())
+        }
         Loaded::Tiny(model, config) => train_with(&a, model, image_size, node, |m, dir| {
             m.save_dir(&config, dir).map_err(|e| e.to_string())
         }),
-        Loaded::Bagel(model, source) => train_with(&a, model, image_size, node, |m, dir| {
-            m.save_dir(dir, &source).map_err(|e| e.to_string())
-        }),
+        Loaded::Bagel(model, source) => {
+            let model = match a.lora_rank {
+                Some(_) if model.lora().is_some() => model,
+                Some(rank) => model
+                    .with_lora(srum_bagel::LoraConfig {
+                        rank,
+                        alpha: a.lora_alpha.unwrap_or(rank as f64),
+                        ..Default::default()
+                    })
+                    .map_err(|e| format!("--lora-rank: {e}"))?,
+                None => model,
+            };
+            train_with(&a, model, image_size, node, |m, dir| {
+                m.save_dir(dir, &source).map_err(|e| e.to_string())
+            })
+        }
     }
 }
 

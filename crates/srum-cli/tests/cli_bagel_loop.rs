@@ -348,6 +348,74 @@ fn bagel_rollout_judge_train_generation_only_and_resume() {
         d,
     );
     assert!(out.contains("3 images written"), "{out}");
+
+    // LoRA: the weights stay bit for bit, the adapters are written in the PEFT layout, and
+    // the next round trains the same adapters on.
+    train(d, "lora", "2", &["--lora-rank", "2", "--lora-alpha", "4"]);
+    assert!(
+        changed(&model, &d.join("lora/model/ema.safetensors")).is_empty(),
+        "LoRA training changed a weight"
+    );
+    let adapters = tensors(&d.join("lora/model/adapter_model.safetensors"));
+    assert_eq!(
+        adapters.len(),
+        2 * 7 * 2,
+        "2 layers x 7 projections x (A, B)"
+    );
+    assert!(
+        adapters
+            .keys()
+            .all(|k| k.starts_with("base_model.model.language_model."))
+    );
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(d.join("lora/model/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (config["r"].clone(), config["lora_alpha"].clone()),
+        (2.into(), 4.0.into())
+    );
+    let mut again = vec![
+        "train",
+        "--model",
+        "bagel",
+        "--checkpoint",
+        "lora/model",
+        "--image-size",
+        SIZE,
+        "--records",
+        "train.jsonl",
+        "--images",
+        "roll",
+        "--out",
+        "lora2",
+        "--steps",
+        "1",
+        "--batch",
+        "2",
+        "--lr",
+        "1e-2",
+        "--warmup",
+        "1",
+    ];
+    srum(&again, d);
+    assert!(changed(&model, &d.join("lora2/model/ema.safetensors")).is_empty());
+    assert!(
+        !changed(
+            &d.join("lora/model/adapter_model.safetensors"),
+            &d.join("lora2/model/adapter_model.safetensors")
+        )
+        .is_empty(),
+        "the loaded adapters train on"
+    );
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../srum-world/assets/tiny-umm");
+    let tiny = tiny.to_str().unwrap();
+    again.extend(["--lora-rank", "2"]);
+    again[2] = "tiny";
+    again[4] = tiny;
+    again.retain(|a| *a != "--image-size" && *a != SIZE);
+    let err = srum_fails(&again, d);
+    assert!(err.contains("--lora-rank needs --model bagel"), "{err}");
 }
 
 #[test]
