@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p srum-bagel --example memory_model                 # BAGEL-7B-MoT table
 //! cargo run --release -p srum-bagel --example memory_model -- --measure medium   # one step, predicted vs measured
+//! cargo run --release -p srum-bagel --example memory_model -- --measure medium --checkpointing
 //! ```
 
 use std::time::Instant;
@@ -99,7 +100,7 @@ fn rss() -> u64 {
 /// One forward and backward of the SRUM loss on a random model, generation expert trained:
 /// the peak resident memory above what the process held before it, against the model's
 /// weights + gradients + activations (no optimizer step: AdamW's moments are exact counts).
-fn measure(which: &str) -> Result<(), String> {
+fn measure(which: &str, checkpointing: bool) -> Result<(), String> {
     type A = Autodiff<Flex>;
     let (config, prompt, (gh, gw)) = match which {
         "tiny" => (
@@ -164,20 +165,26 @@ fn measure(which: &str) -> Result<(), String> {
     let r = Tensor::<A, 1>::ones([n], &device);
     let weights = rss().saturating_sub(base);
     let start = Instant::now();
-    let loss = model
-        .flow_loss(&seq, x0, noise, t, r, 0.5)
-        .map_err(|e| e.to_string())?;
-    let grads = loss.terms.total.backward();
+    if checkpointing {
+        let (_, grads) = model
+            .flow_loss_checkpointed(&seq, x0, noise, t, r, 0.5)
+            .map_err(|e| e.to_string())?;
+        drop(grads);
+    } else {
+        let loss = model
+            .flow_loss(&seq, x0, noise, t, r, 0.5)
+            .map_err(|e| e.to_string())?;
+        drop(loss.terms.total.backward());
+    }
     let secs = start.elapsed().as_secs_f64();
     let peak = peak_rss().saturating_sub(base);
-    drop(grads);
     let shape = StepShape {
         trained: Trained::LanguageModel,
         precision: Precision::F32,
         image_tokens: n + 2,
         prompt_tokens: prompt + 2,
         batch: 1,
-        checkpointing: false,
+        checkpointing,
     };
     let vae = VaeConfig::new()
         .with_ch(32)
@@ -189,7 +196,8 @@ fn measure(which: &str) -> Result<(), String> {
     let w = 4 * (counts.total() - counts.vae);
     let predicted = w + m.gradients + m.activations;
     println!(
-        "{which}: {} tokens, {:.1}M parameters; weights {:.0} MiB resident (predicted {:.0}); step peak above start {:.0} MiB, predicted weights + grads + activations {:.0} MiB ({:+.1} %); step {secs:.1} s",
+        "{which}{}: {} tokens, {:.1}M parameters; weights {:.0} MiB resident (predicted {:.0}); step peak above start {:.0} MiB, predicted weights + grads + activations {:.0} MiB ({:+.1} %); step {secs:.1} s",
+        if checkpointing { " (checkpointed)" } else { "" },
         prompt + 2 + n + 2,
         counts.total() as f64 / 1e6,
         weights as f64 / 1048576.0,
@@ -208,8 +216,9 @@ fn main() {
             table();
             Ok(())
         }
-        [flag, which] if flag == "--measure" => measure(which),
-        _ => Err("usage: memory_model [--measure tiny|medium]".into()),
+        [flag, which] if flag == "--measure" => measure(which, false),
+        [flag, which, c] if flag == "--measure" && c == "--checkpointing" => measure(which, true),
+        _ => Err("usage: memory_model [--measure tiny|medium [--checkpointing]]".into()),
     };
     if let Err(e) = result {
         eprintln!("memory_model: {e}");

@@ -167,6 +167,20 @@ impl<B: Backend> Plan<B> {
 }
 
 impl<B: Backend> Backbone<B> {
+    /// The decoder layers.
+    pub(crate) fn layers(&self) -> &[DecoderLayer<B>] {
+        &self.layers
+    }
+
+    /// Each token through its expert's final norm.
+    pub(crate) fn final_norm(&self, x: Tensor<B, 2>, routing: &Routing<B>) -> Tensor<B, 2> {
+        routing.apply(
+            x,
+            |t| self.norm.forward(t),
+            |t| self.norm_moe_gen.forward(t),
+        )
+    }
+
     /// Per-head width.
     pub(crate) fn head_dim(&self) -> usize {
         self.head_dim

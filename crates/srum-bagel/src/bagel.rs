@@ -147,7 +147,7 @@ impl<B: Backend> Bagel<B> {
             + self.latent_pos_embed.forward(positions)
     }
 
-    fn check_latents(&self, x: &Tensor<B, 2>, rows: usize, what: &str) -> Result<()> {
+    pub(crate) fn check_latents(&self, x: &Tensor<B, 2>, rows: usize, what: &str) -> Result<()> {
         let [n, c] = x.dims();
         let want = self.config.patch_latent_dim();
         if n != rows || c != want {
@@ -159,7 +159,7 @@ impl<B: Backend> Bagel<B> {
     }
 
     /// Embeds the tokens of `seq` in order; latent rows come from `x_t` at times `t`.
-    fn embed_sequence(
+    pub(crate) fn embed_sequence(
         &self,
         seq: &PackedSequence,
         x_t: Tensor<B, 2>,

@@ -19,6 +19,7 @@ mod attention;
 mod backbone;
 mod bagel;
 mod cache;
+mod checkpoint;
 mod config;
 mod error;
 mod generation;

@@ -1,0 +1,139 @@
+//! Gradient checkpointing per decoder layer for the training forward: only each layer's input
+//! is kept; the backward recomputes one layer at a time from it, so the activations held at
+//! once are one layer's instead of every layer's.
+
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor};
+use srum::train::srum_loss;
+
+use crate::backbone::Plan;
+use crate::bagel::Bagel;
+use crate::error::{BagelError, Result};
+use crate::sequence::{PackedSequence, Slot};
+use crate::vit::int_tensor;
+
+/// Adds the gradients a backward pass left on `module`'s parameters to `out`.
+struct Collect<'a, B: AutodiffBackend> {
+    grads: &'a B::Gradients,
+    out: &'a mut GradientsParams,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = param.val().grad(self.grads) {
+            let g = match self.out.remove::<B::InnerBackend, D>(param.id) {
+                Some(prev) => prev + g,
+                None => g,
+            };
+            self.out.register::<B::InnerBackend, D>(param.id, g);
+        }
+    }
+}
+
+impl<B: AutodiffBackend> Bagel<B> {
+    fn collect(&self, grads: &B::Gradients, out: &mut GradientsParams) {
+        self.visit(&mut Collect::<B> { grads, out });
+    }
+
+    /// [`Bagel::flow_loss`] with its gradients, each decoder layer checkpointed: the forward
+    /// runs without a graph and keeps only the layers' inputs; the backward goes from the top
+    /// down, recomputing one layer with a graph from its input and pulling the gradient of its
+    /// output through it. The gradients equal those of `flow_loss(..).terms.total.backward()`
+    /// up to float rounding. Returns the loss and the gradients by parameter.
+    ///
+    /// Shapes: `x0`, `noise`: `[latents, latent_dim]`; `t`, `reward`: `[latents]`.
+    pub fn flow_loss_checkpointed(
+        &self,
+        seq: &PackedSequence,
+        x0: Tensor<B, 2>,
+        noise: Tensor<B, 2>,
+        t: Tensor<B, 1>,
+        reward: Tensor<B, 1>,
+        lambda: f32,
+    ) -> Result<(f32, GradientsParams)> {
+        let n_lat = seq.latent_tokens();
+        if seq.is_empty() || n_lat == 0 {
+            return Err(BagelError::Input(
+                "checkpointed training needs latent tokens".into(),
+            ));
+        }
+        self.check_latents(&x0, n_lat, "x0")?;
+        self.check_latents(&noise, n_lat, "noise")?;
+        let [nt] = t.dims();
+        let [nr] = reward.dims();
+        if nt != n_lat || nr != n_lat {
+            return Err(BagelError::Input(format!(
+                "{nt} timesteps and {nr} rewards for {n_lat} latent tokens"
+            )));
+        }
+        let device = self.device();
+        let tt = t.clone().unsqueeze_dim::<2>(1);
+        let x_t = (x0.clone() * tt.clone().neg().add_scalar(1.0) + noise.clone() * tt).detach();
+        let target = (noise - x0).detach();
+        let mut out = GradientsParams::new();
+
+        // Forward without a graph, keeping each layer's input.
+        let embedded = self.embed_sequence(seq, x_t, t);
+        let inner = self.valid();
+        let inner_plan = Plan::packed(seq, &self.config, &inner.device());
+        let mut inputs = Vec::with_capacity(inner.backbone().layers().len() + 1);
+        let mut x = embedded.clone().inner();
+        for layer in inner.backbone().layers() {
+            inputs.push(x.clone());
+            x = layer
+                .forward(
+                    x,
+                    &inner_plan.routing,
+                    &inner_plan.rope,
+                    &inner_plan.segments,
+                    None,
+                )
+                .0;
+        }
+
+        // The top: final norms, llm2vae on the latent rows, the SRUM loss.
+        let plan = Plan::packed(seq, &self.config, &device);
+        let top = Tensor::<B, 2>::from_inner(x).require_grad();
+        let mut rows = vec![0i64; n_lat];
+        for (i, s) in seq.slots.iter().enumerate() {
+            if let Slot::Latent { row, .. } = *s {
+                rows[row] = i as i64;
+            }
+        }
+        let hidden = self.backbone().final_norm(top.clone(), &plan.routing);
+        let velocity = self
+            .llm2vae
+            .forward(hidden.select(0, int_tensor(rows, &device)));
+        let terms = srum_loss(
+            velocity.unsqueeze::<3>(),
+            target.clone().unsqueeze::<3>(),
+            reward.unsqueeze::<2>(),
+            target.unsqueeze::<3>(),
+            lambda,
+        );
+        let loss = terms.total.clone().into_scalar().elem::<f32>();
+        let grads = terms.total.backward();
+        self.collect(&grads, &mut out);
+        let mut g = top
+            .grad(&grads)
+            .ok_or_else(|| BagelError::Input("no gradient reached the last layer".into()))?;
+
+        // Down the layers, one recomputation each.
+        for (layer, input) in self.backbone().layers().iter().zip(inputs).rev() {
+            let x = Tensor::<B, 2>::from_inner(input).require_grad();
+            let (y, _) = layer.forward(x.clone(), &plan.routing, &plan.rope, &plan.segments, None);
+            let grads = (y * Tensor::from_inner(g)).sum().backward();
+            self.collect(&grads, &mut out);
+            g = x
+                .grad(&grads)
+                .ok_or_else(|| BagelError::Input("no gradient reached a layer's input".into()))?;
+        }
+
+        // The bottom: embeddings, vae2llm, time embedder.
+        let grads = (embedded * Tensor::from_inner(g)).sum().backward();
+        self.collect(&grads, &mut out);
+        Ok((loss, out))
+    }
+}
