@@ -368,3 +368,44 @@ fn a_thinking_rollout_plans_before_the_image_and_guides_against_the_system_promp
     assert_eq!(uncond.caches()[0].len(), system, "the system prompt alone");
     assert_eq!(uncond.caches()[0].next_position(), system as i64);
 }
+
+#[test]
+fn a_folder_missing_a_part_is_an_error_naming_the_file() {
+    let device = Default::default();
+    for (file, expect) in [
+        ("tokenizer.json", "tokenizer.json"),
+        ("ae.safetensors", "ae.safetensors"),
+        ("vit_config.json", "vit_config.json"),
+        ("ema.safetensors", "ema.safetensors"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(folder()).unwrap() {
+            let e = e.unwrap();
+            if e.file_name() != file {
+                std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+            }
+        }
+        let err = BagelModel::<B>::load(tmp.path(), templates(), &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expect), "without {file}: {err}");
+    }
+    // A tokenizer without BAGEL's special tokens is named with the token.
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(folder()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    let path = tmp.path().join("tokenizer.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("<|vision_end|>", "<|vision_stop|>");
+    std::fs::write(&path, text).unwrap();
+    let err = BagelModel::<B>::load(tmp.path(), templates(), &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("<|vision_end|>") && err.contains("tokenizer.json"),
+        "{err}"
+    );
+}
