@@ -125,6 +125,45 @@ fn peers_train_like_one_trainer_with_the_whole_batch() {
         3,
         4,
     );
+    non_finite_loss_on_one_peer_skips_on_all();
+}
+
+/// The loss terms travel with the gradients (one all-reduce per update): a peer whose loss is
+/// NaN makes every peer skip that update together, and the next one goes on normally.
+fn non_finite_loss_on_one_peer_skips_on_all() {
+    let dev = device();
+    let init = ToyUmmConfig::new().init::<CpuAd>(&dev);
+    materialize(&init);
+    let start = weights(&init);
+    let config = TrainerConfig::new().with_lr(1e-2).with_seed(3);
+    let good = toy_batch::<CpuAd>(5, 8, &dev);
+    let reports: Vec<(Weights, Vec<StepReport>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|rank| {
+                let (init, config, good) = (init.clone(), config.clone(), good.clone());
+                s.spawn(move || {
+                    let t = Trainer::new(init, config, &device()).unwrap();
+                    let mut t = t.data_parallel(DataParallel::local(rank, 2)).unwrap();
+                    let mut bad = good.shard(rank, 2).unwrap();
+                    if rank == 1 {
+                        bad.reward = bad.reward.mul_scalar(f32::NAN);
+                    }
+                    let first = t.step(bad).unwrap();
+                    let w = weights(t.model());
+                    let second = t.step(good.shard(rank, 2).unwrap()).unwrap();
+                    t.leave_group().unwrap();
+                    (w, vec![first, second])
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (rank, (w, r)) in reports.iter().enumerate() {
+        assert!(!r[0].updated(), "peer {rank} updated on a NaN loss");
+        assert!(r[0].loss.is_nan(), "peer {rank} reports loss {}", r[0].loss);
+        assert_eq!(w, &start, "peer {rank}'s weights moved on a skipped step");
+        assert!(r[1].updated(), "peer {rank} did not go on after the skip");
+    }
 }
 
 #[test]

@@ -21,7 +21,7 @@ pub use objective::{
     token_kl,
 };
 #[cfg(feature = "collective")]
-pub use parallel::{CollectiveConfig, DataParallel, PeerId};
+pub use parallel::{CollectiveConfig, DataParallel, ExchangeTiming, PeerId};
 pub use params::{NamedParam, collect_params, materialize};
 pub use schedule::{LrDecay, learning_rate};
 pub use trainer::{SrumBatch, StepOutcome, StepReport, Trainer, TrainerState};

@@ -246,6 +246,35 @@ where
     parallel: Option<DataParallel>,
 }
 
+/// What one micro-batch's forward and backward passes give the update.
+struct Forward {
+    /// Loss, reward and constraint terms.
+    values: [f32; 3],
+    mean_reward: f32,
+    /// `None` when the loss is not finite (and nothing was back-propagated).
+    grads: Option<GradientsParams>,
+    /// In a group, when the terms are still this peer's own: them, the mean reward, the
+    /// batch size and its square, for the gradient all-reduce to average.
+    #[cfg_attr(not(feature = "collective"), allow(dead_code))]
+    local: Option<Vec<f32>>,
+    /// This peer's batch size.
+    #[cfg_attr(not(feature = "collective"), allow(dead_code))]
+    batch: usize,
+}
+
+/// Fails unless every peer trained on as many samples as this one (`b`), from the group's
+/// means of the batch size and of its square (`mean[4]`, `mean[5]`).
+#[cfg(feature = "collective")]
+fn check_group_batch(b: usize, mean: &[f32]) -> Result<()> {
+    if (mean[5] - mean[4] * mean[4]).abs() > 1e-3 * mean[5].max(1.0) {
+        return Err(SrumError::Shape(format!(
+            "data-parallel peers have different batch sizes (this one {b}, mean {})",
+            mean[4]
+        )));
+    }
+    Ok(())
+}
+
 impl<B, M> Trainer<B, M, FlowMatching>
 where
     B: AutodiffBackend,
@@ -425,7 +454,15 @@ where
         let model = self.model.take().ok_or_else(|| {
             SrumError::Training("trainer lost its model after a failed step".into())
         })?;
-        let model = parallel::broadcast_module::<B, M>(&dp, model)?;
+        let counters = [self.state.optimizer_steps, self.state.micro_steps];
+        let model = match parallel::broadcast_module::<B, M>(&dp, model, counters, &self.device) {
+            Ok(m) => m,
+            Err(e) => {
+                // The trainer is consumed: leave the group so that the process can go on.
+                let _ = parallel::finish::<B::InnerBackend>(&dp);
+                return Err(e);
+            }
+        };
         if self.state.optimizer_steps == 0 && self.state.micro_steps == 0 {
             if self.reference.is_some() {
                 self.reference = Some(model.valid());
@@ -450,7 +487,7 @@ where
     #[cfg(feature = "collective")]
     pub fn leave_group(&mut self) -> Result<()> {
         match self.parallel.take() {
-            Some(dp) => parallel::finish::<B::InnerBackend>(dp.peer()),
+            Some(dp) => parallel::finish::<B::InnerBackend>(&dp),
             None => Ok(()),
         }
     }
@@ -531,45 +568,61 @@ where
         draws: StepDraws,
         lr: f64,
     ) -> (M, Result<([f32; 3], f32, StepOutcome)>) {
-        let (terms, mean_reward, grads) = match self.forward_backward(&model, batch, draws) {
+        // In a group, the micro-batch that ends a window sends its loss terms with the
+        // gradients, in one all-reduce: one exchange per update instead of two.
+        let closes = self.accumulated + 1 >= self.config.grad_accum_steps;
+        #[cfg(feature = "collective")]
+        let merge = closes && self.parallel.is_some();
+        #[cfg(not(feature = "collective"))]
+        let merge = false;
+        let fwd = match self.forward_backward(&model, batch, draws, merge) {
             Ok(v) => v,
             Err(e) => return (model, Err(e)),
         };
-        let done = |outcome| Ok((terms, mean_reward, outcome));
-        let Some(grads) = grads else {
+        #[cfg_attr(not(feature = "collective"), allow(unused_mut))]
+        let (mut terms, mut mean_reward) = (fwd.values, fwd.mean_reward);
+        let skipped = |terms: [f32; 3], mean_reward, reason, grad_norm| {
+            Ok((
+                terms,
+                mean_reward,
+                StepOutcome::Skipped { reason, grad_norm },
+            ))
+        };
+        let Some(grads) = fwd.grads else {
             let reason = format!("non-finite loss {}", terms[0]);
-            return (
-                model,
-                done(StepOutcome::Skipped {
-                    reason,
-                    grad_norm: None,
-                }),
-            );
+            return (model, skipped(terms, mean_reward, reason, None));
         };
         self.accumulator.accumulate(&model, grads);
         self.accumulated += 1;
-        if self.accumulated < self.config.grad_accum_steps {
-            return (model, done(StepOutcome::Accumulated));
+        if !closes {
+            return (model, Ok((terms, mean_reward, StepOutcome::Accumulated)));
         }
         self.accumulated = 0;
         let mut grads = self.accumulator.grads();
         #[cfg(feature = "collective")]
         if let Some(dp) = &self.parallel {
-            grads = match parallel::all_reduce_grads::<B, M>(dp.peer(), &model, grads) {
-                Ok(g) => g,
+            let extra = fwd.local.as_deref();
+            grads = match parallel::all_reduce_grads::<B, M>(dp, &model, grads, extra, &self.device)
+            {
+                Ok((g, None)) => g,
+                Ok((g, Some(mean))) => {
+                    if let Err(e) = check_group_batch(fwd.batch, &mean) {
+                        return (model, Err(e));
+                    }
+                    (terms, mean_reward) = ([mean[0], mean[1], mean[2]], mean[3]);
+                    if !terms[0].is_finite() {
+                        let reason = format!("non-finite loss {}", terms[0]);
+                        return (model, skipped(terms, mean_reward, reason, None));
+                    }
+                    g
+                }
                 Err(e) => return (model, Err(e)),
             };
         }
         let norm = grad_norm::<B, M>(&model, &grads);
         if !norm.is_finite() {
             let reason = format!("non-finite gradient norm {norm}");
-            return (
-                model,
-                done(StepOutcome::Skipped {
-                    reason,
-                    grad_norm: Some(norm),
-                }),
-            );
+            return (model, skipped(terms, mean_reward, reason, Some(norm)));
         }
         if let Some(max) = self.config.grad_clip_norm {
             // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) when above.
@@ -585,20 +638,25 @@ where
         }
         self.state.optimizer_steps += 1;
         self.state.consecutive_skips = 0;
-        (model, done(StepOutcome::Updated { grad_norm: norm }))
+        let outcome = StepOutcome::Updated { grad_norm: norm };
+        (model, Ok((terms, mean_reward, outcome)))
     }
 
     /// Loss terms (host values), mean reward and the trainable gradients; `None` gradients
     /// when the loss is not finite (nothing is back-propagated then).
-    #[allow(clippy::type_complexity)]
+    ///
+    /// In a data-parallel group the terms are the group's means, so a non-finite loss on one
+    /// peer makes all of them skip together instead of leaving the others waiting; with `merge`
+    /// they are this peer's own, back-propagated whatever they are, and [`Forward::local`] holds
+    /// them for the gradient all-reduce to average.
     fn forward_backward(
         &self,
         model: &M,
         batch: SrumBatch<B>,
         draws: StepDraws,
-    ) -> Result<([f32; 3], f32, Option<GradientsParams>)> {
+        merge: bool,
+    ) -> Result<Forward> {
         let cfg = &self.config;
-        #[cfg(feature = "collective")]
         let b = batch.prompts.len();
         let mean_reward = batch.reward.clone().mean();
         let terms = self.objective.loss(
@@ -623,33 +681,42 @@ where
         .convert::<f32>()
         .into_vec::<f32>()
         .map_err(|e| SrumError::Training(format!("reading the loss: {e:?}")))?;
+        #[cfg_attr(not(feature = "collective"), allow(unused_mut))]
+        let mut local = None;
         #[cfg(feature = "collective")]
         let host = match &self.parallel {
-            // Every peer reports and decides on the group's mean, so a non-finite loss on one
-            // peer makes all of them skip together instead of leaving the others waiting.
             Some(dp) => {
-                let b = b as f32;
-                let mut local = host;
-                local.extend([b, b * b]);
-                let mean = parallel::mean_host::<B::InnerBackend>(dp.peer(), &local, &self.device)?;
-                if (mean[5] - mean[4] * mean[4]).abs() > 1e-3 * mean[5].max(1.0) {
-                    return Err(SrumError::Shape(format!(
-                        "data-parallel peers have different batch sizes (this one {b}, mean {})",
-                        mean[4]
-                    )));
+                let bf = b as f32;
+                let mut mine = host;
+                mine.extend([bf, bf * bf]);
+                if merge {
+                    local = Some(mine.clone());
+                    mine
+                } else {
+                    let mean = parallel::mean_host::<B::InnerBackend>(dp, &mine, &self.device)?;
+                    check_group_batch(b, &mean)?;
+                    mean
                 }
-                mean
             }
             None => host,
         };
+        #[cfg(not(feature = "collective"))]
+        let _ = merge;
         let values = [host[0], host[1], host[2]];
-        if !host[0].is_finite() {
-            return Ok((values, host[3], None));
+        let forward = |grads| Forward {
+            values,
+            mean_reward: host[3],
+            grads,
+            local: local.clone(),
+            batch: b,
+        };
+        if !host[0].is_finite() && local.is_none() {
+            return Ok(forward(None));
         }
         let scaled = terms.total.div_scalar(cfg.grad_accum_steps as f32);
         let mut grads = scaled.backward();
         let grads = GradientsParams::from_params(&mut grads, model, &self.trainable);
-        Ok((values, host[3], Some(grads)))
+        Ok(forward(Some(grads)))
     }
 
     /// Writes model, EMA, reference, optimizer state and counters to `dir`, atomically.
