@@ -65,8 +65,8 @@ enum Command {
     /// Join the outputs of sharded `rollout` (folders) or `judge` (files) runs, checking that
     /// every image is there exactly once.
     Merge(merge::MergeArgs),
-    /// Serve burn-collective's global orchestrator, which the nodes of a multi-node
-    /// `srum train --nodes N` meet through. Runs until interrupted.
+    /// Serve burn-collective's global orchestrator (on --port and the port after it), which the
+    /// nodes of a multi-node `srum train --nodes N` meet through. Runs until interrupted.
     #[cfg(feature = "collective")]
     Orchestrator(train::OrchestratorArgs),
     /// The BAGEL-7B-MoT port: `srum bagel verify --fixtures DIR` checks it against the

@@ -90,14 +90,21 @@ pub struct TrainArgs {
     #[cfg(feature = "collective")]
     #[arg(long, default_value_t = 0)]
     node_rank: usize,
-    /// Address of the orchestrator (`srum orchestrator`), e.g. `ws://10.0.0.1:3000`.
+    /// Address of the orchestrator (`srum orchestrator --port P`, which also serves P + 1),
+    /// e.g. `ws://10.0.0.1:3000`.
     #[cfg(feature = "collective")]
     #[arg(long, default_value = "ws://127.0.0.1:3000")]
     orchestrator: String,
-    /// Port this node serves gradients on; the other nodes must reach it.
+    /// Port this node serves gradients on, and the port after it; the other nodes must reach
+    /// both.
     #[cfg(feature = "collective")]
-    #[arg(long, default_value_t = 3001)]
+    #[arg(long, default_value_t = 3002)]
     data_port: u16,
+    /// Seconds one exchange with the other nodes may wait (for the slowest node's step too)
+    /// before this node fails: a node that died or hangs stops the others in this time.
+    #[cfg(feature = "collective")]
+    #[arg(long, default_value_t = 600.0)]
+    peer_timeout: f64,
     /// Host name or IP the other nodes reach this node at.
     #[cfg(feature = "collective")]
     #[arg(long, default_value = "127.0.0.1")]
@@ -107,20 +114,62 @@ pub struct TrainArgs {
 #[cfg(feature = "collective")]
 #[derive(clap::Args)]
 pub struct OrchestratorArgs {
-    /// Port to listen on (WebSocket).
+    /// Port to listen on (WebSocket); the port after it is served too.
     #[arg(long, default_value_t = 3000)]
     port: u16,
 }
 
+/// burn's global orchestrator, twice: on `port` and `port + 1`. Nodes alternate between the two
+/// (see `srum::train::DataParallel`: each exchange is a registration of its own).
 #[cfg(feature = "collective")]
 pub fn run_orchestrator(a: OrchestratorArgs) -> Result<ExitCode, String> {
+    let second = a
+        .port
+        .checked_add(1)
+        .ok_or("--port must be below 65535 (the next port is served too)")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the orchestrator's runtime: {e}"))?;
-    eprintln!("orchestrator listening on port {}", a.port);
-    rt.block_on(burn::collective::start_global_orchestrator(a.port));
+    eprintln!("orchestrator listening on ports {} and {second}", a.port);
+    // burn-collective 0.21's orchestrator never closes a session's response connection, and
+    // every exchange is a session of its own (see srum::train::DataParallel): it keeps one
+    // open file per node per training step.
+    #[cfg(unix)]
+    if let Some((from, to)) = raise_open_file_limit() {
+        eprintln!(
+            "open-file limit raised from {from} to {to}: the orchestrator keeps one connection \
+             per node per training step (burn-collective 0.21 never closes them)"
+        );
+    }
+    rt.block_on(async {
+        tokio::join!(
+            burn::collective::start_global_orchestrator(a.port),
+            burn::collective::start_global_orchestrator(second),
+        )
+    });
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises this process's soft limit on open files to its hard limit; `(old, new)` when it rose.
+#[cfg(all(feature = "collective", unix))]
+fn raise_open_file_limit() -> Option<(libc::rlim_t, libc::rlim_t)> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 || r.rlim_cur >= r.rlim_max {
+            return None;
+        }
+        let old = r.rlim_cur;
+        r.rlim_cur = r.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+            return None;
+        }
+        Some((old, r.rlim_max))
+    }
 }
 
 /// This process's `(rank, world)` among the nodes, and the group to join (none for one node).
@@ -135,6 +184,12 @@ fn group(a: &TrainArgs) -> Result<(usize, usize, Option<srum::train::DataParalle
             a.batch, a.nodes
         ));
     }
+    if !(a.peer_timeout > 0.0 && a.peer_timeout.is_finite()) {
+        return Err(format!(
+            "--peer-timeout must be a positive number of seconds, not {}",
+            a.peer_timeout
+        ));
+    }
     let dp = srum::train::DataParallel::node(
         a.node_rank,
         a.nodes,
@@ -142,7 +197,8 @@ fn group(a: &TrainArgs) -> Result<(usize, usize, Option<srum::train::DataParalle
         &format!("ws://{}:{}", a.node_host, a.data_port),
         a.data_port,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?
+    .with_timeout(Some(std::time::Duration::from_secs_f64(a.peer_timeout)));
     Ok((a.node_rank, a.nodes, Some(dp)))
 }
 
@@ -157,6 +213,28 @@ type Group = srum::train::DataParallel;
 /// The data-parallel group a node joins (none without the `collective` feature).
 #[cfg(not(feature = "collective"))]
 type Group = ();
+
+/// The median time of each part of the exchanges with the other nodes, the first (the join,
+/// which waits for every node to start) left out.
+#[cfg(feature = "collective")]
+fn report_exchanges(rank: usize, timings: &[srum::train::ExchangeTiming]) {
+    if timings.len() < 2 {
+        return;
+    }
+    let median = |f: fn(&srum::train::ExchangeTiming) -> f64| {
+        let mut v: Vec<f64> = timings[1..].iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        1e3 * v[v.len() / 2]
+    };
+    eprintln!(
+        "node {rank}: {} exchanges after the join; median ms: waiting for the previous finish \
+         {:.2}, registering {:.2}, all-reduce {:.2}",
+        timings.len() - 1,
+        median(|t| t.settle),
+        median(|t| t.register),
+        median(|t| t.all_reduce),
+    );
+}
 
 /// FNV-1a over the bits of every weight: equal on all nodes when they are in step.
 fn checksum<M: burn::module::Module<Back>>(m: &M) -> u64 {
@@ -408,6 +486,10 @@ where
             "node {rank}: weights checksum {:016x} after step {step}",
             checksum(&model)
         );
+    }
+    #[cfg(feature = "collective")]
+    if let Some(dp) = trainer.parallel() {
+        report_exchanges(rank, &dp.exchange_timings());
     }
     #[cfg(feature = "collective")]
     trainer.leave_group().map_err(|e| e.to_string())?;
