@@ -100,6 +100,36 @@ pub struct FlowLoss<B: Backend> {
 
 use crate::vit::int_tensor;
 
+/// Where each latent token (push order) sits in the packed sequence.
+pub(crate) fn latent_rows(seq: &PackedSequence) -> Vec<i64> {
+    let mut rows = vec![0i64; seq.latent_tokens()];
+    for (i, s) in seq.slots.iter().enumerate() {
+        if let Slot::Latent { row, .. } = *s {
+            rows[row] = i as i64;
+        }
+    }
+    rows
+}
+
+/// The published recipe's SRUM loss on per-token velocities: `mean(R * mse) + lambda *
+/// mean(mse)`, the generated image its own anchor.
+///
+/// Shapes: `velocity`, `target`: `[latents, latent_dim]`; `reward`: `[latents]`.
+pub(crate) fn anchored_loss<B: Backend>(
+    velocity: Tensor<B, 2>,
+    target: Tensor<B, 2>,
+    reward: Tensor<B, 1>,
+    lambda: f32,
+) -> LossTerms<B> {
+    srum_loss(
+        velocity.unsqueeze::<3>(),
+        target.clone().unsqueeze::<3>(),
+        reward.unsqueeze::<2>(),
+        target.unsqueeze::<3>(),
+        lambda,
+    )
+}
+
 impl<B: Backend> Bagel<B> {
     /// The configuration the model was built with.
     pub fn config(&self) -> &BagelConfig {
@@ -224,17 +254,15 @@ impl<B: Backend> Bagel<B> {
         let plan = Plan::packed(seq, &self.config, &device);
         let x = self.embed_sequence(seq, x_t, t);
         let (hidden, _) = bb.forward(x, &plan, None, keep_layers);
-        let mut rows = vec![0i64; n_lat];
-        for (i, s) in seq.slots.iter().enumerate() {
-            if let Slot::Latent { row, .. } = *s {
-                rows[row] = i as i64;
-            }
-        }
         let velocity = if n_lat == 0 {
             Tensor::zeros([0, self.config.patch_latent_dim()], &device)
         } else {
-            self.llm2vae
-                .forward(hidden.last.clone().select(0, int_tensor(rows, &device)))
+            self.llm2vae.forward(
+                hidden
+                    .last
+                    .clone()
+                    .select(0, int_tensor(latent_rows(seq), &device)),
+            )
         };
         Ok(PackedOutput { hidden, velocity })
     }
@@ -285,13 +313,7 @@ impl<B: Backend> Bagel<B> {
         let out = self.forward_packed(seq, x_t.clone(), t, keep_layers)?;
         let target = noise - x0;
         let mse = (out.velocity.clone() - target.clone()).powi_scalar(2);
-        let terms = srum_loss(
-            out.velocity.clone().unsqueeze::<3>(),
-            target.clone().unsqueeze::<3>(),
-            reward.unsqueeze::<2>(),
-            target.unsqueeze::<3>(),
-            lambda,
-        );
+        let terms = anchored_loss(out.velocity.clone(), target, reward, lambda);
         Ok((FlowLoss { mse, terms }, x_t, out))
     }
 

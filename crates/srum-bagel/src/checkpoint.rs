@@ -6,12 +6,11 @@ use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
-use srum::train::srum_loss;
 
 use crate::backbone::Plan;
-use crate::bagel::Bagel;
+use crate::bagel::{Bagel, anchored_loss, latent_rows};
 use crate::error::{BagelError, Result};
-use crate::sequence::{PackedSequence, Slot};
+use crate::sequence::PackedSequence;
 use crate::vit::int_tensor;
 
 /// Adds the gradients a backward pass left on `module`'s parameters to `out`.
@@ -96,23 +95,11 @@ impl<B: AutodiffBackend> Bagel<B> {
         // The top: final norms, llm2vae on the latent rows, the SRUM loss.
         let plan = Plan::packed(seq, &self.config, &device);
         let top = Tensor::<B, 2>::from_inner(x).require_grad();
-        let mut rows = vec![0i64; n_lat];
-        for (i, s) in seq.slots.iter().enumerate() {
-            if let Slot::Latent { row, .. } = *s {
-                rows[row] = i as i64;
-            }
-        }
         let hidden = self.backbone().final_norm(top.clone(), &plan.routing);
         let velocity = self
             .llm2vae
-            .forward(hidden.select(0, int_tensor(rows, &device)));
-        let terms = srum_loss(
-            velocity.unsqueeze::<3>(),
-            target.clone().unsqueeze::<3>(),
-            reward.unsqueeze::<2>(),
-            target.unsqueeze::<3>(),
-            lambda,
-        );
+            .forward(hidden.select(0, int_tensor(latent_rows(seq), &device)));
+        let terms = anchored_loss(velocity, target, reward, lambda);
         let loss = terms.total.clone().into_scalar().elem::<f32>();
         let grads = terms.total.backward();
         self.collect(&grads, &mut out);

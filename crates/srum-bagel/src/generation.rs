@@ -131,3 +131,19 @@ pub fn patchify<B: Backend>(latent: Tensor<B, 3>, p: usize) -> Tensor<B, 2> {
         .permute([1, 3, 2, 4, 0])
         .reshape([h * w, p * p * c])
 }
+
+/// The inverse of [`patchify`] for a batch: tokens on an `h x w` patch grid back to latents.
+///
+/// Shapes: `tokens`: `[b, h * w, p * p * c]` to `[b, c, h * p, w * p]`.
+pub fn unpatchify<B: Backend>(
+    tokens: Tensor<B, 3>,
+    (h, w): (usize, usize),
+    p: usize,
+) -> Tensor<B, 4> {
+    let [b, _, d] = tokens.dims();
+    let c = d / (p * p);
+    tokens
+        .reshape([b, h, w, p, p, c])
+        .permute([0, 5, 1, 3, 2, 4])
+        .reshape([b, c, h * p, w * p])
+}

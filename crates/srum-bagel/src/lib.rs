@@ -43,7 +43,7 @@ pub use bagel::{Bagel, FlowLoss, LanguageModel, PackedOutput};
 pub use cache::KvCache;
 pub use config::BagelConfig;
 pub use error::{BagelError, Result};
-pub use generation::patchify;
+pub use generation::{patchify, unpatchify};
 pub use layer::{DecoderLayer, DecoderLayerConfig};
 pub use load::{
     KNOWN_UNUSED_PREFIXES, load_bagel, load_tokenizer, load_vae, load_weights, save_weights,

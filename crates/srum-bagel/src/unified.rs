@@ -18,7 +18,7 @@ use crate::bagel::Bagel;
 use crate::cache::KvCache;
 use crate::config::BagelConfig;
 use crate::error::{BagelError, Result};
-use crate::generation::patchify;
+use crate::generation::{patchify, unpatchify};
 use crate::load::{
     is_adapter, load_tokenizer, load_vae, load_weights, official_name, save_weights,
     special_ids_from,
@@ -437,13 +437,7 @@ impl<B: Backend> ImageCodec<B> for BagelModel<B> {
             ))
             .into());
         }
-        let p = c.latent_patch_size;
-        let z = c.latent_channel;
-        // [b, h, w, p, q, c] -> [b, c, h, p, w, q]: the inverse of `patchify`.
-        let lat = latents
-            .reshape([b, grid.rows, grid.cols, p, p, z])
-            .permute([0, 5, 1, 3, 2, 4])
-            .reshape([b, z, grid.rows * p, grid.cols * p]);
+        let lat = unpatchify(latents, (grid.rows, grid.cols), c.latent_patch_size);
         Ok(self
             .vae
             .decode(lat)

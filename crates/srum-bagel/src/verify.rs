@@ -15,7 +15,7 @@ use crate::bagel::Bagel;
 use crate::cache::KvCache;
 use crate::config::BagelConfig;
 use crate::error::{BagelError, Result};
-use crate::generation::{patchify, sincos_2d};
+use crate::generation::{patchify, sincos_2d, unpatchify};
 use crate::load::{is_linear_weight, load_vae, load_weights, official_name, transpose};
 use crate::sequence::PackedSequence;
 use crate::vae::AutoEncoder;
@@ -570,12 +570,7 @@ fn verify_sampling<B: Backend>(
     let noise: Tensor<B, 2> = cases.tensor_f32("gen.noise", &device)?;
     let latent = model.sample_latent(&cond, &uncond, noise, (h, w), &sampler)?;
     r.tensor(cases, "gen.latent", latent.clone())?;
-    let p = c.latent_patch_size;
-    let z = c.latent_channel;
-    let lat = latent
-        .reshape([1, h, w, p, p, z])
-        .permute([0, 5, 1, 3, 2, 4])
-        .reshape([1, z, h * p, w * p]);
+    let lat = unpatchify(latent.unsqueeze::<3>(), (h, w), c.latent_patch_size);
     r.tensor(cases, "gen.decoded", vae.decode(lat))?;
     Ok(())
 }
