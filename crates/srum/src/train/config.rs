@@ -7,7 +7,7 @@ use burn::optim::AdamWConfig;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::tensor::backend::AutodiffBackend;
 
-use super::{Constraint, LrDecay};
+use super::{Constraint, LrDecay, Precision};
 use crate::error::{Result, SrumError};
 use crate::flow::TimestepSampling;
 use crate::model::TrainableSet;
@@ -128,6 +128,10 @@ pub struct TrainerConfig {
     /// Training stops with an error after this many skipped (non-finite) steps in a row.
     #[config(default = 10)]
     pub max_consecutive_skips: usize,
+    /// The precision of the forward, backward and update: f32 throughout, or bf16 compute
+    /// with f32 masters of the trained parameters ([`Precision::Bf16`]).
+    #[config(default = "Precision::F32")]
+    pub precision: Precision,
 }
 
 impl Default for TrainerConfig {

@@ -5,7 +5,7 @@
 
 use burn::module::AutodiffModule;
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Int, Tensor, TensorData, backend::AutodiffBackend, backend::Backend};
+use burn::tensor::{DType, Int, Tensor, TensorData, backend::AutodiffBackend, backend::Backend};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -101,39 +101,49 @@ where
         let dims = batch.latents.dims();
         let device = batch.latents.device();
         let (t_host, eps_host) = flow_noise(config, draws, dims);
-        let eps = Tensor::<B, 3>::from_data(TensorData::new(eps_host, dims), &device);
-        let t = Tensor::<B, 1>::from_data(TensorData::new(t_host, [dims[0]]), &device);
+        // Noise, targets, the loss and the reward in f32 whatever the model computes in; only
+        // the model's input and output are in its dtype.
+        let compute = config.precision.compute_dtype();
+        let eps = Tensor::<B, 3>::from_data(TensorData::new(eps_host, dims), (&device, DType::F32));
+        let t =
+            Tensor::<B, 1>::from_data(TensorData::new(t_host, [dims[0]]), (&device, DType::F32));
         let SrumBatch {
             prompts,
             latents: x_gen,
             anchor,
             reward,
         } = batch;
+        let x_gen = in_dtype(x_gen, DType::F32);
         let x_t = noisy_latents(x_gen.clone(), eps.clone(), t.clone());
         let target = velocity_target(x_gen.clone(), eps.clone());
+        let (x_t, t_in) = (in_dtype(x_t, compute), in_dtype(t, compute));
         let constraint_target = match config.constraint {
-            Constraint::Anchor => velocity_target(anchor.unwrap_or(x_gen), eps),
+            Constraint::Anchor => {
+                velocity_target(anchor.map_or(x_gen, |a| in_dtype(a, DType::F32)), eps)
+            }
             Constraint::ReferenceModel => {
                 let reference = reference
                     .ok_or_else(|| SrumError::Training("reference model missing".into()))?;
                 let cond = reference.condition(&prompts)?;
-                Tensor::from_inner(reference.velocity(
-                    x_t.clone().inner(),
-                    t.clone().inner(),
-                    &cond,
-                ))
+                let v = reference.velocity(x_t.clone().inner(), t_in.clone().inner(), &cond);
+                in_dtype(Tensor::from_inner(v), DType::F32)
             }
         };
         let cond = model.condition(&prompts)?;
-        let v = model.velocity(x_t, t, &cond);
+        let v = in_dtype(model.velocity(x_t, t_in, &cond), DType::F32);
         Ok(srum_loss(
             v,
             target,
-            reward,
+            in_dtype(reward, DType::F32),
             constraint_target,
             config.lambda,
         ))
     }
+}
+
+/// `t` in `dtype` (itself when it already is).
+fn in_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if t.dtype() == dtype { t } else { t.cast(dtype) }
 }
 
 /// Reward-weighted next-token cross-entropy over discrete image tokens:

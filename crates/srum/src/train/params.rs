@@ -106,8 +106,11 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_> {
         }
         let require_grad = tensor.is_require_grad();
         let device = tensor.device();
-        let loaded = Tensor::<B, D>::from_data(TensorData::new(values.clone(), dims), &device)
-            .set_require_grad(require_grad);
+        // In the dtype the module holds it in: f32 masters stay f32 under a bf16 default.
+        let dtype = tensor.dtype();
+        let loaded =
+            Tensor::<B, D>::from_data(TensorData::new(values.clone(), dims), (&device, dtype))
+                .set_require_grad(require_grad);
         Param::from_mapped_value(*saved_id, loaded, mapper)
     }
 }

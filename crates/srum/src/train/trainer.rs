@@ -8,7 +8,7 @@ use burn::module::{AutodiffModule, ParamId, list_param_ids};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
-use burn::tensor::{Tensor, TensorData, backend::AutodiffBackend, backend::Backend};
+use burn::tensor::{DType, Tensor, TensorData, backend::AutodiffBackend, backend::Backend};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{
@@ -18,6 +18,7 @@ use super::objective::{FlowMatching, Objective, StepDraws, StepInput};
 #[cfg(feature = "collective")]
 use super::parallel::{self, DataParallel};
 use super::params::{ema_update, grad_norm, materialize, scale_grads};
+use super::precision::{self, Precision};
 use super::{Constraint, TrainerConfig, learning_rate};
 use crate::error::{Result, SrumError};
 use crate::model::{FlowGenerator, Generator, LatentGrid};
@@ -239,6 +240,8 @@ where
     reference: Option<M::InnerModule>,
     ema: Option<M::InnerModule>,
     trainable: Vec<ParamId>,
+    /// `trainable` as a set, for the precision mappers.
+    trained: HashSet<ParamId>,
     config: TrainerConfig,
     state: TrainerState,
     device: B::Device,
@@ -321,11 +324,12 @@ where
         objective: O,
         device: &B::Device,
     ) -> Result<Self> {
-        Self::resume_with_optimizer(
+        Self::resume_inner(
             dir,
             model,
             objective,
             |c| c.optimizer.init::<B, M>(),
+            precision::adamw_record_to_f32::<B, _>,
             device,
         )
     }
@@ -365,7 +369,17 @@ where
                 "the model declares no trainable parameter",
             ));
         }
-        let reference = (config.constraint == Constraint::ReferenceModel).then(|| model.valid());
+        if config.precision != Precision::F32 {
+            precision::check_device::<B>(config.precision, device)?;
+        }
+        let trained: HashSet<ParamId> = trainable.iter().copied().collect();
+        let model = precision::to_masters(model, &trained, config.precision);
+        // The reference model runs forwards only, so it is kept in the compute dtype.
+        let reference = (config.constraint == Constraint::ReferenceModel).then(|| {
+            precision::working_copy(&model, config.precision)
+                .unwrap_or_else(|| model.clone())
+                .valid()
+        });
         let ema = config.ema_decay.map(|_| model.valid());
         Ok(Self {
             model: Some(model),
@@ -376,6 +390,7 @@ where
             reference,
             ema,
             trainable,
+            trained,
             config,
             state: TrainerState::default(),
             device: device.clone(),
@@ -575,10 +590,16 @@ where
         let merge = closes && self.parallel.is_some();
         #[cfg(not(feature = "collective"))]
         let merge = false;
-        let fwd = match self.forward_backward(&model, batch, draws, merge) {
+        let working = precision::working_copy(&model, self.config.precision);
+        let fwd = self.forward_backward(working.as_ref().unwrap_or(&model), batch, draws, merge);
+        drop(working);
+        let mut fwd = match fwd {
             Ok(v) => v,
             Err(e) => return (model, Err(e)),
         };
+        fwd.grads = fwd
+            .grads
+            .map(|g| precision::grads_to_f32(&model, g, self.config.precision));
         #[cfg_attr(not(feature = "collective"), allow(unused_mut))]
         let (mut terms, mut mean_reward) = (fwd.values, fwd.mean_reward);
         let skipped = |terms: [f32; 3], mean_reward, reason, grad_norm| {
@@ -633,8 +654,7 @@ where
         }
         let model = self.optim.step(lr, model, grads);
         if let (Some(ema), Some(decay)) = (self.ema.take(), self.config.ema_decay) {
-            let ids: HashSet<ParamId> = self.trainable.iter().copied().collect();
-            self.ema = Some(ema_update(ema, &model.valid(), &ids, decay));
+            self.ema = Some(ema_update(ema, &model.valid(), &self.trained, decay));
         }
         self.state.optimizer_steps += 1;
         self.state.consecutive_skips = 0;
@@ -658,7 +678,7 @@ where
     ) -> Result<Forward> {
         let cfg = &self.config;
         let b = batch.prompts.len();
-        let mean_reward = batch.reward.clone().mean();
+        let mean_reward = batch.reward.clone().mean().cast(DType::F32);
         let terms = self.objective.loss(
             model,
             StepInput {
@@ -668,11 +688,12 @@ where
                 draws,
             },
         )?;
+        let f32 = |t: Tensor<B, 1>| t.inner().cast(DType::F32);
         let host = Tensor::cat(
             vec![
-                terms.total.clone().inner(),
-                terms.reward.inner(),
-                terms.constraint.inner(),
+                f32(terms.total.clone()),
+                f32(terms.reward),
+                f32(terms.constraint),
                 mean_reward.inner(),
             ],
             0,
@@ -786,12 +807,34 @@ where
 
     /// Like [`Trainer::resume_with`], for a trainer built by [`Trainer::with_optimizer`]:
     /// `optimizer` builds the optimizer from the saved config, and its saved state is loaded
-    /// into it.
+    /// into it. Not for [`Precision::Bf16`]: burn loads a record in the device's default
+    /// dtype, and only AdamW's state is known well enough to be put back in f32.
     pub fn resume_with_optimizer(
         dir: impl AsRef<Path>,
         model: M,
         objective: O,
         optimizer: impl FnOnce(&TrainerConfig) -> Opt,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let trainer = Self::resume_inner(dir, model, objective, optimizer, |r| r, device)?;
+        if trainer.config.precision != Precision::F32 {
+            return Err(SrumError::config(
+                "precision",
+                "resuming bf16 training needs the trainer's own AdamW (Trainer::resume_with): \
+                 another optimizer's state would come back in bf16",
+            ));
+        }
+        Ok(trainer)
+    }
+
+    /// Restores a trainer; `fix_record` puts the optimizer's state, which burn loads in the
+    /// device's default dtype, back in the dtype the update needs.
+    fn resume_inner(
+        dir: impl AsRef<Path>,
+        model: M,
+        objective: O,
+        optimizer: impl FnOnce(&TrainerConfig) -> Opt,
+        fix_record: impl FnOnce(Opt::Record) -> Opt::Record,
         device: &B::Device,
     ) -> Result<Self> {
         let dir = &latest_version(dir.as_ref())?;
@@ -805,11 +848,14 @@ where
                 path: meta_path.clone(),
                 message: format!("unreadable trainer state: {e}"),
             })?;
+        // Loaded in f32, so that the masters resume at full precision; the trainer casts what
+        // it does not train back down.
+        let model = precision::all_f32(model, meta.config.precision);
         let model = weights_from_safetensors(model, &read(MODEL_FILE)?, &dir.join(MODEL_FILE))?;
         let optim = optimizer(&meta.config);
         let mut trainer = Self::with_optimizer(model, objective, optim, meta.config, device)?;
-        if trainer.reference.is_some() {
-            let r = trainer.model().valid();
+        // Into the copy the trainer made, which is in the compute dtype.
+        if let Some(r) = trainer.reference.take() {
             trainer.reference = Some(weights_from_safetensors(
                 r,
                 &read(REFERENCE_FILE)?,
@@ -833,7 +879,7 @@ where
             path: dir.join(OPTIM_FILE),
             message: format!("optimizer state: {e}"),
         })?;
-        trainer.optim = trainer.optim.load_record(record);
+        trainer.optim = trainer.optim.load_record(fix_record(record));
         trainer.state = meta.state;
         Ok(trainer)
     }
