@@ -2,10 +2,13 @@
 //! is kept; the backward recomputes one layer at a time from it, so the activations held at
 //! once are one layer's instead of every layer's.
 
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use std::collections::HashSet;
+
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::{DType, Tensor};
+use srum::train::LossTerms;
 
 use crate::backbone::Plan;
 use crate::bagel::{Bagel, anchored_loss, latent_rows};
@@ -13,14 +16,19 @@ use crate::error::{BagelError, Result};
 use crate::sequence::PackedSequence;
 use crate::vit::int_tensor;
 
-/// Adds the gradients a backward pass left on `module`'s parameters to `out`.
+/// Adds the gradients a backward pass left on `module`'s parameters to `out`, for the
+/// parameters in `keep` (all of them when `None`).
 struct Collect<'a, B: AutodiffBackend> {
     grads: &'a B::Gradients,
+    keep: Option<&'a HashSet<ParamId>>,
     out: &'a mut GradientsParams,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if self.keep.is_some_and(|k| !k.contains(&param.id)) {
+            return;
+        }
         if let Some(g) = param.val().grad(self.grads) {
             let g = match self.out.remove::<B::InnerBackend, D>(param.id) {
                 Some(prev) => prev + g,
@@ -32,10 +40,6 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
 }
 
 impl<B: AutodiffBackend> Bagel<B> {
-    fn collect(&self, grads: &B::Gradients, out: &mut GradientsParams) {
-        self.visit(&mut Collect::<B> { grads, out });
-    }
-
     /// [`Bagel::flow_loss`] with its gradients, each decoder layer checkpointed: the forward
     /// runs without a graph and keeps only the layers' inputs; the backward goes from the top
     /// down, recomputing one layer with a graph from its input and pulling the gradient of its
@@ -53,25 +57,56 @@ impl<B: AutodiffBackend> Bagel<B> {
         lambda: f32,
     ) -> Result<(f32, GradientsParams)> {
         let n_lat = seq.latent_tokens();
+        self.check_latents(&x0, n_lat, "x0")?;
+        self.check_latents(&noise, n_lat, "noise")?;
+        let [nr] = reward.dims();
+        if nr != n_lat {
+            return Err(BagelError::Input(format!(
+                "{nr} rewards for {n_lat} latent tokens"
+            )));
+        }
+        let tt = t.clone().unsqueeze_dim::<2>(1);
+        let x_t = x0.clone() * tt.clone().neg().add_scalar(1.0) + noise.clone() * tt;
+        let target = (noise - x0).detach();
+        let loss = |v| anchored_loss(v, target, reward, lambda);
+        let (terms, grads) = self.checkpointed_gradients(seq, x_t.detach(), t, loss, 1.0, None)?;
+        Ok((terms[0], grads))
+    }
+
+    /// The gradients of `scale * loss(velocity).total` over the packed training forward,
+    /// each decoder layer recomputed in the backward (see [`Bagel::flow_loss_checkpointed`]),
+    /// kept for the parameters in `keep` (all when `None`). Returns the host terms
+    /// `[total, reward, constraint]` of the unscaled loss and the gradients.
+    ///
+    /// Shapes: `x_t`: `[latents, latent_dim]`, `t`: `[latents]`; `loss` takes the velocity
+    /// of the latent rows, `[latents, latent_dim]`.
+    pub(crate) fn checkpointed_gradients(
+        &self,
+        seq: &PackedSequence,
+        x_t: Tensor<B, 2>,
+        t: Tensor<B, 1>,
+        loss: impl FnOnce(Tensor<B, 2>) -> LossTerms<B>,
+        scale: f32,
+        keep: Option<&HashSet<ParamId>>,
+    ) -> Result<([f32; 3], GradientsParams)> {
+        let n_lat = seq.latent_tokens();
         if seq.is_empty() || n_lat == 0 {
             return Err(BagelError::Input(
                 "checkpointed training needs latent tokens".into(),
             ));
         }
-        self.check_latents(&x0, n_lat, "x0")?;
-        self.check_latents(&noise, n_lat, "noise")?;
+        self.check_latents(&x_t, n_lat, "x_t")?;
         let [nt] = t.dims();
-        let [nr] = reward.dims();
-        if nt != n_lat || nr != n_lat {
+        if nt != n_lat {
             return Err(BagelError::Input(format!(
-                "{nt} timesteps and {nr} rewards for {n_lat} latent tokens"
+                "{nt} timesteps for {n_lat} latent tokens"
             )));
         }
         let device = self.device();
-        let tt = t.clone().unsqueeze_dim::<2>(1);
-        let x_t = (x0.clone() * tt.clone().neg().add_scalar(1.0) + noise.clone() * tt).detach();
-        let target = (noise - x0).detach();
         let mut out = GradientsParams::new();
+        let collect = |grads: &B::Gradients, out: &mut GradientsParams| {
+            self.visit(&mut Collect::<B> { grads, keep, out });
+        };
 
         // Forward without a graph, keeping each layer's input.
         let embedded = self.embed_sequence(seq, x_t, t);
@@ -92,17 +127,28 @@ impl<B: AutodiffBackend> Bagel<B> {
                 .0;
         }
 
-        // The top: final norms, llm2vae on the latent rows, the SRUM loss.
+        // The top: final norms, llm2vae on the latent rows, the loss.
         let plan = Plan::packed(seq, &self.config, &device);
         let top = Tensor::<B, 2>::from_inner(x).require_grad();
         let hidden = self.backbone().final_norm(top.clone(), &plan.routing);
         let velocity = self
             .llm2vae
             .forward(hidden.select(0, int_tensor(latent_rows(seq), &device)));
-        let terms = anchored_loss(velocity, target, reward, lambda);
-        let loss = terms.total.clone().into_scalar().elem::<f32>();
-        let grads = terms.total.backward();
-        self.collect(&grads, &mut out);
+        let terms = loss(velocity);
+        let host = Tensor::cat(
+            vec![
+                terms.total.clone().inner().cast(DType::F32),
+                terms.reward.inner().cast(DType::F32),
+                terms.constraint.inner().cast(DType::F32),
+            ],
+            0,
+        )
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| BagelError::Input(format!("reading the loss: {e:?}")))?;
+        let grads = terms.total.mul_scalar(scale).backward();
+        collect(&grads, &mut out);
         let mut g = top
             .grad(&grads)
             .ok_or_else(|| BagelError::Input("no gradient reached the last layer".into()))?;
@@ -112,7 +158,7 @@ impl<B: AutodiffBackend> Bagel<B> {
             let x = Tensor::<B, 2>::from_inner(input).require_grad();
             let (y, _) = layer.forward(x.clone(), &plan.routing, &plan.rope, &plan.segments, None);
             let grads = (y * Tensor::from_inner(g)).sum().backward();
-            self.collect(&grads, &mut out);
+            collect(&grads, &mut out);
             g = x
                 .grad(&grads)
                 .ok_or_else(|| BagelError::Input("no gradient reached a layer's input".into()))?;
@@ -120,7 +166,7 @@ impl<B: AutodiffBackend> Bagel<B> {
 
         // The bottom: embeddings, vae2llm, time embedder.
         let grads = (embedded * Tensor::from_inner(g)).sum().backward();
-        self.collect(&grads, &mut out);
-        Ok((loss, out))
+        collect(&grads, &mut out);
+        Ok(([host[0], host[1], host[2]], out))
     }
 }

@@ -28,6 +28,7 @@ mod load;
 mod lora;
 mod memory;
 mod mlp;
+mod objective;
 mod rope;
 mod routing;
 mod sample;
@@ -53,6 +54,7 @@ pub use memory::{
     ParamCounts, Precision, StepMemory, StepShape, Trained, activation_bytes, lora_params,
     param_counts, step_memory,
 };
+pub use objective::PackedFlowMatching;
 pub use routing::Expert;
 pub use sample::rollout_sampler;
 pub use sequence::{PackedSequence, SplitKind};

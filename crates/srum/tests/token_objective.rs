@@ -120,6 +120,7 @@ fn each_tokens_cross_entropy_is_weighted_by_its_reward() {
                     micro_step: 0,
                     first_sample: 0,
                 },
+                trainable: &[],
             },
         )
         .unwrap();

@@ -3,7 +3,8 @@
 //! discrete image tokens ([`NextTokenCrossEntropy`], Janus-Pro, Emu3). Another kind (masked-token
 //! cross-entropy, as Show-o trains) is one more [`Objective`]; the trainer does not change.
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, ParamId};
+use burn::optim::GradientsParams;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Int, Tensor, TensorData, backend::AutodiffBackend, backend::Backend};
 use rand::SeedableRng;
@@ -49,6 +50,8 @@ pub struct StepInput<'a, B: AutodiffBackend, M: AutodiffModule<B>> {
     pub reference: Option<&'a M::InnerModule>,
     /// The step's random draws.
     pub draws: StepDraws,
+    /// The parameters being trained: the only ones whose gradients the update uses.
+    pub trainable: &'a [ParamId],
 }
 
 /// A generator's training objective, weighted per token by the reward map.
@@ -56,6 +59,28 @@ pub trait Objective<B: AutodiffBackend, M: AutodiffModule<B>> {
     /// The loss terms of `model` on the step: the reward-weighted per-token term, the
     /// constraint term, and `reward + lambda * constraint`.
     fn loss(&self, model: &M, step: StepInput<'_, B, M>) -> Result<LossTerms<B>>;
+
+    /// Whether the trainer calls [`Objective::gradients`] instead of back-propagating
+    /// [`Objective::loss`]'s graph: for an objective that gets its gradients another way,
+    /// such as recomputing activations in the backward to save memory.
+    fn computes_gradients(&self) -> bool {
+        false
+    }
+
+    /// The loss terms `[total, reward, constraint]` (host values, f32) and the gradients of
+    /// `scale * total` for `step.trainable`. Only called when
+    /// [`Objective::computes_gradients`] is true; the gradients may be in the model's dtype.
+    fn gradients(
+        &self,
+        model: &M,
+        step: StepInput<'_, B, M>,
+        scale: f32,
+    ) -> Result<([f32; 3], GradientsParams)> {
+        let _ = (model, step, scale);
+        Err(SrumError::Training(
+            "this objective computes no gradients of its own".into(),
+        ))
+    }
 }
 
 /// Reward-weighted rectified flow matching, the paper's objective:
@@ -63,6 +88,16 @@ pub trait Objective<B: AutodiffBackend, M: AutodiffModule<B>> {
 /// [`TrainerConfig::timesteps`] says.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlowMatching;
+
+impl StepDraws {
+    /// The flow-matching draws of the step's `[b, n, c]` latents (host values): a timestep
+    /// per sample, drawn and shifted as `config` says, and standard normal noise, row-major.
+    /// Every flow objective draws these, so that two ways of computing the same loss see the
+    /// same noise.
+    pub fn flow_noise(&self, config: &TrainerConfig, dims: [usize; 3]) -> (Vec<f32>, Vec<f32>) {
+        flow_noise(config, *self, dims)
+    }
+}
 
 /// Timesteps `[b]` and noise `[b, n, c]` (host) of the step's samples.
 fn flow_noise(
@@ -97,6 +132,7 @@ where
             config,
             reference,
             draws,
+            ..
         } = step;
         let dims = batch.latents.dims();
         let device = batch.latents.device();
@@ -223,7 +259,7 @@ where
             batch,
             config,
             reference,
-            draws: _,
+            ..
         } = step;
         let vocab = model.vocab_size();
         let SrumBatch {

@@ -678,30 +678,45 @@ where
     ) -> Result<Forward> {
         let cfg = &self.config;
         let b = batch.prompts.len();
-        let mean_reward = batch.reward.clone().mean().cast(DType::F32);
-        let terms = self.objective.loss(
-            model,
-            StepInput {
-                batch,
-                config: cfg,
-                reference: self.reference.as_ref(),
-                draws,
-            },
-        )?;
-        let f32 = |t: Tensor<B, 1>| t.inner().cast(DType::F32);
-        let host = Tensor::cat(
-            vec![
-                f32(terms.total.clone()),
-                f32(terms.reward),
-                f32(terms.constraint),
-                mean_reward.inner(),
-            ],
-            0,
-        )
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .map_err(|e| SrumError::Training(format!("reading the loss: {e:?}")))?;
+        let mean_reward = batch.reward.clone().mean();
+        let step = StepInput {
+            batch,
+            config: cfg,
+            reference: self.reference.as_ref(),
+            draws,
+            trainable: &self.trainable,
+        };
+        let scale = 1.0 / cfg.grad_accum_steps as f32;
+        // Either the objective computes its gradients itself (whatever the loss comes to), or
+        // its graph is back-propagated below once the loss is known to be finite.
+        let (mut host, mut graph, mut own) = if self.objective.computes_gradients() {
+            let (terms, grads) = self.objective.gradients(model, step, scale)?;
+            (terms.to_vec(), None, Some(grads))
+        } else {
+            let terms = self.objective.loss(model, step)?;
+            let f32 = |t: Tensor<B, 1>| t.inner().cast(DType::F32);
+            let host = Tensor::cat(
+                vec![
+                    f32(terms.total.clone()),
+                    f32(terms.reward),
+                    f32(terms.constraint),
+                ],
+                0,
+            )
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| SrumError::Training(format!("reading the loss: {e:?}")))?;
+            (host, Some(terms.total), None)
+        };
+        host.push(
+            mean_reward
+                .inner()
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .map_err(|e| SrumError::Training(format!("reading the reward: {e:?}")))?[0],
+        );
         #[cfg_attr(not(feature = "collective"), allow(unused_mut))]
         let mut local = None;
         #[cfg(feature = "collective")]
@@ -734,10 +749,15 @@ where
         if !host[0].is_finite() && local.is_none() {
             return Ok(forward(None));
         }
-        let scaled = terms.total.div_scalar(cfg.grad_accum_steps as f32);
-        let mut grads = scaled.backward();
-        let grads = GradientsParams::from_params(&mut grads, model, &self.trainable);
-        Ok(forward(Some(grads)))
+        if let Some(total) = graph.take() {
+            let mut grads = total.div_scalar(cfg.grad_accum_steps as f32).backward();
+            own = Some(GradientsParams::from_params(
+                &mut grads,
+                model,
+                &self.trainable,
+            ));
+        }
+        Ok(forward(own))
     }
 
     /// Writes model, EMA, reference, optimizer state and counters to `dir`, atomically.
