@@ -12,7 +12,9 @@ use srum::data::RewardDataset;
 use srum::image::PixelImage;
 use srum::model::{FlowGenerator, ImageCodec, ImageSize, TrainableSet};
 use srum::reward::RewardComposer;
-use srum::train::{Constraint, SrumBatch, StepReport, Trainer, TrainerConfig};
+use srum::train::{
+    Constraint, FlowMatching, Objective, Precision, SrumBatch, StepReport, Trainer, TrainerConfig,
+};
 
 use crate::model::{Loaded, ModelArgs};
 
@@ -37,6 +39,16 @@ pub struct TrainArgs {
     /// LoRA's alpha (the update is scaled by alpha / rank). Default: the rank.
     #[arg(long, requires = "lora_rank")]
     lora_alpha: Option<f64>,
+    /// With --model bagel: `bf16` runs the forward and backward in bf16 and keeps f32 master
+    /// copies, gradients and AdamW state of the trained parameters (`f32`: all in f32). A
+    /// resumed run must be given the precision it started with.
+    #[arg(long, value_parser = ["f32", "bf16"], default_value = "f32")]
+    precision: String,
+    /// With --model bagel: train on the batch packed into one sequence, as the official
+    /// trainer does, recomputing each decoder layer in the backward instead of keeping its
+    /// activations (less memory, one more forward's time).
+    #[arg(long)]
+    checkpointing: bool,
     /// Training-format records.
     #[arg(long)]
     records: PathBuf,
@@ -240,7 +252,12 @@ fn report_exchanges(rank: usize, timings: &[srum::train::ExchangeTiming]) {
 fn checksum<M: burn::module::Module<Back>>(m: &M) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for p in srum::train::collect_params(m) {
-        let v = p.flat.into_data().into_vec::<f32>().unwrap_or_default();
+        let v = p
+            .flat
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .unwrap_or_default();
         for x in v {
             for b in x.to_bits().to_le_bytes() {
                 h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
@@ -280,15 +297,33 @@ fn config(a: &TrainArgs) -> Result<TrainerConfig, String> {
     if let Some(v) = a.seed {
         c.seed = v;
     }
+    c.precision = precision(a);
     c.validate().map_err(|e| e.to_string())?;
     Ok(c)
+}
+
+fn precision(a: &TrainArgs) -> Precision {
+    if a.precision == "bf16" {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    }
 }
 
 pub fn run_train(a: TrainArgs) -> Result<ExitCode, String> {
     if a.batch == 0 || a.steps == 0 || a.save_every == 0 {
         return Err("--steps, --batch and --save-every must be at least 1".into());
     }
+    let bagel = a.model.model == crate::model::ModelKind::Bagel;
+    if !bagel && (a.checkpointing || precision(&a) != Precision::F32) {
+        return Err("--precision bf16 and --checkpointing need --model bagel".into());
+    }
     let device = Default::default();
+    if precision(&a) == Precision::Bf16 {
+        // Before any tensor exists: the model's weights and every tensor it makes are bf16.
+        burn::tensor::backend::set_default_float_dtype::<Ad>(&device, burn::tensor::DType::BF16)
+            .map_err(|e| format!("--precision bf16: {e}"))?;
+    }
     let (rank, world, dp) = group(&a)?;
     let node = Node { rank, world, dp };
     let loaded = Loaded::<Ad>::load(
@@ -303,9 +338,11 @@ pub fn run_train(a: TrainArgs) -> Result<ExitCode, String> {
         Loaded::Tiny(_, _) if a.lora_rank.is_some() => {
             Err("--lora-rank needs --model bagel".into())
         }
-        Loaded::Tiny(model, config) => train_with(&a, model, image_size, node, |m, dir| {
-            m.save_dir(&config, dir).map_err(|e| e.to_string())
-        }),
+        Loaded::Tiny(model, config) => {
+            train_with(&a, model, FlowMatching, image_size, node, |m, dir| {
+                m.save_dir(&config, dir).map_err(|e| e.to_string())
+            })
+        }
         Loaded::Bagel(model, source) => {
             let model = match a.lora_rank {
                 Some(_) if model.lora().is_some() => model,
@@ -318,9 +355,15 @@ pub fn run_train(a: TrainArgs) -> Result<ExitCode, String> {
                     .map_err(|e| format!("--lora-rank: {e}"))?,
                 None => model,
             };
-            train_with(&a, model, image_size, node, |m, dir| {
+            let save = |m: &srum_bagel::BagelModel<Back>, dir: &Path| {
                 m.save_dir(dir, &source).map_err(|e| e.to_string())
-            })
+            };
+            if a.checkpointing {
+                let packed = srum_bagel::PackedFlowMatching::new().with_checkpointing(true);
+                train_with(&a, model, packed, image_size, node, save)
+            } else {
+                train_with(&a, model, FlowMatching, image_size, node, save)
+            }
         }
     }
 }
@@ -334,9 +377,10 @@ struct Node {
 
 /// Trains `model` on the records' `image_size` images and writes the result to `--out`/model
 /// with `save`.
-fn train_with<M>(
+fn train_with<M, O>(
     a: &TrainArgs,
     model: M,
+    objective: O,
     image_size: ImageSize,
     node: Node,
     save: impl FnOnce(&M::InnerModule, &Path) -> Result<(), String>,
@@ -344,6 +388,7 @@ fn train_with<M>(
 where
     M: FlowGenerator<Ad> + ImageCodec<Ad> + AutodiffModule<Ad>,
     M::InnerModule: FlowGenerator<Back> + ImageCodec<Back>,
+    O: Objective<Ad, M>,
 {
     let device = Default::default();
     let Node { rank, world, dp } = node;
@@ -353,7 +398,8 @@ where
     let metrics_path = a.out.join("metrics.jsonl");
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
     let trainer = if a.resume && ckpt.join(srum::train::LATEST).exists() {
-        let t = Trainer::resume(&ckpt, model, &device).map_err(|e| e.to_string())?;
+        let t =
+            Trainer::resume_with(&ckpt, model, objective, &device).map_err(|e| e.to_string())?;
         // Metrics past the checkpoint were never committed: drop them.
         let done = t.state().optimizer_steps;
         let kept: String = std::fs::read_to_string(&metrics_path)
@@ -375,7 +421,7 @@ where
         if root {
             let _ = std::fs::remove_file(&metrics_path);
         }
-        Trainer::new(model, config(a)?, &device).map_err(|e| e.to_string())?
+        Trainer::with_objective(model, objective, config(a)?, &device).map_err(|e| e.to_string())?
     };
     #[cfg(feature = "collective")]
     let mut trainer = match dp {

@@ -328,6 +328,50 @@ fn bagel_rollout_judge_train_generation_only_and_resume() {
     );
     assert!(!changed(&gen2, &d.join("gen/model/ema.safetensors")).is_empty());
 
+    // The packed objective with per-layer checkpointing, in f32 and then in bf16 with f32
+    // masters: the losses of the plain f32 run, to rounding and to bf16's precision.
+    let losses = |run: &str| -> Vec<f64> {
+        lines(&d.join(run).join("metrics.jsonl"))
+            .iter()
+            .map(|r| r["loss"].as_f64().unwrap())
+            .collect()
+    };
+    train(d, "ckpt", "4", &["--generation-only", "--checkpointing"]);
+    let bf16_args = [
+        "--generation-only",
+        "--checkpointing",
+        "--precision",
+        "bf16",
+    ];
+    train(d, "bf16", "4", &bf16_args);
+    let (plain, ckpt, bf16) = (losses("straight"), losses("ckpt"), losses("bf16"));
+    println!("losses: f32 {plain:?}, checkpointed {ckpt:?}, bf16 checkpointed {bf16:?}");
+    assert_eq!((plain.len(), ckpt.len(), bf16.len()), (4, 4, 4));
+    for i in 0..4 {
+        let rel = |x: f64| (x - plain[i]).abs() / plain[i].abs();
+        assert!(rel(ckpt[i]) < 1e-4, "step {i}: {ckpt:?} vs {plain:?}");
+        assert!(rel(bf16[i]) < 2e-2, "step {i}: {bf16:?} vs {plain:?}");
+    }
+    let bf16_moved = changed(&model, &d.join("bf16/model/ema.safetensors"));
+    assert_eq!(bf16_moved, with_role(all.clone(), ParamRole::Generation));
+    let err = srum_fails(
+        &[
+            "train",
+            "--checkpoint",
+            "model",
+            "--records",
+            "train.jsonl",
+            "--images",
+            "roll",
+            "--out",
+            "nope",
+            "--precision",
+            "bf16",
+        ],
+        d,
+    );
+    assert!(err.contains("need --model bagel"), "{err}");
+
     // The trained folder generates.
     let out = srum(
         &[

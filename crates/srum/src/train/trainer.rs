@@ -369,9 +369,7 @@ where
                 "the model declares no trainable parameter",
             ));
         }
-        if config.precision != Precision::F32 {
-            precision::check_device::<B>(config.precision, device)?;
-        }
+        precision::check_device::<B>(config.precision, device)?;
         let trained: HashSet<ParamId> = trainable.iter().copied().collect();
         let model = precision::to_masters(model, &trained, config.precision);
         // The reference model runs forwards only, so it is kept in the compute dtype.
