@@ -33,7 +33,7 @@ fn latents(step: usize, shape: [usize; 3]) -> Vec<f32> {
     let n = shape.iter().product::<usize>();
     (0..n)
         .map(|i| {
-            let x = (i as f32 * 0.618_034 + step as f32 * 1.414_213).sin() * 43_758.547;
+            let x = (i as f32 * 0.618_034 + step as f32 * 0.754_877).sin() * 43_758.547;
             2.0 * (x - x.floor()) - 1.0
         })
         .collect()
@@ -201,7 +201,7 @@ fn bf16_loss_curve_follows_f32() {
     );
     // Training moved the loss: the comparison is of two curves, not of two constants.
     assert!(f32[STEPS - 1] < 0.9 * f32[0], "f32 did not train: {f32:?}");
-    // Measured: worst 1.5e-3, mean 5.0e-4 (bf16 keeps 8 bits of mantissa: 3.9e-3 relative).
+    // Measured: worst 1.9e-3, mean 5.5e-4 (bf16 keeps 8 bits of mantissa: 3.9e-3 relative).
     assert!(
         worst < 1e-2,
         "bf16 left the f32 curve: {bf16:?} against {f32:?}"
@@ -227,6 +227,8 @@ fn bf16_training_needs_a_bf16_device() {
         precision: Precision::Bf16,
         ..TrainerConfig::default()
     };
-    let err = Trainer::new(model, config, &device).err().expect("refused");
+    let Err(err) = Trainer::new(model, config, &device) else {
+        panic!("bf16 training was accepted on an f32 device")
+    };
     assert!(err.to_string().contains("set_default_float_dtype"), "{err}");
 }
