@@ -12,8 +12,8 @@ use std::time::Instant;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Distribution, Tensor};
 use srum_bagel::{
-    BagelConfig, LoraConfig, PackedSequence, Precision, StepShape, Trained, VaeConfig, VitConfig,
-    param_counts, step_memory,
+    BagelConfig, LoraConfig, MemoryPrecision, PackedSequence, StepShape, Trained, VaeConfig,
+    VitConfig, param_counts, step_memory,
 };
 
 fn gib(b: u64) -> f64 {
@@ -43,9 +43,9 @@ fn table() {
     ];
     for (name, trained) in &sets {
         for (pname, precision) in [
-            ("f32", Precision::F32),
-            ("bf16", Precision::Bf16),
-            ("bf16 + f32 master", Precision::Bf16MasterF32),
+            ("f32", MemoryPrecision::F32),
+            ("bf16", MemoryPrecision::Bf16),
+            ("bf16 + f32 master", MemoryPrecision::Bf16MasterF32),
         ] {
             for (px, tokens) in [(512, 1024), (1024, 4096)] {
                 for ckpt in [false, true] {
@@ -97,6 +97,47 @@ fn rss() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
+/// One forward and backward, as `measure` takes it, on a model of a few thousand parameters.
+fn warm_up(checkpointing: bool) -> Result<(), String> {
+    type A = Autodiff<Flex>;
+    let config = BagelConfig::new()
+        .with_vocab_size(16)
+        .with_hidden_size(16)
+        .with_intermediate_size(32)
+        .with_num_hidden_layers(1)
+        .with_num_attention_heads(2)
+        .with_num_key_value_heads(1)
+        .with_max_latent_size(4)
+        .with_bos_token_id(1)
+        .with_eos_token_id(2)
+        .with_start_of_image_id(3)
+        .with_end_of_image_id(4);
+    let device = Default::default();
+    let model = config.init::<A>(&device);
+    let mut seq = PackedSequence::new();
+    seq.push_text(&model.wrap_text(&[5, 6]));
+    seq.push_noisy_latents((2, 2), 3, 4, config.max_latent_size)
+        .map_err(|e| e.to_string())?;
+    let d = config.patch_latent_dim();
+    let x0 = Tensor::<A, 2>::random([4, d], Distribution::Normal(0.0, 1.0), &device);
+    let noise = Tensor::<A, 2>::random([4, d], Distribution::Normal(0.0, 1.0), &device);
+    let t = Tensor::<A, 1>::full([4], 0.5, &device);
+    let r = Tensor::<A, 1>::ones([4], &device);
+    if checkpointing {
+        drop(
+            model
+                .flow_loss_checkpointed(&seq, x0, noise, t, r, 0.5)
+                .map_err(|e| e.to_string())?,
+        );
+    } else {
+        let loss = model
+            .flow_loss(&seq, x0, noise, t, r, 0.5)
+            .map_err(|e| e.to_string())?;
+        drop(loss.terms.total.backward());
+    }
+    Ok(())
+}
+
 /// One forward and backward of the SRUM loss on a random model, generation expert trained:
 /// the peak resident memory above what the process held before it, against the model's
 /// weights + gradients + activations (no optimizer step: AdamW's moments are exact counts).
@@ -135,6 +176,10 @@ fn measure(which: &str, checkpointing: bool) -> Result<(), String> {
         .with_start_of_image_id(3)
         .with_end_of_image_id(4);
     let device = Default::default();
+    // A first step pages in the code it runs and starts the thread pool: a few MiB the
+    // process holds once, whatever the model. A step of a far smaller model pays for them
+    // before the baseline is taken, so that what is measured is the step's own memory.
+    warm_up(checkpointing)?;
     let base = rss();
     let model = config.init::<A>(&device);
     // Materialise every weight (initialisation is lazy) before the step.
@@ -180,7 +225,7 @@ fn measure(which: &str, checkpointing: bool) -> Result<(), String> {
     let peak = peak_rss().saturating_sub(base);
     let shape = StepShape {
         trained: Trained::LanguageModel,
-        precision: Precision::F32,
+        precision: MemoryPrecision::F32,
         image_tokens: n + 2,
         prompt_tokens: prompt + 2,
         batch: 1,
@@ -195,6 +240,11 @@ fn measure(which: &str, checkpointing: bool) -> Result<(), String> {
     let counts = param_counts(&config, &vae);
     let w = 4 * (counts.total() - counts.vae);
     let predicted = w + m.gradients + m.activations;
+    let allocator = match std::env::var("MALLOC_MMAP_THRESHOLD_") {
+        Ok(v) => format!("glibc, MALLOC_MMAP_THRESHOLD_={v}"),
+        Err(_) => "glibc defaults".into(),
+    };
+    println!("allocator: {allocator}");
     println!(
         "{which}{}: {} tokens, {:.1}M parameters; weights {:.0} MiB resident (predicted {:.0}); step peak above start {:.0} MiB, predicted weights + grads + activations {:.0} MiB ({:+.1} %); step {secs:.1} s",
         if checkpointing { " (checkpointed)" } else { "" },

@@ -51,7 +51,7 @@ pub use load::{
 };
 pub use lora::{LoraAdapter, LoraConfig};
 pub use memory::{
-    ParamCounts, Precision, StepMemory, StepShape, Trained, activation_bytes, lora_params,
+    MemoryPrecision, ParamCounts, StepMemory, StepShape, Trained, activation_bytes, lora_params,
     param_counts, step_memory,
 };
 pub use objective::PackedFlowMatching;

@@ -6,9 +6,11 @@ use crate::config::BagelConfig;
 use crate::lora::LoraConfig;
 use crate::vae::VaeConfig;
 
-/// Number formats of weights, gradients and optimizer state.
+/// Number formats of weights, gradients and optimizer state, as the memory model counts them.
+/// srum's trainer runs `F32` and `Bf16MasterF32` (its `Precision::Bf16`); all-bf16 is here
+/// for comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precision {
+pub enum MemoryPrecision {
     /// Everything in f32.
     F32,
     /// Everything in bf16, optimizer moments included.
@@ -18,7 +20,7 @@ pub enum Precision {
     Bf16MasterF32,
 }
 
-impl Precision {
+impl MemoryPrecision {
     fn weight_bytes(self) -> u64 {
         match self {
             Self::F32 => 4,
@@ -59,7 +61,7 @@ pub struct StepShape {
     /// What is trained.
     pub trained: Trained,
     /// Number formats.
-    pub precision: Precision,
+    pub precision: MemoryPrecision,
     /// Latent tokens per image (1,024 at 512 pixels, 4,096 at 1,024).
     pub image_tokens: usize,
     /// Prompt tokens per image, with its `bos` and `eos`.

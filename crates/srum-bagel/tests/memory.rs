@@ -6,8 +6,8 @@ use burn::backend::Flex;
 use burn::module::Module;
 use srum::model::{Generator, ParamRole};
 use srum_bagel::{
-    BagelConfig, BagelModel, BagelTemplates, LoraConfig, Precision, StepShape, Trained, VaeConfig,
-    VitConfig, lora_params, param_counts, step_memory,
+    BagelConfig, BagelModel, BagelTemplates, LoraConfig, MemoryPrecision, StepShape, Trained,
+    VaeConfig, VitConfig, lora_params, param_counts, step_memory,
 };
 
 type B = Flex;
@@ -41,7 +41,7 @@ fn counts_match_the_built_models_part_by_part() {
     assert_eq!(adapted.num_params() as u64, counts.total() + n);
     let shape = StepShape {
         trained: Trained::Lora(lora),
-        precision: Precision::F32,
+        precision: MemoryPrecision::F32,
         image_tokens: 8,
         prompt_tokens: 5,
         batch: 1,
