@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{
-    ElementConversion, Tensor, TensorData, backend::AutodiffBackend, backend::Backend,
+    DType, ElementConversion, Tensor, TensorData, backend::AutodiffBackend, backend::Backend,
 };
 
 /// One float parameter, flattened: its dotted module path, id, shape and values.
@@ -155,6 +155,12 @@ struct GradSquares<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for GradSquares<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+            // In f32 whatever the gradient's dtype: a bf16 sum of squares would round.
+            let g = if g.dtype() == DType::F32 {
+                g
+            } else {
+                g.cast(DType::F32)
+            };
             let s = g.powi_scalar(2).sum();
             self.total = Some(match self.total.take() {
                 Some(t) => t + s,

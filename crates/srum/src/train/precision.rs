@@ -8,9 +8,9 @@
 
 use std::collections::HashSet;
 
-use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::record::{AdaptorRecord, AdaptorRecordV1};
-use burn::optim::{AdamW, AdamWState, GradientsParams};
+use burn::optim::{AdamW, AdamWState, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -143,11 +143,27 @@ pub(crate) fn all_f32<B: AutodiffBackend, M: AutodiffModule<B>>(
     }
 }
 
-struct GradsToF32<'a> {
+/// Moves every gradient of `grads` into a collection of its own, in `masters`' order.
+struct Split {
+    grads: GradientsParams,
+    out: Vec<GradientsParams>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Split {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            let mut one = GradientsParams::new();
+            one.register(param.id, g);
+            self.out.push(one);
+        }
+    }
+}
+
+struct ToF32<'a> {
     grads: &'a mut GradientsParams,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for GradsToF32<'_> {
+impl<B: AutodiffBackend> ModuleVisitor<B> for ToF32<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
             let g = if g.dtype() == DType::F32 {
@@ -160,16 +176,33 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradsToF32<'_> {
     }
 }
 
-/// The gradients of the working copy, in f32 for the masters' update.
-pub(crate) fn grads_to_f32<B: AutodiffBackend, M: Module<B>>(
-    masters: &M,
-    mut grads: GradientsParams,
+/// The optimizer's update of the masters from gradients in the compute dtype. Under
+/// [`Precision::Bf16`] one parameter at a time: its gradient is cast to f32 just before its
+/// update, so that at most one f32 gradient exists besides the bf16 ones.
+pub(crate) fn step<B, M, O>(
+    optim: &mut O,
+    lr: f64,
+    masters: M,
+    grads: GradientsParams,
     precision: Precision,
-) -> GradientsParams {
-    if precision != Precision::F32 {
-        masters.visit(&mut GradsToF32 { grads: &mut grads });
+) -> M
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+{
+    if precision == Precision::F32 {
+        return optim.step(lr, masters, grads);
     }
-    grads
+    let mut split = Split {
+        grads,
+        out: Vec::new(),
+    };
+    masters.visit(&mut split);
+    split.out.into_iter().fold(masters, |m, mut one| {
+        m.visit(&mut ToF32 { grads: &mut one });
+        optim.step(lr, m, one)
+    })
 }
 
 fn state_to_f32<B: Backend, const D: usize>(mut s: AdamWState<B, D>) -> AdamWState<B, D> {

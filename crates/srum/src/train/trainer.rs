@@ -591,13 +591,10 @@ where
         let working = precision::working_copy(&model, self.config.precision);
         let fwd = self.forward_backward(working.as_ref().unwrap_or(&model), batch, draws, merge);
         drop(working);
-        let mut fwd = match fwd {
+        let fwd = match fwd {
             Ok(v) => v,
             Err(e) => return (model, Err(e)),
         };
-        fwd.grads = fwd
-            .grads
-            .map(|g| precision::grads_to_f32(&model, g, self.config.precision));
         #[cfg_attr(not(feature = "collective"), allow(unused_mut))]
         let (mut terms, mut mean_reward) = (fwd.values, fwd.mean_reward);
         let skipped = |terms: [f32; 3], mean_reward, reason, grad_norm| {
@@ -650,7 +647,7 @@ where
                 scale_grads::<B, M>(&model, &mut grads, coef);
             }
         }
-        let model = self.optim.step(lr, model, grads);
+        let model = precision::step(&mut self.optim, lr, model, grads, self.config.precision);
         if let (Some(ema), Some(decay)) = (self.ema.take(), self.config.ema_decay) {
             self.ema = Some(ema_update(ema, &model.valid(), &self.trained, decay));
         }
