@@ -18,7 +18,7 @@ use srum::flow::{EulerSampler, generate};
 use srum::image::PixelImage;
 use srum::model::{ImageCodec, ImageSize, TrainableSet, Understanding};
 use srum::reward::RewardMap;
-use srum::train::{SrumBatch, Trainer, TrainerConfig};
+use srum::train::{Precision, SrumBatch, Trainer, TrainerConfig};
 use srum_bagel::{BagelModel, BagelTemplates, rollout_sampler};
 
 struct Args {
@@ -144,6 +144,12 @@ fn round<B: AutodiffBackend>(a: &Args, device: &B::Device) -> Result<(), String>
             TrainableSet::GenerationOnly
         } else {
             TrainableSet::GenerationAndShared
+        },
+        // A bf16 backend makes bf16 tensors: the trainer keeps f32 masters of what it trains.
+        precision: if a.dtype == "bf16" {
+            Precision::Bf16
+        } else {
+            Precision::F32
         },
         ..TrainerConfig::default()
     };
