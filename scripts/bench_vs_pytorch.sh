@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Side by side with PyTorch on this machine's CPU: same model, same thread count, same operations.
+# Two tables: the reference model (TinyUmm) against its PyTorch peer, then the headline, one
+# BAGEL-7B-MoT decoder layer at full width against the official PyTorch layer.
 #
 #   scripts/bench_vs_pytorch.sh [MODEL_DIR]     (default crates/srum-world/assets/tiny-umm)
-#   env: THREADS (default: nproc), ITERS (timed runs per operation, default 5)
+#   env: THREADS (default: nproc), ITERS (timed runs per operation, default 5), ITERS_BAGEL (timed
+#        runs of the BAGEL layer, default 3),
+#        BAGEL_SRC (the official BAGEL source; default: cloned into target/bagel-src at the pinned
+#        commit), SKIP_BAGEL=1 (the first table only)
 #
-# Fails when the PyTorch model, given the inputs our peer saved, disagrees with our outputs by more
-# than 1e-4, or when the NumPy reward-map rule misses a PyTorch-computed fixture map by over 1e-6.
+# Each table comes after its equivalence check, and the script fails when one fails: the PyTorch
+# model, given the inputs our peer saved, must agree with our outputs to 1e-4 and the NumPy
+# reward-map rule must reproduce every PyTorch-computed fixture map to 1e-6; for BAGEL, the official
+# code writes a fresh fixture (random tiny weights, every component) in this run and the port must
+# reproduce each of its outputs to 1e-4 (`srum bagel verify`).
 # Run it on an idle machine: with every core busy elsewhere, multi-threaded timings are noise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,3 +50,21 @@ cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n1)
 $py crates/srum-world/benches/reference/table.py "$out/ours.json" "$out/pytorch.json" \
   --machine "$cpu, $(nproc) cores (load average before the run: $load)" |
   tee "$out/table.md"
+
+# The headline: BAGEL-7B-MoT's decoder layer. The official code and a venv with transformers 4.49
+# (its vendored SigLIP imports a module later releases removed) are set up once.
+[ "${SKIP_BAGEL:-0}" = 1 ] && exit 0
+src=${BAGEL_SRC:-target/bagel-src}
+if [ ! -f "$src/modeling/bagel/bagel.py" ]; then
+  git clone --quiet https://github.com/ByteDance-Seed/Bagel "$src"
+  git -C "$src" checkout --quiet 056b5fd51a88c1eb4547318609e25d40080fcf87
+fi
+if [ ! -x .venv-bagel/bin/python ]; then
+  python3 -m venv .venv-bagel
+  .venv-bagel/bin/pip install --quiet torch numpy safetensors einops pillow transformers==4.49.0
+fi
+fixture="$out/bagel-fixture"
+rm -rf "$fixture"
+.venv-bagel/bin/python scripts/bagel_fixtures.py --bagel-src "$src" --out "$fixture" --seed "$RANDOM"
+cargo run --quiet --release -p srum-cli -- bagel verify --fixtures "$fixture"
+THREADS=$threads ITERS=${ITERS_BAGEL:-3} scripts/bench_bagel_layer.sh "$src"

@@ -142,9 +142,25 @@ fn run(
             forward::<burn::backend::Wgpu>(config, seq, iters),
             forward_backward::<Autodiff<burn::backend::Wgpu>>(config, seq, iters),
         )),
+        #[cfg(feature = "ndarray")]
+        ("ndarray", "f32") => Ok((
+            forward::<burn::backend::NdArray<f32>>(config, seq, iters),
+            forward_backward::<Autodiff<burn::backend::NdArray<f32>>>(config, seq, iters),
+        )),
+        #[cfg(feature = "candle")]
+        #[allow(deprecated)]
+        ("candle", "f32") => Ok((
+            forward::<burn::backend::Candle<f32>>(config, seq, iters),
+            forward_backward::<Autodiff<burn::backend::Candle<f32>>>(config, seq, iters),
+        )),
+        #[cfg(feature = "tch")]
+        ("tch", "f32") => Ok((
+            forward::<burn::backend::LibTorch<f32>>(config, seq, iters),
+            forward_backward::<Autodiff<burn::backend::LibTorch<f32>>>(config, seq, iters),
+        )),
         (b, d) => Err(format!(
-            "--backend {b} --dtype {d} is not in this build: flex runs f32; cuda (f32, bf16) \
-             and wgpu (f32) need `--features cuda` / `--features wgpu`"
+            "--backend {b} --dtype {d} is not in this build: flex runs f32; cuda (f32, bf16), \
+             wgpu, ndarray, candle and tch (f32) need `--features cuda|wgpu|ndarray|candle|tch`"
         )),
     }
 }

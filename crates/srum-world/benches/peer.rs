@@ -1,7 +1,7 @@
 //! Our side of the side-by-side comparison with the PyTorch peer (`benches/reference/`), run by
 //! `scripts/bench_vs_pytorch.sh` and `scripts/gpu_check.sh`.
 //!
-//! `peer --model DIR --json OUT [--dump FILE] [--iters K] [--device cpu|cuda]`, or
+//! `peer --model DIR --json OUT [--dump FILE] [--iters K] [--device cpu|cuda|ndarray|candle]`, or
 //! `peer --probe`: each basic op on this build's GPU backend (CPU without one) against flex.
 //!
 //! Writes the timings of the operations the peer also times (same JSON schema as
@@ -459,12 +459,31 @@ fn main() -> ExitCode {
     }
     let result = parse_args().and_then(|a| match a.device.as_str() {
         "cpu" => run::<Autodiff<burn::backend::Flex>>(&a, &Default::default(), "cpu (burn flex)"),
+        #[cfg(feature = "ndarray")]
+        "ndarray" => run::<Autodiff<burn::backend::NdArray<f32>>>(
+            &a,
+            &Default::default(),
+            "cpu (burn ndarray)",
+        ),
+        #[cfg(feature = "candle")]
+        #[allow(deprecated)]
+        "candle" => run::<Autodiff<burn::backend::Candle<f32>>>(
+            &a,
+            &Default::default(),
+            "cpu (burn candle)",
+        ),
         #[cfg(feature = "cuda")]
         "cuda" => run::<Autodiff<burn::backend::Cuda>>(&a, &Default::default(), "cuda (burn cuda)"),
         other => Err(format!(
-            "--device {other}: this build has cpu{}",
-            if cfg!(feature = "cuda") {
-                " and cuda"
+            "--device {other}: this build has cpu{}{}{}",
+            if cfg!(feature = "cuda") { ", cuda" } else { "" },
+            if cfg!(feature = "ndarray") {
+                ", ndarray"
+            } else {
+                ""
+            },
+            if cfg!(feature = "candle") {
+                ", candle"
             } else {
                 ""
             }
