@@ -340,6 +340,7 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
                 &sampler,
                 a.samples,
                 eval_seed,
+                &srum_world::world::Oracle::default(),
                 &device,
                 |n| pb.inc(n as u64),
             )

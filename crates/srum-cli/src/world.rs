@@ -515,6 +515,11 @@ pub struct EvalArgs {
     /// `pretrain`); the model itself answers with the rule in its `model.json`.
     #[arg(long, requires = "understanding")]
     agreement_breakdown: bool,
+    /// `lenient` (T2I-CompBench's reading: any blob of a prompt's colour and shape counts) or
+    /// `strict` (objects must be of a drawn shape's size, stray blobs of a prompt's colours
+    /// count against it; a mosaic of the right colours scores near 0).
+    #[arg(long, default_value = "lenient", value_parser = ["lenient", "strict"])]
+    oracle: String,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -577,7 +582,8 @@ fn agreement_breakdown(
 
 pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
     use srum_world::world::{
-        Split, evaluate_generation, self_oracle_agreement, split_prompts, understanding_report,
+        Oracle, Split, evaluate_generation, self_oracle_agreement, split_prompts,
+        understanding_report,
     };
     let device = Default::default();
     let (model, config) =
@@ -608,6 +614,11 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
         &sampler,
         a.samples,
         a.sampling.seed,
+        &if a.oracle == "strict" {
+            Oracle::strict()
+        } else {
+            Oracle::default()
+        },
         &device,
         |n| pb.inc(n as u64),
     )
@@ -615,7 +626,7 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
     pb.finish_and_clear();
     println!("{}", report.markdown(&a.checkpoint.display().to_string()));
     let mut json = serde_json::json!({
-        "checkpoint": a.checkpoint, "split": a.split, "samples": a.samples, "seed": a.sampling.seed,
+        "checkpoint": a.checkpoint, "split": a.split, "oracle": a.oracle, "samples": a.samples, "seed": a.sampling.seed,
         "steps": sampler.config.steps, "guidance": sampler.config.guidance_scale, "generation": report, "images": scores.len(),
         "seconds": start.elapsed().as_secs_f64(),
     });

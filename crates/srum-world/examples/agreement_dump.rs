@@ -43,6 +43,7 @@ fn main() -> srum::Result<()> {
         &sampler,
         samples,
         seed,
+        &Oracle::default(),
         &device,
         |_| {},
     )?;

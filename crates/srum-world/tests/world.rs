@@ -123,3 +123,84 @@ fn specific_contradictions_score_zero_and_noise_scores_near_zero() {
     let blank = PixelImage::filled(32, 32, [1.0; 3]);
     assert_eq!(oracle.score(&blank, &p), 0.0);
 }
+
+/// A mosaic: patch-sized (4 x 4) blocks of the prompt's colours scattered on white, what a
+/// generator that has not learned shapes draws.
+fn mosaic(p: &PromptSpec, rng: &mut ChaCha8Rng) -> PixelImage {
+    let colors: Vec<[f32; 3]> = p.nps().iter().map(|n| n.color.rgb()).collect();
+    let mut img = PixelImage::filled(32, 32, [1.0, 1.0, 1.0]);
+    for cell in 0..64 {
+        if rng.random::<f32>() < 0.3 {
+            let c = colors[rng.random_range(0..colors.len())];
+            let (cx, cy) = ((cell % 8) * 4, (cell / 8) * 4);
+            for y in cy..cy + 4 {
+                for x in cx..cx + 4 {
+                    let i = (y * 32 + x) * 3;
+                    img.data[i..i + 3].copy_from_slice(&c);
+                }
+            }
+        }
+    }
+    img
+}
+
+#[test]
+fn the_strict_oracle_gives_a_mosaic_of_the_right_colours_nothing_and_renders_full_marks() {
+    let (lenient, strict) = (Oracle::default(), Oracle::strict());
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let prompts = split_prompts(Split::Heldout, 40);
+    let (mut mosaic_lenient, mut mosaic_strict, mut render_strict, mut n) = (0.0, 0.0, 0.0, 0.0);
+    for p in &prompts {
+        for _ in 0..3 {
+            let img = mosaic(p, &mut rng);
+            mosaic_lenient += lenient.score(&img, p);
+            mosaic_strict += strict.score(&img, p);
+            let render = p.sample_scene(&mut rng, 32).render(32);
+            let s = strict.score(&render, p);
+            assert!(
+                s >= 99.0,
+                "strict: render of `{}` scored {s}: {:?}",
+                p.text(),
+                strict.detect(&render)
+            );
+            render_strict += s;
+            n += 1.0;
+        }
+    }
+    let (ml, ms, rs) = (mosaic_lenient / n, mosaic_strict / n, render_strict / n);
+    eprintln!("mosaics: lenient {ml:.1}, strict {ms:.1}; faithful renders, strict: {rs:.1}");
+    // The default oracle gives a mosaic partial credit; the strict one next to none.
+    assert!(
+        ml > 10.0,
+        "the mosaic was meant to fool the lenient oracle: {ml}"
+    );
+    assert!(ms < 3.0, "strict oracle on mosaics: {ms}");
+}
+
+#[test]
+fn the_strict_oracle_counts_stray_blobs_of_a_prompt_colour_against_it() {
+    let strict = Oracle::strict();
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let p = PromptSpec::parse("a red circle").unwrap();
+    let mut img = p.sample_scene(&mut rng, 32).render(32);
+    assert_eq!(strict.score(&img, &p), 100.0);
+    // One red 3 x 3 blob in a corner the circle never reaches: one stray, half the score.
+    let red = [0.9, 0.1, 0.1];
+    let (x0, y0) = if strict.detect(&img)[0].cx > 16.0 {
+        (0, 0)
+    } else {
+        (29, 29)
+    };
+    for y in y0..y0 + 3 {
+        for x in x0..x0 + 3 {
+            let i = (y * 32 + x) * 3;
+            img.data[i..i + 3].copy_from_slice(&red);
+        }
+    }
+    assert_eq!(
+        Oracle::default().score(&img, &p),
+        100.0,
+        "the default ignores it"
+    );
+    assert_eq!(strict.score(&img, &p), 50.0);
+}

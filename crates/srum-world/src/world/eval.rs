@@ -25,7 +25,7 @@ pub struct GenerationEval {
 }
 
 /// Generates every prompt `samples` times (seeds `seed`, `seed + 1`, ...) and scores the images
-/// with the oracle.
+/// with `oracle` ([`Oracle::default`], or [`Oracle::strict`]).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_generation<B: Backend, M: FlowGenerator<B> + ImageCodec<B>>(
     model: &M,
@@ -34,10 +34,10 @@ pub fn evaluate_generation<B: Backend, M: FlowGenerator<B> + ImageCodec<B>>(
     sampler: &EulerSampler,
     samples: usize,
     seed: u64,
+    oracle: &Oracle,
     device: &B::Device,
     mut progress: impl FnMut(usize),
 ) -> Result<GenerationEval> {
-    let oracle = Oracle::default();
     let texts: Vec<String> = prompts.iter().map(|p| p.text()).collect();
     let mut scores = Vec::new();
     let mut images = Vec::new();
