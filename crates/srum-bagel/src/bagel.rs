@@ -299,9 +299,26 @@ impl<B: Backend> Bagel<B> {
         lambda: f32,
         keep_layers: bool,
     ) -> Result<(FlowLoss<B>, Tensor<B, 2>, PackedOutput<B>)> {
+        let x_t = self.noised(seq, &x0, &noise, &t, &reward)?;
+        let out = self.forward_packed(seq, x_t.clone(), t, keep_layers)?;
+        let target = noise - x0;
+        let mse = (out.velocity.clone() - target.clone()).powi_scalar(2);
+        let terms = anchored_loss(out.velocity.clone(), target, reward, lambda);
+        Ok((FlowLoss { mse, terms }, x_t, out))
+    }
+
+    /// `x_t = (1 - t) x0 + t eps` after checking the shapes of a packed loss's inputs.
+    pub(crate) fn noised(
+        &self,
+        seq: &PackedSequence,
+        x0: &Tensor<B, 2>,
+        noise: &Tensor<B, 2>,
+        t: &Tensor<B, 1>,
+        reward: &Tensor<B, 1>,
+    ) -> Result<Tensor<B, 2>> {
         let n_lat = seq.latent_tokens();
-        self.check_latents(&x0, n_lat, "x0")?;
-        self.check_latents(&noise, n_lat, "noise")?;
+        self.check_latents(x0, n_lat, "x0")?;
+        self.check_latents(noise, n_lat, "noise")?;
         let [nr] = reward.dims();
         if nr != n_lat {
             return Err(BagelError::Input(format!(
@@ -309,12 +326,7 @@ impl<B: Backend> Bagel<B> {
             )));
         }
         let tt = t.clone().unsqueeze_dim::<2>(1);
-        let x_t = x0.clone() * tt.clone().neg().add_scalar(1.0) + noise.clone() * tt;
-        let out = self.forward_packed(seq, x_t.clone(), t, keep_layers)?;
-        let target = noise - x0;
-        let mse = (out.velocity.clone() - target.clone()).powi_scalar(2);
-        let terms = anchored_loss(out.velocity.clone(), target, reward, lambda);
-        Ok((FlowLoss { mse, terms }, x_t, out))
+        Ok(x0.clone() * tt.clone().neg().add_scalar(1.0) + noise.clone() * tt)
     }
 
     /// The velocity of a noisy latent image of `h x w` patches after the context in `cache`

@@ -56,17 +56,7 @@ impl<B: AutodiffBackend> Bagel<B> {
         reward: Tensor<B, 1>,
         lambda: f32,
     ) -> Result<(f32, GradientsParams)> {
-        let n_lat = seq.latent_tokens();
-        self.check_latents(&x0, n_lat, "x0")?;
-        self.check_latents(&noise, n_lat, "noise")?;
-        let [nr] = reward.dims();
-        if nr != n_lat {
-            return Err(BagelError::Input(format!(
-                "{nr} rewards for {n_lat} latent tokens"
-            )));
-        }
-        let tt = t.clone().unsqueeze_dim::<2>(1);
-        let x_t = x0.clone() * tt.clone().neg().add_scalar(1.0) + noise.clone() * tt;
+        let x_t = self.noised(seq, &x0, &noise, &t, &reward)?;
         let target = (noise - x0).detach();
         let loss = |v| anchored_loss(v, target, reward, lambda);
         let (terms, grads) = self.checkpointed_gradients(seq, x_t.detach(), t, loss, 1.0, None)?;

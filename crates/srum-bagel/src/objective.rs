@@ -10,7 +10,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Tensor, TensorData};
 use srum::flow::{noisy_latents, velocity_target};
 use srum::model::ImageCodec;
-use srum::train::{Constraint, LossTerms, Objective, SrumBatch, StepInput, srum_loss};
+use srum::train::{Constraint, LossTerms, Objective, SrumBatch, StepInput, in_dtype, srum_loss};
 use srum::{Result, SrumError};
 
 use crate::sequence::PackedSequence;
@@ -66,10 +66,6 @@ struct Packed<B: AutodiffBackend> {
     /// `[b, n]`, f32.
     reward: Tensor<B, 2>,
     lambda: f32,
-}
-
-fn in_dtype<B: AutodiffBackend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
-    if t.dtype() == dtype { t } else { t.cast(dtype) }
 }
 
 fn pack<B: AutodiffBackend>(

@@ -24,6 +24,6 @@ pub use objective::{
 #[cfg(feature = "collective")]
 pub use parallel::{CollectiveConfig, DataParallel, ExchangeTiming, PeerId};
 pub use params::{NamedParam, collect_params, materialize};
-pub use precision::{Precision, default_float_dtype};
+pub use precision::{Precision, default_float_dtype, in_dtype};
 pub use schedule::{LrDecay, learning_rate};
 pub use trainer::{SrumBatch, StepOutcome, StepReport, Trainer, TrainerState};

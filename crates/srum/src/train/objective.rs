@@ -10,7 +10,7 @@ use burn::tensor::{DType, Int, Tensor, TensorData, backend::AutodiffBackend, bac
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::{Constraint, LossTerms, SrumBatch, TrainerConfig, srum_loss};
+use super::{Constraint, LossTerms, SrumBatch, TrainerConfig, in_dtype, srum_loss};
 use crate::error::{Result, SrumError};
 use crate::flow::{extend_normals, noisy_latents, sample_timesteps, velocity_target};
 use crate::model::{FlowGenerator, Generator, TokenGenerator};
@@ -175,11 +175,6 @@ where
             config.lambda,
         ))
     }
-}
-
-/// `t` in `dtype` (itself when it already is).
-fn in_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
-    if t.dtype() == dtype { t } else { t.cast(dtype) }
 }
 
 /// Reward-weighted next-token cross-entropy over discrete image tokens:

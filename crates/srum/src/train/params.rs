@@ -156,12 +156,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradSquares<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
             // In f32 whatever the gradient's dtype: a bf16 sum of squares would round.
-            let g = if g.dtype() == DType::F32 {
-                g
-            } else {
-                g.cast(DType::F32)
-            };
-            let s = g.powi_scalar(2).sum();
+            let s = super::in_dtype(g, DType::F32).powi_scalar(2).sum();
             self.total = Some(match self.total.take() {
                 Some(t) => t + s,
                 None => s,

@@ -43,6 +43,11 @@ impl Precision {
     }
 }
 
+/// `t` in `dtype` (itself, without a cast node, when it already is).
+pub fn in_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if t.dtype() == dtype { t } else { t.cast(dtype) }
+}
+
 /// The default float dtype of `device`: what a model's own `from_data` and `zeros` make.
 pub fn default_float_dtype<B: Backend>(device: &B::Device) -> DType {
     Tensor::<B, 1>::zeros([1], device).dtype()
@@ -166,12 +171,7 @@ struct ToF32<'a> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for ToF32<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-            let g = if g.dtype() == DType::F32 {
-                g
-            } else {
-                g.cast(DType::F32)
-            };
-            self.grads.register(param.id, g);
+            self.grads.register(param.id, in_dtype(g, DType::F32));
         }
     }
 }
