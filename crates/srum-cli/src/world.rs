@@ -71,9 +71,21 @@ pub struct PretrainArgs {
     /// heads) on the understanding mix; everything generation uses stays bit for bit as loaded.
     #[arg(long, requires = "init")]
     understanding_only: bool,
+    /// Train the generator alone (no understanding batch or loss): for measuring it apart
+    /// from what the judge's training does to the shared weights.
+    #[arg(long, conflicts_with = "understanding_only")]
+    generation_only: bool,
+    /// Shift of the training timesteps (`s t / (1 + (s - 1) t)`): above 1 trains more at high
+    /// noise, where a sample's layout is decided.
+    #[arg(long, default_value_t = 1.0)]
+    timestep_shift: f32,
     /// Start the image position embeddings at 2D sine-cosine values (only the initial value).
     #[arg(long)]
     sincos_positions: bool,
+    /// Condition the generator on time by adaptive layer norm in every block (DiT's adaLN-zero)
+    /// instead of adding the time embedding to the tokens once.
+    #[arg(long)]
+    adaptive_norm: bool,
     /// Add the per-patch object-centre head, an auxiliary target for counting.
     #[arg(long)]
     centre_head: bool,
@@ -142,7 +154,8 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         .with_sincos_positions(Some(a.sincos_positions))
         .with_centre_head(Some(a.centre_head))
         .with_locate_head(Some(a.locate_head))
-        .with_ground_head(Some(a.ground_head));
+        .with_ground_head(Some(a.ground_head))
+        .with_adaptive_norm(Some(a.adaptive_norm));
     let flag_rule = a.prompt_score.map(|r| match r {
         PromptScoreArg::All => PromptScore::All,
         PromptScoreArg::Parts => PromptScore::Parts,
@@ -177,6 +190,8 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         seed: a.seed,
         time_budget_s: a.time_budget_min.map(|m| m * 60.0),
         understanding_only: a.understanding_only,
+        generation_only: a.generation_only,
+        timestep_shift: a.timestep_shift,
         mix: a.mix,
         locate_objects: a.locate_objects,
         shards: usize::from(a.shards),
@@ -262,6 +277,10 @@ pub struct SamplingArgs {
     /// Classifier-free guidance weight [default: 4].
     #[arg(long)]
     guidance: Option<f32>,
+    /// Timestep shift of the sampling grid (`t' = s t / (1 + (s - 1) t)`; above 1 spends more
+    /// steps at high noise, where the layout is decided) [default: 1; with --model bagel, 3].
+    #[arg(long)]
+    shift: Option<f32>,
 }
 
 impl SamplingArgs {
@@ -275,6 +294,7 @@ impl SamplingArgs {
         let s = EulerSampler::new(EulerSamplerConfig {
             steps: self.steps.unwrap_or(base.steps),
             guidance_scale: self.guidance.unwrap_or(base.guidance_scale),
+            shift: self.shift.unwrap_or(base.shift),
             ..base
         });
         s.config.validate().map_err(|e| e.to_string())?;
@@ -520,9 +540,57 @@ pub struct EvalArgs {
     /// count against it; a mosaic of the right colours scores near 0).
     #[arg(long, default_value = "lenient", value_parser = ["lenient", "strict"])]
     oracle: String,
+    /// Also count whether the generator draws objects: this many samples of each of 12
+    /// one-object and 12 two-object prompts, each checked for exactly the asked objects (one
+    /// connected component per object, of the named colour and shape and a drawn shape's
+    /// size) and nothing else.
+    #[arg(long)]
+    drawing: Option<usize>,
+    /// With --drawing: a PNG sheet of its samples, a row per prompt (at most 8 per row).
+    #[arg(long, requires = "drawing")]
+    drawing_sheet: Option<PathBuf>,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+/// Writes `images` (`cols` rounds over `rows` prompts, round-major) as a PNG sheet: a row per
+/// prompt, a column per round, a 2-pixel grey gutter.
+fn write_sheet(
+    path: &std::path::Path,
+    images: &[srum::image::PixelImage],
+    rows: usize,
+    cols: usize,
+) -> Result<(), String> {
+    let Some(first) = images.first() else {
+        return Ok(());
+    };
+    let (w, h, gap) = (first.width, first.height, 2);
+    let (sw, sh) = (cols * (w + gap) + gap, rows * (h + gap) + gap);
+    let mut sheet = vec![128u8; sw * sh * 3];
+    for c in 0..cols {
+        for r in 0..rows {
+            let Some(img) = images.get(c * rows + r) else {
+                continue;
+            };
+            let rgb = img.to_rgb8();
+            for y in 0..h.min(img.height) {
+                for x in 0..w.min(img.width) {
+                    let (sx, sy) = (gap + c * (w + gap) + x, gap + r * (h + gap) + y);
+                    let (src, dst) = ((y * img.width + x) * 3, (sy * sw + sx) * 3);
+                    sheet[dst..dst + 3].copy_from_slice(&rgb[src..src + 3]);
+                }
+            }
+        }
+    }
+    image::save_buffer(
+        path,
+        &sheet,
+        sw as u32,
+        sh as u32,
+        image::ExtendedColorType::Rgb8,
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Spearman of the self-score against the oracle, overall and per category, for three ways of
@@ -662,6 +730,44 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
         json["understanding_accuracy"] = serde_json::json!(acc);
         json["understanding"] = serde_json::json!(und);
         json["agreement"] = serde_json::json!(agree);
+    }
+    if let Some(n) = a.drawing {
+        let prompts = srum_world::world::drawing_prompts();
+        let pb = bar((prompts.len() * n) as u64, "drawing");
+        let eval = evaluate_generation(
+            &model,
+            &prompts,
+            size,
+            &sampler,
+            n,
+            a.sampling.seed,
+            &Oracle::default(),
+            &device,
+            |k| pb.inc(k as u64),
+        )
+        .map_err(|e| e.to_string())?;
+        pb.finish_and_clear();
+        // `evaluate_generation` makes `n` rounds over the prompts, in prompt order.
+        let samples: Vec<_> = eval
+            .images
+            .iter()
+            .cloned()
+            .zip((0..n).flat_map(|_| prompts.iter().cloned()))
+            .collect();
+        let d = srum_world::world::drawing_report(&samples);
+        println!(
+            "drawing ({} samples): one-object prompts exactly one object {:.1}% of {}, two-object prompts exactly two {:.1}% of {}, {:.2} components per sample",
+            d.n,
+            100.0 * d.single_exact,
+            d.single,
+            100.0 * d.pair_exact,
+            d.pair,
+            d.mean_components
+        );
+        if let Some(path) = &a.drawing_sheet {
+            write_sheet(path, &eval.images, prompts.len(), n.min(8))?;
+        }
+        json["drawing"] = serde_json::json!(d);
     }
     if let Some(n) = a.statements {
         let report =

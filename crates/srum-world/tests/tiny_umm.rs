@@ -330,6 +330,8 @@ fn a_few_pretraining_steps_and_the_checkpoint_directory() {
         seed: 1,
         time_budget_s: None,
         understanding_only: false,
+        generation_only: false,
+        timestep_shift: 1.0,
         mix: UnderstandingMix::parse("3,3,3,1,1,1").unwrap(),
         locate_objects: true,
         shards: 1,
@@ -443,6 +445,8 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
         seed: 2,
         time_budget_s: None,
         understanding_only: true,
+        generation_only: false,
+        timestep_shift: 1.0,
         // Sample rows too: the sampler's completions use the frozen generator.
         mix: UnderstandingMix::parse("7,3,4,2,2,2,8").unwrap(),
         locate_objects: false,

@@ -204,3 +204,41 @@ fn the_strict_oracle_counts_stray_blobs_of_a_prompt_colour_against_it() {
     );
     assert_eq!(strict.score(&img, &p), 50.0);
 }
+
+#[test]
+fn the_drawing_count_passes_renders_and_fails_mosaics_and_extra_objects() {
+    use srum_world::world::{drawing_prompts, drawing_report};
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let prompts = drawing_prompts();
+    assert_eq!(prompts.len(), 24);
+    let renders: Vec<_> = (0..4)
+        .flat_map(|_| prompts.clone())
+        .map(|p| (p.sample_scene(&mut rng, 32).render(32), p))
+        .collect();
+    let r = drawing_report(&renders);
+    assert_eq!((r.single, r.pair, r.n), (48, 48, 96));
+    assert_eq!((r.single_exact, r.pair_exact), (1.0, 1.0), "renders: {r:?}");
+    assert_eq!(r.mean_components, 1.5);
+
+    let mosaics: Vec<_> = renders
+        .iter()
+        .map(|(_, p)| (mosaic(p, &mut rng), p.clone()))
+        .collect();
+    let m = drawing_report(&mosaics);
+    assert!(
+        m.single_exact < 0.05 && m.pair_exact < 0.05,
+        "mosaics: {m:?}"
+    );
+    assert!(m.mean_components > 2.0, "mosaics: {m:?}");
+
+    // A render of "a red circle" shown for "a red circle and a blue square" lacks one object;
+    // a render of both shown for "a red circle" has one too many.
+    let one = PromptSpec::parse("a red circle").unwrap();
+    let two = PromptSpec::parse("a red circle and a blue square").unwrap();
+    let swapped = vec![
+        (one.sample_scene(&mut rng, 32).render(32), two.clone()),
+        (two.sample_scene(&mut rng, 32).render(32), one.clone()),
+    ];
+    let s = drawing_report(&swapped);
+    assert_eq!((s.single_exact, s.pair_exact), (0.0, 0.0));
+}

@@ -87,6 +87,12 @@ pub struct TinyUmmConfig {
     /// `P(yes)`; its yes/no answer is always [`PromptScore::All`]. `None` (checkpoints that
     /// predate the choice): [`PromptScore::All`].
     pub prompt_score: Option<PromptScore>,
+    /// Condition the generator on time by adaptive layer norm (DiT's adaLN-zero): per block, the
+    /// time embedding sets a shift, a scale and a gate of the image tokens' attention and
+    /// feed-forward inputs and outputs, instead of being added to the tokens once at the input.
+    /// Gates start at zero, so every block starts as the identity on generation. Understanding
+    /// is unchanged (its images are clean: no time). `None` (older checkpoints): false.
+    pub adaptive_norm: Option<bool>,
 }
 
 /// How [`TinyUmm`] scores a whole prompt from the `P(yes)` of its [`atoms`].
@@ -200,30 +206,68 @@ pub struct Block<B: Backend> {
     /// With task experts: the expert of the images being judged (the one above then serves
     /// generation only).
     understanding: Option<Expert<B>>,
+    /// With adaptive norm: the time embedding to the image tokens' six modulations (shift,
+    /// scale and gate of attention, then of the feed-forward), zero at the start.
+    modulation: Option<Linear<B>>,
+}
+
+/// `x * (1 + scale) + shift`, per sample. Shapes: `x`: `[b, n, d]`, `shift`, `scale`: `[b, d]`.
+fn modulate<B: Backend>(x: Tensor<B, 3>, shift: Tensor<B, 2>, scale: Tensor<B, 2>) -> Tensor<B, 3> {
+    x * (scale.unsqueeze_dim::<3>(1) + 1.0) + shift.unsqueeze_dim::<3>(1)
 }
 
 impl<B: Backend> Block<B> {
-    /// Shapes: `text`: `[b, nt, d]`, `image`: `[b, ni, d]`, `pad`: `[b, nt + ni]` (true = ignore).
+    /// Shapes: `text`: `[b, nt, d]`, `image`: `[b, ni, d]`, `pad`: `[b, nt + ni]` (true =
+    /// ignore), `time`: `[b, d]`, the generator's time embedding where the block modulates.
     fn forward(
         &self,
         text: Tensor<B, 3>,
         image: Tensor<B, 3>,
         pad: Tensor<B, 2, Bool>,
         task: Task,
+        time: Option<&Tensor<B, 2>>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let [_, nt, _] = text.dims();
         let [_, ni, _] = image.dims();
-        let x = Tensor::cat(vec![text, image], 1);
+        let m = match (&self.modulation, time, task) {
+            (Some(lin), Some(c), Task::Generate) => Some(lin.forward(c.clone()).chunk(6, 1)),
+            _ => None,
+        };
+        let x = Tensor::cat(vec![text.clone(), image.clone()], 1);
+        let normed = self.ln_attn.forward(x.clone());
+        let normed = match &m {
+            Some(m) => {
+                let img = modulate(normed.clone().narrow(1, nt, ni), m[0].clone(), m[1].clone());
+                Tensor::cat(vec![normed.narrow(1, 0, nt), img], 1)
+            }
+            None => normed,
+        };
         let h = self
             .attn
-            .forward(MhaInput::self_attn(self.ln_attn.forward(x.clone())).mask_pad(pad))
+            .forward(MhaInput::self_attn(normed).mask_pad(pad))
             .context;
-        let x = x + h;
-        let text = x.clone().narrow(1, 0, nt);
-        let image = x.narrow(1, nt, ni);
+        let (text, image) = match &m {
+            Some(m) => (
+                text + h.clone().narrow(1, 0, nt),
+                image + h.narrow(1, nt, ni) * m[2].clone().unsqueeze_dim::<3>(1),
+            ),
+            None => {
+                let x = x + h;
+                (x.clone().narrow(1, 0, nt), x.narrow(1, nt, ni))
+            }
+        };
         let text = feed_forward(&self.ln_text, &self.text_up, &self.text_down, text);
-        let image = match (&self.understanding, task) {
-            (Some(expert), Task::Understand) => expert.forward(image),
+        let image = match (&self.understanding, task, &m) {
+            (Some(expert), Task::Understand, _) => expert.forward(image),
+            (_, _, Some(m)) => {
+                let inner = modulate(
+                    self.ln_image.forward(image.clone()),
+                    m[3].clone(),
+                    m[4].clone(),
+                );
+                let out = self.image_down.forward(gelu(self.image_up.forward(inner)));
+                image + out * m[5].clone().unsqueeze_dim::<3>(1)
+            }
             _ => feed_forward(&self.ln_image, &self.image_up, &self.image_down, image),
         };
         (text, image)
@@ -305,6 +349,7 @@ impl TinyUmmConfig {
         let locate = Some(self.locate_head.unwrap_or(false));
         let ground = Some(self.ground_head.unwrap_or(false));
         let score = Some(self.prompt_score.unwrap_or_default());
+        let adaptive = Some(self.adaptive_norm.unwrap_or(false));
         self.with_prediction(prediction)
             .with_task_experts(task_experts)
             .with_sincos_positions(sincos)
@@ -312,6 +357,7 @@ impl TinyUmmConfig {
             .with_locate_head(locate)
             .with_ground_head(ground)
             .with_prompt_score(score)
+            .with_adaptive_norm(adaptive)
     }
 
     /// Builds the model with random weights.
@@ -355,6 +401,11 @@ impl TinyUmmConfig {
                         .task_experts
                         .unwrap_or(false)
                         .then(|| Expert::new(d, self.d_ff, device)),
+                    modulation: self.adaptive_norm.unwrap_or(false).then(|| {
+                        LinearConfig::new(d, 6 * d)
+                            .with_initializer(Initializer::Zeros)
+                            .init(device)
+                    }),
                 })
                 .collect(),
             ln_out: LayerNormConfig::new(d).init(device),
@@ -478,6 +529,7 @@ impl<B: Backend> TinyUmm<B> {
         image: Tensor<B, 3>,
         pad_text: Tensor<B, 2, Bool>,
         task: Task,
+        time: Option<&Tensor<B, 2>>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let [b, ni, _] = image.dims();
         let no_pad = Tensor::<B, 2, Bool>::from_data(
@@ -487,7 +539,7 @@ impl<B: Backend> TinyUmm<B> {
         let pad = Tensor::cat(vec![pad_text, no_pad], 1);
         let (mut t, mut i) = (text, image);
         for block in &self.blocks {
-            (t, i) = block.forward(t, i, pad.clone(), task);
+            (t, i) = block.forward(t, i, pad.clone(), task, time);
         }
         (self.ln_out.forward(t), self.ln_out.forward(i))
     }
@@ -523,6 +575,7 @@ impl<B: Backend> TinyUmm<B> {
             image,
             text.pad.clone(),
             Task::Understand,
+            None,
         );
         let [b, _, d] = t.dims();
         let ground = self.ground_head.as_ref().map(|h| h.forward(i.clone()));
@@ -931,6 +984,9 @@ impl<B: Backend> Generator<B> for TinyUmm<B> {
         }
         // With task experts each image expert serves one ability; without, both share one.
         for block in &self.blocks {
+            if let Some(m) = &block.modulation {
+                roles = roles.with_module(ParamRole::Generation, m);
+            }
             if let Some(expert) = &block.understanding {
                 roles = roles
                     .with_module(ParamRole::Understanding, expert)
@@ -952,17 +1008,21 @@ impl<B: Backend> FlowGenerator<B> for TinyUmm<B> {
     ) -> Tensor<B, 3> {
         let [b, _, _] = x_t.dims();
         let d = self.cls.dims()[1];
-        let time = self
-            .time_in
-            .forward(time_features(t.clone()))
-            .reshape([b, 1, d]);
-        let image =
-            self.patch_in.forward(x_t.clone()) + self.image_pos.val().unsqueeze_dim::<3>(0) + time;
+        let time = self.time_in.forward(time_features(t.clone()));
+        let image = self.patch_in.forward(x_t.clone()) + self.image_pos.val().unsqueeze_dim::<3>(0);
+        // With adaptive norm the blocks take the time; otherwise it is added to every token.
+        let adaptive = self.blocks.iter().any(|b| b.modulation.is_some());
+        let (image, modulation) = if adaptive {
+            (image, Some(burn::tensor::activation::silu(time)))
+        } else {
+            (image + time.reshape([b, 1, d]), None)
+        };
         let (_, i) = self.run(
             self.embed_text(condition),
             image,
             condition.pad.clone(),
             Task::Generate,
+            modulation.as_ref(),
         );
         let out = self.velocity_head.forward(i);
         match self.prediction {

@@ -55,6 +55,16 @@ pub struct PretrainConfig {
     /// as loaded. For continuing a checkpoint whose judge lags its generator.
     #[serde(default)]
     pub understanding_only: bool,
+    /// Train the generator alone: no understanding batch, no understanding loss (the
+    /// understanding-only parameters get no gradient). For measuring the generator apart
+    /// from what the judge's training does to the shared weights.
+    #[serde(default)]
+    pub generation_only: bool,
+    /// Shift of the training timesteps (`t' = s t / (1 + (s - 1) t)`, as SD3 and BAGEL shift
+    /// theirs): above 1 draws more high-noise times, where a sample's layout is decided. 1
+    /// draws exactly what earlier versions drew.
+    #[serde(default = "one_f32")]
+    pub timestep_shift: f32,
     /// What the understanding batch is made of.
     #[serde(default)]
     pub mix: UnderstandingMix,
@@ -73,6 +83,10 @@ pub struct PretrainConfig {
 
 fn one() -> usize {
     1
+}
+
+fn one_f32() -> f32 {
+    1.0
 }
 
 /// Relative weights of the kinds of example in the understanding batch; each pair's kind is
@@ -249,6 +263,8 @@ impl Default for PretrainConfig {
             seed: 0,
             time_budget_s: None,
             understanding_only: false,
+            generation_only: false,
+            timestep_shift: 1.0,
             mix: UnderstandingMix::default(),
             locate_objects: false,
             shards: 1,
@@ -610,6 +626,7 @@ fn noised<B: burn::tensor::backend::Backend, R: Rng>(
 fn flow_batch<B: burn::tensor::backend::Backend, R: Rng>(
     model: &TinyUmm<B>,
     rng: &mut R,
+    shift: f32,
     images: &[PixelImage],
     prompts: &[String],
     device: &B::Device,
@@ -621,6 +638,13 @@ fn flow_batch<B: burn::tensor::backend::Backend, R: Rng>(
     let un = sample_timesteps(rng, b, TimestepSampling::Uniform, 1.0);
     let t_host: Vec<f32> = (0..b)
         .map(|i| if i % 2 == 0 { ln[i] } else { un[i] })
+        .map(|t| {
+            if shift == 1.0 {
+                t
+            } else {
+                srum::flow::shift_timestep(t, shift)
+            }
+        })
         .collect();
     let (x0, eps, t, x_t) = noised(model, images, &t_host, rng, device)?;
     let cond = model.condition(prompts)?;
@@ -1088,17 +1112,52 @@ fn shard_step<B: AutodiffBackend>(
         let f = flow_batch(
             &model.valid(),
             rng,
+            config.timestep_shift,
             &generation.images,
             &generation.prompts,
             device,
         )?;
         (None, f.loss(), f.x_t, f.v, f.t_host)
     } else {
-        let f = flow_batch(model, rng, &generation.images, &generation.prompts, device)?;
+        let f = flow_batch(
+            model,
+            rng,
+            config.timestep_shift,
+            &generation.images,
+            &generation.prompts,
+            device,
+        )?;
         let loss = f.loss();
         let host = loss.clone().inner();
         (Some(loss), host, f.x_t.inner(), f.v.inner(), f.t_host)
     };
+    if config.generation_only {
+        let loss = match (gen_loss, shards) {
+            (Some(g), 1) => g,
+            (Some(g), n) => g.div_scalar(n as f32),
+            (None, _) => {
+                return Err(srum::error::SrumError::Training(
+                    "pretraining: generation_only and understanding_only exclude each other".into(),
+                ));
+            }
+        };
+        let grads = GradientsParams::from_grads(loss.backward(), model);
+        let generation_loss = Tensor::<B::InnerBackend, 1>::into_data(gen_loss_host)
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map(|v| v[0])
+            .unwrap_or(f32::NAN);
+        return Ok(ShardOut {
+            grads,
+            generation_loss,
+            understanding_loss: f32::NAN,
+            correct: 0,
+            answered: 0,
+            relation_correct: 0,
+            relations: 0,
+            locate_loss: None,
+        });
+    }
     let t_inner =
         Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(t_host.clone(), [b]), device);
 
@@ -1206,7 +1265,18 @@ pub fn pretrain<B: AutodiffBackend>(
     let shards = config.shards.max(1);
     let b = config.batch;
     let ub = config.understanding_batch.unwrap_or(b);
-    if b < shards || ub < shards {
+    if config.generation_only && config.understanding_only {
+        return Err(srum::error::SrumError::Training(
+            "pretraining: generation_only and understanding_only exclude each other".into(),
+        ));
+    }
+    if !(config.timestep_shift.is_finite() && config.timestep_shift > 0.0) {
+        return Err(srum::error::SrumError::Training(format!(
+            "pretraining: timestep_shift must be positive, got {}",
+            config.timestep_shift
+        )));
+    }
+    if b < shards || (ub < shards && !config.generation_only) {
         return Err(srum::error::SrumError::Training(format!(
             "pretraining: {shards} shards need at least {shards} images and pairs per step \
              (batch {b}, understanding batch {ub})"

@@ -4,11 +4,13 @@
 //! Everything is deterministic for a seed, small enough for a laptop CPU (32x32 RGB), and scored
 //! exactly, so SRUM can be measured end to end without downloading anything.
 
+mod drawing;
 mod eval;
 mod grammar;
 mod oracle;
 mod scene;
 
+pub use drawing::{DrawingReport, drawing_prompts, drawing_report};
 pub use eval::{
     Agreement, GenerationEval, MATCH_QUESTION, UnderstandingReport, evaluate_generation,
     self_oracle_agreement, shown_scene, spearman, understanding_accuracy, understanding_report,

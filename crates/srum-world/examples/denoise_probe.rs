@@ -1,0 +1,134 @@
+//! Where the generator loses the object: its one-step clean estimate `x0_hat = x_t - t v` of
+//! renders noised to several times (how well it denoises, per time), and of its own samples
+//! along the Euler trajectory from pure noise (when it commits to a layout). A diagnostic for
+//! the reference model's generator; it reads renders, never the oracle.
+//!
+//! `cargo run --release -p srum-world --example denoise_probe -- CHECKPOINT_DIR OUT.png`
+//!
+//! Prints the mean squared error of `x0_hat` per time over 96 renders of one- and two-object
+//! prompts, and writes a sheet: per row, for one prompt, the render, then `x0_hat` at
+//! t = 0.95, 0.8, 0.6, 0.4, 0.2, 0.05; then, for a sample from noise, `x0_hat` at every other
+//! Euler step (guidance 4) and the final image.
+
+use burn::backend::Flex;
+use burn::tensor::{Tensor, TensorData};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use srum::flow::{EulerSampler, EulerSamplerConfig, Guidance, host_normal, noisy_latents};
+use srum::image::PixelImage;
+use srum::model::{FlowGenerator, Generator, ImageCodec, ImageSize};
+use srum_world::tiny::TinyUmm;
+use srum_world::world::drawing_prompts;
+
+type B = Flex;
+
+const TIMES: [f32; 6] = [0.95, 0.8, 0.6, 0.4, 0.2, 0.05];
+
+fn main() -> srum::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(dir), Some(out)) = (args.get(1), args.get(2)) else {
+        return Err(srum::SrumError::config(
+            "arguments",
+            "usage: denoise_probe CHECKPOINT_DIR OUT.png",
+        ));
+    };
+    let device = Default::default();
+    let (model, config) = TinyUmm::<B>::load_dir(dir, &device)?;
+    let size = config.image_size;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let prompts = drawing_prompts();
+    let specs: Vec<_> = (0..4).flat_map(|_| prompts.clone()).collect();
+    let texts: Vec<String> = specs.iter().map(|p| p.text()).collect();
+    let renders: Vec<PixelImage> = specs
+        .iter()
+        .map(|p| p.sample_scene(&mut rng, size).render(size))
+        .collect();
+    let n = renders.len();
+    let x0 = model.encode_images(PixelImage::to_tensor::<B>(&renders, &device)?)?;
+    let cond = model.condition(&texts)?;
+    let estimate = |x_t: Tensor<B, 3>, t: f32| {
+        let tt = Tensor::<B, 1>::from_data(TensorData::new(vec![t; n], [n]), &device);
+        let v = model.velocity(x_t.clone(), tt, &cond);
+        x_t - v.mul_scalar(t)
+    };
+    let mut rows: Vec<Vec<PixelImage>> = (0..8).map(|i| vec![renders[i].clone()]).collect();
+    println!("| t | MSE of x0_hat (pixels in [0, 1]) |\n|---:|---:|");
+    for t in TIMES {
+        let eps = host_normal::<B, _, 3>(&mut rng, x0.dims(), &device);
+        let tt = Tensor::<B, 1>::from_data(TensorData::new(vec![t; n], [n]), &device);
+        let x_hat = estimate(noisy_latents(x0.clone(), eps, tt), t);
+        // Latents are pixels as `2 x - 1`: a quarter of their squared error is the pixels'.
+        let mse: f32 = (x_hat.clone().clamp(-1.0, 1.0) - x0.clone())
+            .powi_scalar(2)
+            .mean()
+            .into_scalar()
+            / 4.0;
+        println!("| {t} | {mse:.4} |");
+        let imgs = PixelImage::from_tensor(
+            model.decode_latents(x_hat.clamp(-1.0, 1.0), ImageSize::square(size))?,
+        )?;
+        for (row, img) in rows.iter_mut().zip(imgs) {
+            row.push(img);
+        }
+    }
+    // The trajectory of the first eight prompts from pure noise.
+    let k = 8;
+    let cond8 = model.condition(&texts[..k])?;
+    let uncond = model.unconditional(k)?;
+    let sampler = EulerSampler::new(EulerSamplerConfig::default());
+    let noise = host_normal::<B, _, 3>(&mut rng, [k, x0.dims()[1], x0.dims()[2]], &device);
+    let mut trail: Vec<Tensor<B, 3>> = Vec::new();
+    let mut calls = 0usize;
+    let x = sampler.sample_from(noise, 1.0, |x, t, g| {
+        let c = match g {
+            Guidance::Conditional => &cond8,
+            Guidance::Unconditional => &uncond,
+        };
+        let v = model.velocity(x.clone(), t.clone(), c);
+        if matches!(g, Guidance::Conditional) {
+            if calls.is_multiple_of(2) {
+                let t0: f32 = t.clone().slice([0..1]).into_scalar();
+                trail.push(x - v.clone().mul_scalar(t0));
+            }
+            calls += 1;
+        }
+        Ok(v)
+    })?;
+    trail.push(x);
+    for step in trail {
+        let imgs = PixelImage::from_tensor(
+            model.decode_latents(step.clamp(-1.0, 1.0), ImageSize::square(size))?,
+        )?;
+        for (row, img) in rows.iter_mut().zip(imgs) {
+            row.push(img);
+        }
+    }
+    write_sheet(out, &rows, size)
+}
+
+fn write_sheet(path: &str, rows: &[Vec<PixelImage>], size: usize) -> srum::Result<()> {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let (cell, gap) = (size + 2, 2);
+    let (w, h) = (cols * cell + gap, rows.len() * cell + gap);
+    let mut buf = vec![128u8; w * h * 3];
+    for (r, row) in rows.iter().enumerate() {
+        for (c, img) in row.iter().enumerate() {
+            let rgb = img.to_rgb8();
+            for y in 0..size {
+                for x in 0..size {
+                    let (sx, sy) = (gap + c * cell + x, gap + r * cell + y);
+                    let (s, d) = ((y * size + x) * 3, (sy * w + sx) * 3);
+                    buf[d..d + 3].copy_from_slice(&rgb[s..s + 3]);
+                }
+            }
+        }
+    }
+    image::save_buffer(
+        path,
+        &buf,
+        w as u32,
+        h as u32,
+        image::ExtendedColorType::Rgb8,
+    )
+    .map_err(|e| srum::SrumError::config("OUT", format!("{path}: {e}")))
+}
