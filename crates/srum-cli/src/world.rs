@@ -79,6 +79,10 @@ pub struct PretrainArgs {
     /// noise, where a sample's layout is decided.
     #[arg(long, default_value_t = 1.0)]
     timestep_shift: f32,
+    /// Save an exponential moving average of the weights with this decay (e.g. 0.999)
+    /// instead of the last step's.
+    #[arg(long)]
+    ema: Option<f32>,
     /// Start the image position embeddings at 2D sine-cosine values (only the initial value).
     #[arg(long)]
     sincos_positions: bool,
@@ -192,6 +196,7 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         understanding_only: a.understanding_only,
         generation_only: a.generation_only,
         timestep_shift: a.timestep_shift,
+        ema: a.ema,
         mix: a.mix,
         locate_objects: a.locate_objects,
         shards: usize::from(a.shards),

@@ -400,3 +400,58 @@ fn moves(before: &[(String, Vec<f32>)], after: &[(String, Vec<f32>)]) -> Vec<f32
         .filter(|d| *d > 0.0)
         .collect()
 }
+
+#[test]
+fn ema_follows_its_closed_form_and_refuses_another_model() {
+    use burn::module::Module;
+    use burn::nn::{Linear, LinearConfig};
+    use srum::train::Ema;
+    let d = device();
+    let values = |m: &Linear<Cpu>| -> Vec<f32> {
+        let mut v = m.weight.val().into_data().to_vec::<f32>().unwrap();
+        v.extend(
+            m.bias
+                .as_ref()
+                .unwrap()
+                .val()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap(),
+        );
+        v
+    };
+    // Materialised first: clones of a lazily initialised parameter draw their own values.
+    let start: Linear<Cpu> = LinearConfig::new(3, 2).init(&d).map(&mut Scale(1.0));
+    let a = start.clone().map(&mut Scale(2.0));
+    let b = start.clone().map(&mut Scale(-1.0));
+    let mut ema = Ema::new(start.clone(), 0.9).unwrap();
+    ema.update(&a).unwrap();
+    ema.update(&b).unwrap();
+    assert_eq!(ema.updates(), 2);
+    // 0.9 (0.9 w + 0.1 (2 w)) + 0.1 (-w) = 0.89 w
+    for (got, w) in values(ema.model()).iter().zip(values(&start)) {
+        assert!((got - 0.89 * w).abs() < 1e-6, "{got} vs {}", 0.89 * w);
+    }
+    let other: Linear<Cpu> = LinearConfig::new(3, 2).init(&d);
+    let before = values(ema.model());
+    assert!(ema.update(&other).is_err(), "parameters of another model");
+    assert_eq!(
+        values(ema.model()),
+        before,
+        "a refused update changes nothing"
+    );
+    assert!(Ema::new(start, 1.0).is_err());
+}
+
+/// Multiplies every float parameter, keeping its id.
+struct Scale(f32);
+
+impl burn::module::ModuleMapper<Cpu> for Scale {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<Cpu, D>>,
+    ) -> burn::module::Param<Tensor<Cpu, D>> {
+        let s = self.0;
+        param.map(|t| t.mul_scalar(s))
+    }
+}

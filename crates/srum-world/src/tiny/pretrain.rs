@@ -65,6 +65,11 @@ pub struct PretrainConfig {
     /// draws exactly what earlier versions drew.
     #[serde(default = "one_f32")]
     pub timestep_shift: f32,
+    /// Keep an exponential moving average of the weights with this decay and return it
+    /// instead of the last step's weights (the copy a flow model is sampled from). `None`:
+    /// the last weights.
+    #[serde(default)]
+    pub ema: Option<f32>,
     /// What the understanding batch is made of.
     #[serde(default)]
     pub mix: UnderstandingMix,
@@ -265,6 +270,7 @@ impl Default for PretrainConfig {
             understanding_only: false,
             generation_only: false,
             timestep_shift: 1.0,
+            ema: None,
             mix: UnderstandingMix::default(),
             locate_objects: false,
             shards: 1,
@@ -1315,6 +1321,16 @@ pub fn pretrain<B: AutodiffBackend>(
         understanding_ids: understanding_ids.as_deref(),
         shards,
     };
+    if let Some(decay) = config.ema
+        && !(0.0..1.0).contains(&decay)
+    {
+        return Err(srum::error::SrumError::Training(format!(
+            "pretraining: ema decay must be in [0, 1), got {decay}"
+        )));
+    }
+    // Started from the first step's weights: before it, a lazily initialised parameter's
+    // copy could draw values of its own.
+    let mut ema: Option<srum::train::Ema<TinyUmm<B::InnerBackend>>> = None;
     let start = Instant::now();
     for step in 0..config.steps {
         if config
@@ -1376,6 +1392,11 @@ pub fn pretrain<B: AutodiffBackend>(
         };
         let lr = learning_rate(config.lr, warmup, decay, step as u64);
         model = optim.step(lr, model, grads);
+        match (ema.as_mut(), config.ema) {
+            (Some(e), _) => e.update(&model.valid())?,
+            (None, Some(decay)) => ema = Some(srum::train::Ema::new(model.valid(), decay)?),
+            (None, None) => {}
+        }
         on_step(&PretrainReport {
             step: step + 1,
             generation_loss,
@@ -1386,7 +1407,10 @@ pub fn pretrain<B: AutodiffBackend>(
             lr,
         });
     }
-    Ok(model)
+    Ok(match ema {
+        Some(e) => TinyUmm::from_inner(e.into_model()),
+        None => model,
+    })
 }
 
 #[cfg(test)]

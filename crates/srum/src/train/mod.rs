@@ -2,6 +2,7 @@
 
 mod checkpoint;
 mod config;
+mod ema;
 mod loss;
 mod objective;
 #[cfg(feature = "collective")]
@@ -16,6 +17,7 @@ pub use checkpoint::{
     write_file_atomic,
 };
 pub use config::{AdamWSettings, TrainerConfig};
+pub use ema::Ema;
 pub use loss::{Constraint, LossTerms, flow_matching_loss, reward_weighted_loss, srum_loss};
 pub use objective::{
     FlowMatching, NextTokenCrossEntropy, Objective, StepDraws, StepInput, token_cross_entropy,
