@@ -83,6 +83,10 @@ pub struct PretrainArgs {
     /// instead of the last step's.
     #[arg(long)]
     ema: Option<f32>,
+    /// Measure the generation loss on the clean estimate, not the velocity (weighs high-noise
+    /// times as much as nearly clean ones).
+    #[arg(long)]
+    clean_space_loss: bool,
     /// Start the image position embeddings at 2D sine-cosine values (only the initial value).
     #[arg(long)]
     sincos_positions: bool,
@@ -197,6 +201,7 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         generation_only: a.generation_only,
         timestep_shift: a.timestep_shift,
         ema: a.ema,
+        clean_space_loss: a.clean_space_loss,
         mix: a.mix,
         locate_objects: a.locate_objects,
         shards: usize::from(a.shards),

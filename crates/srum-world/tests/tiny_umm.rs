@@ -333,6 +333,7 @@ fn a_few_pretraining_steps_and_the_checkpoint_directory() {
         generation_only: false,
         timestep_shift: 1.0,
         ema: None,
+        clean_space_loss: false,
         mix: UnderstandingMix::parse("3,3,3,1,1,1").unwrap(),
         locate_objects: true,
         shards: 1,
@@ -449,6 +450,7 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
         generation_only: false,
         timestep_shift: 1.0,
         ema: None,
+        clean_space_loss: false,
         // Sample rows too: the sampler's completions use the frozen generator.
         mix: UnderstandingMix::parse("7,3,4,2,2,2,8").unwrap(),
         locate_objects: false,

@@ -70,6 +70,11 @@ pub struct PretrainConfig {
     /// the last weights.
     #[serde(default)]
     pub ema: Option<f32>,
+    /// Measure the generation loss on the clean estimate (`x_t - t v` against `x0`) rather
+    /// than on the velocity: the velocity loss weighs a time's clean-image error by `1 / t^2`,
+    /// so nearly clean times dominate it. false: the velocity loss, as earlier versions.
+    #[serde(default)]
+    pub clean_space_loss: bool,
     /// What the understanding batch is made of.
     #[serde(default)]
     pub mix: UnderstandingMix,
@@ -271,6 +276,7 @@ impl Default for PretrainConfig {
             generation_only: false,
             timestep_shift: 1.0,
             ema: None,
+            clean_space_loss: false,
             mix: UnderstandingMix::default(),
             locate_objects: false,
             shards: 1,
@@ -604,11 +610,19 @@ struct FlowBatch<B: burn::tensor::backend::Backend> {
 }
 
 impl<B: burn::tensor::backend::Backend> FlowBatch<B> {
-    /// Flow-matching loss: mean squared error of the velocity against `eps - x0`.
-    fn loss(&self) -> Tensor<B, 1> {
-        (self.v.clone() - (self.eps.clone() - self.x0.clone()))
-            .powi_scalar(2)
-            .mean()
+    /// Flow-matching loss: mean squared error of the velocity against `eps - x0`; with
+    /// `clean_space`, of the clean estimate `x_t - t v` against `x0` instead (the velocity's
+    /// error times `t`), which weighs high-noise times, where the layout is decided, as much
+    /// as nearly clean ones.
+    fn loss(&self, clean_space: bool) -> Tensor<B, 1> {
+        let err = self.v.clone() - (self.eps.clone() - self.x0.clone());
+        if !clean_space {
+            return err.powi_scalar(2).mean();
+        }
+        let b = self.t_host.len();
+        let t =
+            Tensor::<B, 1>::from_data(TensorData::new(self.t_host.clone(), [b]), &self.v.device());
+        (err * t.reshape([b, 1, 1])).powi_scalar(2).mean()
     }
 }
 
@@ -1123,7 +1137,7 @@ fn shard_step<B: AutodiffBackend>(
             &generation.prompts,
             device,
         )?;
-        (None, f.loss(), f.x_t, f.v, f.t_host)
+        (None, f.loss(config.clean_space_loss), f.x_t, f.v, f.t_host)
     } else {
         let f = flow_batch(
             model,
@@ -1133,7 +1147,7 @@ fn shard_step<B: AutodiffBackend>(
             &generation.prompts,
             device,
         )?;
-        let loss = f.loss();
+        let loss = f.loss(config.clean_space_loss);
         let host = loss.clone().inner();
         (Some(loss), host, f.x_t.inner(), f.v.inner(), f.t_host)
     };
