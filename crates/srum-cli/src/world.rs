@@ -94,6 +94,10 @@ pub struct PretrainArgs {
     /// instead of adding the time embedding to the tokens once.
     #[arg(long)]
     adaptive_norm: bool,
+    /// A depthwise 3x3 convolution over the patch grid in every block, for generation, so
+    /// each patch sees its neighbours.
+    #[arg(long)]
+    neighbour_mixing: bool,
     /// Add the per-patch object-centre head, an auxiliary target for counting.
     #[arg(long)]
     centre_head: bool,
@@ -163,7 +167,8 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         .with_centre_head(Some(a.centre_head))
         .with_locate_head(Some(a.locate_head))
         .with_ground_head(Some(a.ground_head))
-        .with_adaptive_norm(Some(a.adaptive_norm));
+        .with_adaptive_norm(Some(a.adaptive_norm))
+        .with_neighbour_mixing(Some(a.neighbour_mixing));
     let flag_rule = a.prompt_score.map(|r| match r {
         PromptScoreArg::All => PromptScore::All,
         PromptScoreArg::Parts => PromptScore::Parts,

@@ -88,6 +88,58 @@ fn main() -> srum::Result<()> {
             texts[0]
         );
     }
+    // How far a patch's input reaches: perturb one patch of the noisy input and see how much
+    // the estimate of each patch moves, by (Chebyshev) distance in patches. A network that
+    // decides patch by patch moves only the perturbed one.
+    {
+        let g = size / model.patch_size();
+        let tokens = g * g;
+        let ch = x0.dims()[2];
+        println!(
+            "\n| t | reach at distance 0 | 1 | 2 | 3+ (mean squared change per patch, relative to distance 0) |\n|---:|---:|---:|---:|---:|"
+        );
+        for t in [0.9f32, 0.7, 0.5] {
+            let eps = host_normal::<B, _, 3>(&mut rng, x0.dims(), &device);
+            let tt = Tensor::<B, 1>::from_data(TensorData::new(vec![t; n], [n]), &device);
+            let x_t = noisy_latents(x0.clone(), eps, tt);
+            let base = estimate(x_t.clone(), t);
+            // Patch `j` of each image gets extra noise of standard deviation 0.5.
+            let mut mask = vec![0f32; n * tokens * ch];
+            let mut picked = Vec::with_capacity(n);
+            for i in 0..n {
+                let j = rand::Rng::random_range(&mut rng, 0..tokens);
+                picked.push(j);
+                for c in 0..ch {
+                    mask[(i * tokens + j) * ch + c] = 1.0;
+                }
+            }
+            let mask = Tensor::<B, 3>::from_data(TensorData::new(mask, [n, tokens, ch]), &device);
+            let kick = host_normal::<B, _, 3>(&mut rng, x0.dims(), &device).mul_scalar(0.5) * mask;
+            let moved = estimate(x_t + kick, t);
+            let change: Vec<f32> = (moved - base)
+                .powi_scalar(2)
+                .mean_dim(2)
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap_or_default();
+            let mut sum = [0f64; 4];
+            let mut count = [0usize; 4];
+            for (i, &j) in picked.iter().enumerate() {
+                for k in 0..tokens {
+                    let d = (k / g).abs_diff(j / g).max((k % g).abs_diff(j % g)).min(3);
+                    sum[d] += f64::from(change[i * tokens + k]);
+                    count[d] += 1;
+                }
+            }
+            let mean: Vec<f64> = (0..4).map(|d| sum[d] / count[d].max(1) as f64).collect();
+            println!(
+                "| {t} | 1 | {:.4} | {:.4} | {:.4} |",
+                mean[1] / mean[0],
+                mean[2] / mean[0],
+                mean[3] / mean[0]
+            );
+        }
+    }
     // The trajectory of the first eight prompts from pure noise.
     let k = 8;
     let cond8 = model.condition(&texts[..k])?;

@@ -495,6 +495,110 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
     );
 }
 
+/// Generation-only pretraining with every generator option on (adaptive norm, neighbour
+/// mixing, shifted times, the clean-space loss, EMA): the understanding-only parameters stay bit
+/// for bit, the new generation modules (zero at the start) move, the EMA is what is returned
+/// (between the start and the last step), and the checkpoint directory reads back the same
+/// generator.
+#[test]
+fn generation_only_pretraining_trains_the_generator_alone() {
+    use srum::model::ParamRole;
+    let dev = device();
+    let config = tiny_config()
+        .with_prediction(Some(srum_world::tiny::Prediction::Clean))
+        .with_task_experts(Some(true))
+        .with_adaptive_norm(Some(true))
+        .with_neighbour_mixing(Some(true));
+    let model = config.init::<CpuAd>(build_tokenizer().unwrap(), &dev);
+    let roles = model.param_roles();
+    let ids = burn::module::list_param_ids(&model);
+    let before = weights(&model);
+    let new_modules = |path: &str| path.contains("modulation") || path.contains("neighbours");
+    assert!(
+        before.iter().filter(|(p, _)| new_modules(p)).count() >= 3,
+        "{:?}",
+        before.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
+    for ((id, (path, x)), _) in ids.iter().zip(&before).zip(0..) {
+        if new_modules(path) {
+            assert_eq!(roles.role(*id), ParamRole::Generation, "`{path}`");
+            if path.ends_with("weight") {
+                assert!(x.iter().all(|v| *v == 0.0), "`{path}` starts at zero");
+            }
+        }
+    }
+    let pc = PretrainConfig {
+        steps: 4,
+        batch: 4,
+        lr: 1e-2,
+        seed: 3,
+        generation_only: true,
+        timestep_shift: 3.0,
+        clean_space_loss: true,
+        ..PretrainConfig::default()
+    };
+    let mut reports = Vec::new();
+    let last = pretrain(model.clone(), &pc, &dev, |r| reports.push(*r)).unwrap();
+    assert!(
+        reports.iter().all(|r| r.generation_loss.is_finite()),
+        "{reports:?}"
+    );
+    let averaged = pretrain(
+        model,
+        &PretrainConfig {
+            ema: Some(0.5),
+            ..pc.clone()
+        },
+        &dev,
+        |_| {},
+    )
+    .unwrap();
+    let (after, ema) = (weights(&last), weights(&averaged));
+    let mut moved_new = 0;
+    for (((id, (path, x)), (_, y)), (_, e)) in ids.iter().zip(&before).zip(&after).zip(&ema) {
+        match roles.role(*id) {
+            ParamRole::Understanding => assert_eq!(x, y, "`{path}` changed"),
+            _ => {
+                moved_new += usize::from(new_modules(path) && x != y);
+                if x != y {
+                    assert_ne!(e, y, "`{path}`: the EMA is the last step's weights");
+                }
+            }
+        }
+    }
+    assert!(
+        moved_new >= 3,
+        "only {moved_new} new generation tensors moved"
+    );
+    let bad = PretrainConfig {
+        understanding_only: true,
+        ..pc.clone()
+    };
+    assert!(pretrain(last.clone(), &bad, &dev, |_| {}).is_err());
+    let bad = PretrainConfig {
+        timestep_shift: 0.0,
+        ..pc
+    };
+    assert!(pretrain(last.clone(), &bad, &dev, |_| {}).is_err());
+
+    let dir = tempfile::tempdir().unwrap();
+    let inner = last.valid();
+    inner.save_dir(&config, dir.path()).unwrap();
+    let (loaded, read) = TinyUmm::<Cpu>::load_dir(dir.path(), &dev).unwrap();
+    assert_eq!(read.resolved(), config.clone().resolved());
+    let lat = Tensor::<Cpu, 3>::ones([2, 64, 48], &dev);
+    let cond = inner
+        .condition(&["a red circle".into(), "a blue square".into()])
+        .unwrap();
+    let t = Tensor::from_floats([0.3, 0.8], &dev);
+    let (a, b) = (
+        inner.velocity(lat.clone(), t.clone(), &cond),
+        loaded.velocity(lat, t, &cond),
+    );
+    let diff: f32 = (a - b).abs().max().into_scalar();
+    assert_eq!(diff, 0.0);
+}
+
 /// Every shipped checkpoint loads, generates and judges: the demo's model and the four judges. The
 /// graded judge is the sharp judge's network answering with [`PromptScore::Parts`]; the
 /// others predate the choice and read as [`PromptScore::All`].

@@ -11,8 +11,10 @@ use std::sync::Arc;
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
     Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+    PaddingConfig2d,
 };
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
@@ -93,6 +95,12 @@ pub struct TinyUmmConfig {
     /// Gates start at zero, so every block starts as the identity on generation. Understanding
     /// is unchanged (its images are clean: no time). `None` (older checkpoints): false.
     pub adaptive_norm: Option<bool>,
+    /// A depthwise 3 x 3 convolution over the patch grid in every block, for generation: each
+    /// patch token sees its neighbours' whatever attention does. Measured on every checkpoint
+    /// without it, a patch's clean estimate moves by about 1e-4 of its own change when a
+    /// neighbour's input changes: the generator draws each patch on its own (a mosaic). Zero
+    /// at the start. `None` (older checkpoints): false.
+    pub neighbour_mixing: Option<bool>,
 }
 
 /// How [`TinyUmm`] scores a whole prompt from the `P(yes)` of its [`atoms`].
@@ -209,6 +217,8 @@ pub struct Block<B: Backend> {
     /// With adaptive norm: the time embedding to the image tokens' six modulations (shift,
     /// scale and gate of attention, then of the feed-forward), zero at the start.
     modulation: Option<Linear<B>>,
+    /// With neighbour mixing: the depthwise convolution over the patch grid (generation only).
+    neighbours: Option<Conv2d<B>>,
 }
 
 /// `x * (1 + scale) + shift`, per sample. Shapes: `x`: `[b, n, d]`, `shift`, `scale`: `[b, d]`.
@@ -255,6 +265,15 @@ impl<B: Backend> Block<B> {
                 let x = x + h;
                 (x.clone().narrow(1, 0, nt), x.narrow(1, nt, ni))
             }
+        };
+        let image = match (&self.neighbours, task) {
+            (Some(conv), Task::Generate) => {
+                let [b, n, d] = image.dims();
+                let g = (n as f64).sqrt() as usize;
+                let grid = image.clone().swap_dims(1, 2).reshape([b, d, g, g]);
+                image + conv.forward(grid).reshape([b, d, n]).swap_dims(1, 2)
+            }
+            _ => image,
         };
         let text = feed_forward(&self.ln_text, &self.text_up, &self.text_down, text);
         let image = match (&self.understanding, task, &m) {
@@ -350,6 +369,7 @@ impl TinyUmmConfig {
         let ground = Some(self.ground_head.unwrap_or(false));
         let score = Some(self.prompt_score.unwrap_or_default());
         let adaptive = Some(self.adaptive_norm.unwrap_or(false));
+        let neighbours = Some(self.neighbour_mixing.unwrap_or(false));
         self.with_prediction(prediction)
             .with_task_experts(task_experts)
             .with_sincos_positions(sincos)
@@ -358,6 +378,7 @@ impl TinyUmmConfig {
             .with_ground_head(ground)
             .with_prompt_score(score)
             .with_adaptive_norm(adaptive)
+            .with_neighbour_mixing(neighbours)
     }
 
     /// Builds the model with random weights.
@@ -403,6 +424,13 @@ impl TinyUmmConfig {
                         .then(|| Expert::new(d, self.d_ff, device)),
                     modulation: self.adaptive_norm.unwrap_or(false).then(|| {
                         LinearConfig::new(d, 6 * d)
+                            .with_initializer(Initializer::Zeros)
+                            .init(device)
+                    }),
+                    neighbours: self.neighbour_mixing.unwrap_or(false).then(|| {
+                        Conv2dConfig::new([d, d], [3, 3])
+                            .with_groups(d)
+                            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                             .with_initializer(Initializer::Zeros)
                             .init(device)
                     }),
@@ -986,6 +1014,9 @@ impl<B: Backend> Generator<B> for TinyUmm<B> {
         for block in &self.blocks {
             if let Some(m) = &block.modulation {
                 roles = roles.with_module(ParamRole::Generation, m);
+            }
+            if let Some(c) = &block.neighbours {
+                roles = roles.with_module(ParamRole::Generation, c);
             }
             if let Some(expert) = &block.understanding {
                 roles = roles
