@@ -156,7 +156,7 @@ fn main() -> srum::Result<()> {
         let v = model.velocity(x.clone(), t.clone(), c);
         if matches!(g, Guidance::Conditional) {
             if calls.is_multiple_of(2) {
-                let t0: f32 = t.clone().slice([0..1]).into_scalar();
+                let t0: f32 = t.clone().narrow(0, 0, 1).into_scalar();
                 trail.push(x - v.clone().mul_scalar(t0));
             }
             calls += 1;
