@@ -9,7 +9,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use crate::error::{Result, SrumError};
 
 /// `ema <- decay * ema + (1 - decay) * weights` after every update, per float parameter
-/// (matched by [`ParamId`], so the averaged model is the trained one's [`Module::valid`] copy
+/// (matched by [`ParamId`], so the averaged model is the trained one's [`valid`](burn::module::AutodiffModule::valid) copy
 /// or a clone of it).
 #[derive(Debug, Clone)]
 pub struct Ema<M> {
