@@ -95,11 +95,11 @@ pub struct TinyUmmConfig {
     /// Gates start at zero, so every block starts as the identity on generation. Understanding
     /// is unchanged (its images are clean: no time). `None` (older checkpoints): false.
     pub adaptive_norm: Option<bool>,
-    /// A depthwise 3 x 3 convolution over the patch grid in every block, for generation: each
-    /// patch token sees its neighbours' whatever attention does. Measured on every checkpoint
-    /// without it, a patch's clean estimate moves by about 1e-4 of its own change when a
-    /// neighbour's input changes: the generator draws each patch on its own (a mosaic). Zero
-    /// at the start. `None` (older checkpoints): false.
+    /// A depthwise 3 x 3 convolution over the patch grid in every block, for generation, so
+    /// each patch token sees its neighbours whatever the attention learns. On every checkpoint
+    /// measured without it, a neighbour's input moves a patch's clean estimate by about 1e-4
+    /// of its own change: the generator draws each patch on its own (a mosaic). Zero at the
+    /// start. `None` (older checkpoints): false.
     pub neighbour_mixing: Option<bool>,
 }
 
