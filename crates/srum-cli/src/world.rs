@@ -690,6 +690,7 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
         report,
         scores,
         images,
+        prompts: asked,
     } = evaluate_generation(
         &model,
         &prompts,
@@ -717,9 +718,7 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
         let und = understanding_report(&model, &prompts, size, n, a.sampling.seed + 1000, &device)
             .map_err(|e| e.to_string())?;
         let acc = und.accuracy;
-        // `evaluate_generation` makes `samples` rounds over the prompts, in prompt order.
-        let specs: Vec<&srum_world::world::PromptSpec> =
-            (0..a.samples).flat_map(|_| prompts.iter()).collect();
+        let specs: Vec<&srum_world::world::PromptSpec> = asked.iter().collect();
         let texts: Vec<String> = specs.iter().map(|p| p.text()).collect();
         let oracle: Vec<f32> = scores.iter().map(|(_, s)| *s).collect();
         let agree = self_oracle_agreement(&model, &images, &texts, &oracle, &device)
@@ -762,13 +761,7 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
         )
         .map_err(|e| e.to_string())?;
         pb.finish_and_clear();
-        // `evaluate_generation` makes `n` rounds over the prompts, in prompt order.
-        let samples: Vec<_> = eval
-            .images
-            .iter()
-            .cloned()
-            .zip((0..n).flat_map(|_| prompts.iter().cloned()))
-            .collect();
+        let samples: Vec<_> = eval.images.iter().cloned().zip(eval.prompts).collect();
         let d = srum_world::world::drawing_report(&samples);
         println!(
             "drawing ({} samples): one-object prompts exactly one object {:.1}% of {}, two-object prompts exactly two {:.1}% of {}, {:.2} components per sample",

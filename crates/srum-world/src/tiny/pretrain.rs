@@ -604,6 +604,7 @@ fn draw_labelled<R: Rng>(
 struct FlowBatch<B: burn::tensor::backend::Backend> {
     x0: Tensor<B, 3>,
     eps: Tensor<B, 3>,
+    t: Tensor<B, 1>,
     t_host: Vec<f32>,
     x_t: Tensor<B, 3>,
     v: Tensor<B, 3>,
@@ -620,9 +621,9 @@ impl<B: burn::tensor::backend::Backend> FlowBatch<B> {
             return err.powi_scalar(2).mean();
         }
         let b = self.t_host.len();
-        let t =
-            Tensor::<B, 1>::from_data(TensorData::new(self.t_host.clone(), [b]), &self.v.device());
-        (err * t.reshape([b, 1, 1])).powi_scalar(2).mean()
+        (err * self.t.clone().reshape([b, 1, 1]))
+            .powi_scalar(2)
+            .mean()
     }
 }
 
@@ -658,20 +659,16 @@ fn flow_batch<B: burn::tensor::backend::Backend, R: Rng>(
     let un = sample_timesteps(rng, b, TimestepSampling::Uniform, 1.0);
     let t_host: Vec<f32> = (0..b)
         .map(|i| if i % 2 == 0 { ln[i] } else { un[i] })
-        .map(|t| {
-            if shift == 1.0 {
-                t
-            } else {
-                srum::flow::shift_timestep(t, shift)
-            }
-        })
+        // A shift of 1 returns `t` bit for bit (`1 t / (1 + 0 t)`).
+        .map(|t| srum::flow::shift_timestep(t, shift))
         .collect();
     let (x0, eps, t, x_t) = noised(model, images, &t_host, rng, device)?;
     let cond = model.condition(prompts)?;
-    let v = model.velocity(x_t.clone(), t, &cond);
+    let v = model.velocity(x_t.clone(), t.clone(), &cond);
     Ok(FlowBatch {
         x0,
         eps,
+        t,
         t_host,
         x_t,
         v,
@@ -1128,7 +1125,7 @@ fn shard_step<B: AutodiffBackend>(
     let generation = generation_batch(rng, pools, size, b);
     // The flow-matching loss; with `understanding_only` the generator runs without autodiff
     // (its output still feeds the understanding mix) and its loss is only reported.
-    let (gen_loss, gen_loss_host, x_t, v, t_host) = if config.understanding_only {
+    let (gen_loss, gen_loss_host, x_t, v, t_inner, t_host) = if config.understanding_only {
         let f = flow_batch(
             &model.valid(),
             rng,
@@ -1137,7 +1134,14 @@ fn shard_step<B: AutodiffBackend>(
             &generation.prompts,
             device,
         )?;
-        (None, f.loss(config.clean_space_loss), f.x_t, f.v, f.t_host)
+        (
+            None,
+            f.loss(config.clean_space_loss),
+            f.x_t,
+            f.v,
+            f.t,
+            f.t_host,
+        )
     } else {
         let f = flow_batch(
             model,
@@ -1149,7 +1153,14 @@ fn shard_step<B: AutodiffBackend>(
         )?;
         let loss = f.loss(config.clean_space_loss);
         let host = loss.clone().inner();
-        (Some(loss), host, f.x_t.inner(), f.v.inner(), f.t_host)
+        (
+            Some(loss),
+            host,
+            f.x_t.inner(),
+            f.v.inner(),
+            f.t.inner(),
+            f.t_host,
+        )
     };
     if config.generation_only {
         let loss = match (gen_loss, shards) {
@@ -1162,14 +1173,9 @@ fn shard_step<B: AutodiffBackend>(
             }
         };
         let grads = GradientsParams::from_grads(loss.backward(), model);
-        let generation_loss = Tensor::<B::InnerBackend, 1>::into_data(gen_loss_host)
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .map(|v| v[0])
-            .unwrap_or(f32::NAN);
         return Ok(ShardOut {
             grads,
-            generation_loss,
+            generation_loss: host(gen_loss_host),
             understanding_loss: f32::NAN,
             correct: 0,
             answered: 0,
@@ -1178,8 +1184,6 @@ fn shard_step<B: AutodiffBackend>(
             locate_loss: None,
         });
     }
-    let t_inner =
-        Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(t_host.clone(), [b]), device);
 
     // The generator's one-step denoised estimates, for imperfect understanding inputs.
     let x0_hat = (x_t - v * t_inner.reshape([b, 1, 1])).clamp(-1.0, 1.0);
@@ -1247,23 +1251,25 @@ fn shard_step<B: AutodiffBackend>(
         Some(ids) => GradientsParams::from_params(&mut grads, model, ids),
         None => GradientsParams::from_grads(grads, model),
     };
-    let host = |t: Tensor<B, 1>| {
-        t.into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .map(|v| v[0])
-            .unwrap_or(f32::NAN)
-    };
     Ok(ShardOut {
         grads,
-        generation_loss: host(Tensor::from_inner(gen_loss_host)),
+        generation_loss: host(gen_loss_host),
         understanding_loss: host(und_loss),
         correct,
         answered: nb,
         relation_correct,
         relations: relation_rows.len(),
-        locate_loss: locate_host.map(|l| host(Tensor::from_inner(l))),
+        locate_loss: locate_host.map(host),
     })
+}
+
+/// A one-value loss on the host (NaN where it cannot be read).
+fn host<B: burn::tensor::backend::Backend>(t: Tensor<B, 1>) -> f32 {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map(|v| v[0])
+        .unwrap_or(f32::NAN)
 }
 
 /// `total` split into `parts` near-equal shares, the larger ones first.

@@ -28,16 +28,6 @@ pub struct DrawingReport {
     pub n: usize,
 }
 
-/// Whether `d` is of a drawn shape's size, in a square box (the strict oracle's object).
-fn object_sized(d: &Detection, image: &PixelImage) -> bool {
-    let Some((lo, hi)) = Oracle::strict().object_area else {
-        return true;
-    };
-    let a = d.area as f32 * 1024.0 / (image.width * image.height) as f32;
-    let (w, h) = (d.box_width.max(1) as f32, d.box_height.max(1) as f32);
-    a >= lo as f32 && a <= hi as f32 && w / h <= 1.5 && h / w <= 1.5
-}
-
 fn is(d: &Detection, np: Np) -> bool {
     d.color == np.color && d.shape == np.shape
 }
@@ -45,7 +35,8 @@ fn is(d: &Detection, np: Np) -> bool {
 /// Whether `image` shows exactly the objects of a one- or two-object prompt `nps`, and nothing
 /// else.
 fn exact(dets: &[Detection], nps: &[Np], image: &PixelImage) -> bool {
-    if dets.len() != nps.len() || !dets.iter().all(|d| object_sized(d, image)) {
+    let strict = Oracle::strict();
+    if dets.len() != nps.len() || !dets.iter().all(|d| strict.is_object(d, image)) {
         return false;
     }
     match (dets, nps) {

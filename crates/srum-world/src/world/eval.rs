@@ -22,6 +22,8 @@ pub struct GenerationEval {
     pub scores: Vec<(Category, f32)>,
     /// The generated images, in the same order.
     pub images: Vec<PixelImage>,
+    /// The prompt each image was generated for, in the same order.
+    pub prompts: Vec<PromptSpec>,
 }
 
 /// Generates every prompt `samples` times (seeds `seed`, `seed + 1`, ...) and scores the images
@@ -41,6 +43,7 @@ pub fn evaluate_generation<B: Backend, M: FlowGenerator<B> + ImageCodec<B>>(
     let texts: Vec<String> = prompts.iter().map(|p| p.text()).collect();
     let mut scores = Vec::new();
     let mut images = Vec::new();
+    let mut asked = Vec::new();
     for s in 0..samples {
         let mut rng = ChaCha8Rng::seed_from_u64(seed + s as u64);
         for (chunk_p, chunk_t) in prompts.chunks(64).zip(texts.chunks(64)) {
@@ -55,6 +58,7 @@ pub fn evaluate_generation<B: Backend, M: FlowGenerator<B> + ImageCodec<B>>(
             )?;
             for (p, img) in chunk_p.iter().zip(&imgs) {
                 scores.push((p.category(), oracle.score(img, p)));
+                asked.push(p.clone());
             }
             progress(imgs.len());
             images.extend(imgs);
@@ -64,6 +68,7 @@ pub fn evaluate_generation<B: Backend, M: FlowGenerator<B> + ImageCodec<B>>(
         report: OracleReport::from_scores(&scores),
         scores,
         images,
+        prompts: asked,
     })
 }
 

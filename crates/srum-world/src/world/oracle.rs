@@ -156,20 +156,24 @@ impl Oracle {
         out
     }
 
+    /// Whether `d`, found in `image`, counts as an object: with [`Oracle::object_area`], of
+    /// that size (scaled from a 32 x 32 canvas to the image's) in a box within 3:2 of square;
+    /// without, always.
+    pub fn is_object(&self, d: &Detection, image: &PixelImage) -> bool {
+        let Some((lo, hi)) = self.object_area else {
+            return true;
+        };
+        let a = d.area as f32 * 1024.0 / (image.width * image.height) as f32;
+        let (w, h) = (d.box_width.max(1) as f32, d.box_height.max(1) as f32);
+        a >= lo as f32 && a <= hi as f32 && w / h <= 1.5 && h / w <= 1.5
+    }
+
     /// Score in `[0, 100]` of an image against a prompt: binding (each noun phrase present with
     /// its attributes), spatial (both present, centres in relation), numeracy (exact count),
     /// complex (mean of its parts).
     pub fn score(&self, image: &PixelImage, prompt: &PromptSpec) -> f32 {
         let all = self.detect(image);
-        let scale = (image.width * image.height) as f32 / 1024.0;
-        let is_object = |d: &Detection| match self.object_area {
-            Some((lo, hi)) => {
-                let a = d.area as f32 / scale;
-                let (w, h) = (d.box_width.max(1) as f32, d.box_height.max(1) as f32);
-                a >= lo as f32 && a <= hi as f32 && w / h <= 1.5 && h / w <= 1.5
-            }
-            None => true,
-        };
+        let is_object = |d: &Detection| self.is_object(d, image);
         let dets: Vec<Detection> = all.iter().copied().filter(|d| is_object(d)).collect();
         let nps = prompt.nps();
         // Strays: components of a prompt's colour that are not objects, or objects of a shape
