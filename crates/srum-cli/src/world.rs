@@ -52,9 +52,13 @@ pub struct PretrainArgs {
     /// Patch side in pixels (a latent token is one patch); must divide the 32-pixel image.
     #[arg(long, default_value_t = 4)]
     patch: usize,
-    /// JSON lines of per-step losses.
+    /// JSON lines of per-step losses (with the seconds since the start).
     #[arg(long)]
     metrics: Option<PathBuf>,
+    /// Also save the weights after these steps (comma-separated), each to `OUT.stepN`: points
+    /// along one schedule, for measuring what training length does.
+    #[arg(long, value_delimiter = ',')]
+    save_at: Vec<usize>,
     /// Understanding pairs per step (default: --batch).
     #[arg(long)]
     understanding_batch: Option<usize>,
@@ -218,7 +222,8 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
     };
     let start = Instant::now();
     let (mut g, mut u, mut acc) = (0f32, 0f32, 0f32);
-    let model = pretrain(model, &pc, &device, |r| {
+    let mut snapshot_error: Option<String> = None;
+    let model = pretrain(model, &pc, &device, |r, m| {
         let k = 0.02;
         (g, u, acc) = if r.step == 1 {
             (
@@ -237,7 +242,19 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         pb.set_message(format!("gen {g:.4} und {u:.4} acc {acc:.3}"));
         if let Some(f) = metrics.as_mut() {
             use std::io::Write;
-            let _ = writeln!(f, "{}", serde_json::to_string(r).unwrap_or_default());
+            let mut line = serde_json::to_value(r).unwrap_or_default();
+            if let Some(o) = line.as_object_mut() {
+                o.insert("elapsed_s".into(), start.elapsed().as_secs_f64().into());
+            }
+            let _ = writeln!(f, "{line}");
+        }
+        if a.save_at.contains(&r.step) && snapshot_error.is_none() {
+            let dir = snapshot_dir(&a.out, r.step);
+            if let Err(e) = m.valid().save_dir(&config, &dir) {
+                // Training goes on: the final weights are still worth saving.
+                tracing::warn!(step = r.step, "snapshot to {} failed: {e}", dir.display());
+                snapshot_error = Some(format!("snapshot to {}: {e}", dir.display()));
+            }
         }
     })
     .map_err(|e| e.to_string())?;
@@ -246,6 +263,9 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         .valid()
         .save_dir(&config, &a.out)
         .map_err(|e| e.to_string())?;
+    if let Some(e) = snapshot_error {
+        return Err(format!("saved {}, but {e}", a.out.display()));
+    }
     eprintln!(
         "pretrained in {:.1} min (seed {}); smoothed losses: generation {g:.4}, understanding {u:.4}, train accuracy {acc:.3}; saved to {}",
         start.elapsed().as_secs_f64() / 60.0,
@@ -253,6 +273,13 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         a.out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `--save-at` puts the weights after `step`: `OUT.stepN` beside `OUT`.
+fn snapshot_dir(out: &std::path::Path, step: usize) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(format!(".step{step}"));
+    PathBuf::from(name)
 }
 
 #[derive(clap::Args)]

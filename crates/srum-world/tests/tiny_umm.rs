@@ -338,7 +338,7 @@ fn a_few_pretraining_steps_and_the_checkpoint_directory() {
         locate_objects: true,
         shards: 1,
     };
-    let model = pretrain(model, &pc, &dev, |r| reports.push(*r)).unwrap();
+    let model = pretrain(model, &pc, &dev, |r, _| reports.push(*r)).unwrap();
     assert_eq!(reports.len(), 3);
     assert!(
         reports
@@ -456,7 +456,7 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
         locate_objects: false,
         shards: 1,
     };
-    let model = pretrain(model, &pc, &dev, |_| {}).unwrap();
+    let model = pretrain(model, &pc, &dev, |_, _| {}).unwrap();
     let after = weights(&model);
     // `weights` lists parameters in module order, as `list_param_ids` does.
     assert_eq!(ids.len(), before.len());
@@ -478,7 +478,7 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
         ..pc
     };
     let mut reports = Vec::new();
-    let model = pretrain(model, &only_samples, &dev, |r| reports.push(*r)).unwrap();
+    let model = pretrain(model, &only_samples, &dev, |r, _| reports.push(*r)).unwrap();
     assert!(reports[0].understanding_loss.is_finite(), "{reports:?}");
     let again = weights(&model);
     let mut moved = 0;
@@ -538,7 +538,7 @@ fn generation_only_pretraining_trains_the_generator_alone() {
         ..PretrainConfig::default()
     };
     let mut reports = Vec::new();
-    let last = pretrain(model.clone(), &pc, &dev, |r| reports.push(*r)).unwrap();
+    let last = pretrain(model.clone(), &pc, &dev, |r, _| reports.push(*r)).unwrap();
     assert!(
         reports.iter().all(|r| r.generation_loss.is_finite()),
         "{reports:?}"
@@ -550,7 +550,7 @@ fn generation_only_pretraining_trains_the_generator_alone() {
             ..pc.clone()
         },
         &dev,
-        |_| {},
+        |_, _| {},
     )
     .unwrap();
     let (after, ema) = (weights(&last), weights(&averaged));
@@ -574,12 +574,12 @@ fn generation_only_pretraining_trains_the_generator_alone() {
         understanding_only: true,
         ..pc.clone()
     };
-    assert!(pretrain(last.clone(), &bad, &dev, |_| {}).is_err());
+    assert!(pretrain(last.clone(), &bad, &dev, |_, _| {}).is_err());
     let bad = PretrainConfig {
         timestep_shift: 0.0,
         ..pc
     };
-    assert!(pretrain(last.clone(), &bad, &dev, |_| {}).is_err());
+    assert!(pretrain(last.clone(), &bad, &dev, |_, _| {}).is_err());
 
     let dir = tempfile::tempdir().unwrap();
     let inner = last.valid();
@@ -678,12 +678,12 @@ fn sharded_pretraining_moves_every_weight() {
         shards: 2,
         ..PretrainConfig::default()
     };
-    let model = pretrain(model, &pc, &dev, |r| reports.push(*r)).unwrap();
+    let model = pretrain(model, &pc, &dev, |r, _| reports.push(*r)).unwrap();
     assert_eq!(reports.len(), 2);
     assert!(reports.iter().all(|r| r.generation_loss.is_finite()));
     // More shards than images in a step is an error that names both.
     let too_many = PretrainConfig { shards: 6, ..pc };
-    let err = pretrain(model.clone(), &too_many, &dev, |_| {})
+    let err = pretrain(model.clone(), &too_many, &dev, |_, _| {})
         .map(|_| ())
         .unwrap_err()
         .to_string();

@@ -1279,12 +1279,13 @@ fn shares(total: usize, parts: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Pretrains `model` in place of itself and returns it; `on_step` sees every report.
+/// Pretrains `model` in place of itself and returns it; `on_step` sees every report and the
+/// weights after that step (for snapshots along the schedule).
 pub fn pretrain<B: AutodiffBackend>(
     mut model: TinyUmm<B>,
     config: &PretrainConfig,
     device: &B::Device,
-    mut on_step: impl FnMut(&PretrainReport),
+    mut on_step: impl FnMut(&PretrainReport, &TinyUmm<B>),
 ) -> Result<TinyUmm<B>> {
     let train = split_prompts(Split::Train, 0);
     let pools = Pools::new(&train);
@@ -1417,15 +1418,19 @@ pub fn pretrain<B: AutodiffBackend>(
             (None, Some(decay)) => ema = Some(srum::train::Ema::new(model.valid(), decay)?),
             (None, None) => {}
         }
-        on_step(&PretrainReport {
-            step: step + 1,
-            generation_loss,
-            understanding_loss,
-            understanding_accuracy: correct as f32 / answered.max(1) as f32,
-            relation_accuracy: (relations > 0).then(|| relation_correct as f32 / relations as f32),
-            locate_loss,
-            lr,
-        });
+        on_step(
+            &PretrainReport {
+                step: step + 1,
+                generation_loss,
+                understanding_loss,
+                understanding_accuracy: correct as f32 / answered.max(1) as f32,
+                relation_accuracy: (relations > 0)
+                    .then(|| relation_correct as f32 / relations as f32),
+                locate_loss,
+                lr,
+            },
+            &model,
+        );
     }
     Ok(match ema {
         Some(e) => TinyUmm::from_inner(e.into_model()),
