@@ -102,6 +102,10 @@ pub struct PretrainArgs {
     /// each patch sees its neighbours.
     #[arg(long)]
     neighbour_mixing: bool,
+    /// Condition the generator on the whole prompt as one pooled vector too, added to the
+    /// time embedding (the attention to the prompt's tokens stays).
+    #[arg(long)]
+    prompt_condition: bool,
     /// Add the per-patch object-centre head, an auxiliary target for counting.
     #[arg(long)]
     centre_head: bool,
@@ -172,7 +176,8 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         .with_locate_head(Some(a.locate_head))
         .with_ground_head(Some(a.ground_head))
         .with_adaptive_norm(Some(a.adaptive_norm))
-        .with_neighbour_mixing(Some(a.neighbour_mixing));
+        .with_neighbour_mixing(Some(a.neighbour_mixing))
+        .with_prompt_condition(Some(a.prompt_condition));
     let flag_rule = a.prompt_score.map(|r| match r {
         PromptScoreArg::All => PromptScore::All,
         PromptScoreArg::Parts => PromptScore::Parts,
@@ -791,10 +796,12 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
         let samples: Vec<_> = eval.images.iter().cloned().zip(eval.prompts).collect();
         let d = srum_world::world::drawing_report(&samples);
         println!(
-            "drawing ({} samples): one-object prompts exactly one object {:.1}% of {}, two-object prompts exactly two {:.1}% of {}, {:.2} components per sample",
+            "drawing ({} samples): one-object prompts exactly one object {:.1}% of {} (one component {:.1}%, of the named colour and shape {:.1}%), two-object prompts exactly two {:.1}% of {}, {:.2} components per sample",
             d.n,
             100.0 * d.single_exact,
             d.single,
+            100.0 * d.single_one_component,
+            100.0 * d.single_named,
             100.0 * d.pair_exact,
             d.pair,
             d.mean_components

@@ -496,7 +496,7 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
 }
 
 /// Generation-only pretraining with every generator option on (adaptive norm, neighbour
-/// mixing, shifted times, the clean-space loss, EMA): the understanding-only parameters stay bit
+/// mixing, prompt conditioning, shifted times, the clean-space loss, EMA): the understanding-only parameters stay bit
 /// for bit, the new generation modules (zero at the start) move, the EMA is what is returned
 /// (between the start and the last step), and the checkpoint directory reads back the same
 /// generator.
@@ -508,11 +508,18 @@ fn generation_only_pretraining_trains_the_generator_alone() {
         .with_prediction(Some(srum_world::tiny::Prediction::Clean))
         .with_task_experts(Some(true))
         .with_adaptive_norm(Some(true))
-        .with_neighbour_mixing(Some(true));
+        .with_neighbour_mixing(Some(true))
+        .with_prompt_condition(Some(true));
     let model = config.init::<CpuAd>(build_tokenizer().unwrap(), &dev);
     let roles = model.param_roles();
+    let pooled = |path: &str| path.contains("prompt_condition");
     let ids = burn::module::list_param_ids(&model);
     let before = weights(&model);
+    assert_eq!(
+        before.iter().filter(|(p, _)| pooled(p)).count(),
+        3,
+        "the prompt condition's table, weight and bias"
+    );
     let new_modules = |path: &str| path.contains("modulation") || path.contains("neighbours");
     assert!(
         before.iter().filter(|(p, _)| new_modules(p)).count() >= 3,
@@ -556,6 +563,10 @@ fn generation_only_pretraining_trains_the_generator_alone() {
     let (after, ema) = (weights(&last), weights(&averaged));
     let mut moved_new = 0;
     for (((id, (path, x)), (_, y)), (_, e)) in ids.iter().zip(&before).zip(&after).zip(&ema) {
+        if pooled(path) {
+            assert_eq!(roles.role(*id), ParamRole::Generation, "`{path}`");
+            assert_ne!(x, y, "`{path}` did not move");
+        }
         match roles.role(*id) {
             ParamRole::Understanding => assert_eq!(x, y, "`{path}` changed"),
             _ => {

@@ -218,6 +218,7 @@ fn the_drawing_count_passes_renders_and_fails_mosaics_and_extra_objects() {
     let r = drawing_report(&renders);
     assert_eq!((r.single, r.pair, r.n), (48, 48, 96));
     assert_eq!((r.single_exact, r.pair_exact), (1.0, 1.0), "renders: {r:?}");
+    assert_eq!((r.single_one_component, r.single_named), (1.0, 1.0));
     assert_eq!(r.mean_components, 1.5);
 
     let mosaics: Vec<_> = renders
@@ -241,4 +242,14 @@ fn the_drawing_count_passes_renders_and_fails_mosaics_and_extra_objects() {
     ];
     let s = drawing_report(&swapped);
     assert_eq!((s.single_exact, s.pair_exact), (0.0, 0.0));
+    assert_eq!((s.single_one_component, s.single_named), (0.0, 0.0));
+    // The breakdown tells the count from the object: a red square shown for "a red circle"
+    // is one component, not the named one.
+    let square = PromptSpec::parse("a red square").unwrap();
+    let wrong = vec![(square.sample_scene(&mut rng, 32).render(32), one.clone())];
+    let w = drawing_report(&wrong);
+    assert_eq!(
+        (w.single_exact, w.single_one_component, w.single_named),
+        (0.0, 1.0, 0.0)
+    );
 }

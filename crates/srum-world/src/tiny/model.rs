@@ -101,6 +101,12 @@ pub struct TinyUmmConfig {
     /// of its own change: the generator draws each patch on its own (a mosaic). Zero at the
     /// start. `None` (older checkpoints): false.
     pub neighbour_mixing: Option<bool>,
+    /// Condition the generator on the whole prompt as one vector as well (a pooled prompt
+    /// embedding beside the time embedding, as Stable Diffusion 3 adds a pooled text vector):
+    /// each (position, token) pair has a learned vector, their sum goes through a small MLP.
+    /// The attention to the prompt's tokens stays; this gives every block the prompt's words
+    /// at once. `None` (older checkpoints): false.
+    pub prompt_condition: Option<bool>,
 }
 
 /// How [`TinyUmm`] scores a whole prompt from the `P(yes)` of its [`atoms`].
@@ -198,6 +204,29 @@ fn feed_forward<B: Backend>(
 enum Task {
     Understand,
     Generate,
+}
+
+/// The prompt as one vector: a learned vector per (position, token) pair, summed, then
+/// `out(gelu(sum))`. A sum over positions keeps which word stands where, which a bag of
+/// words would lose.
+#[derive(Module, Debug)]
+pub struct PromptCondition<B: Backend> {
+    table: Embedding<B>,
+    out: Linear<B>,
+    vocab: usize,
+}
+
+impl<B: Backend> PromptCondition<B> {
+    /// Shapes: `ids`: `[b, n]` token ids to `[b, d]`.
+    fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let [b, n] = ids.dims();
+        let offsets = Tensor::<B, 1, Int>::arange(0..n as i64, &ids.device())
+            .mul_scalar(self.vocab as i64)
+            .reshape([1, n]);
+        let pooled = self.table.forward(ids + offsets).sum_dim(1);
+        let [_, _, d] = pooled.dims();
+        self.out.forward(gelu(pooled.reshape([b, d])))
+    }
 }
 
 /// One block: shared attention over text and image tokens, then per-modality experts.
@@ -326,6 +355,8 @@ pub struct TinyUmm<B: Backend> {
     patch_in: Linear<B>,
     image_pos: Param<Tensor<B, 2>>,
     time_in: Linear<B>,
+    /// With prompt conditioning: the pooled prompt vector, added to the time embedding.
+    prompt_condition: Option<PromptCondition<B>>,
     blocks: Vec<Block<B>>,
     ln_out: LayerNorm<B>,
     velocity_head: Linear<B>,
@@ -370,6 +401,7 @@ impl TinyUmmConfig {
         let score = Some(self.prompt_score.unwrap_or_default());
         let adaptive = Some(self.adaptive_norm.unwrap_or(false));
         let neighbours = Some(self.neighbour_mixing.unwrap_or(false));
+        let prompt = Some(self.prompt_condition.unwrap_or(false));
         self.with_prediction(prediction)
             .with_task_experts(task_experts)
             .with_sincos_positions(sincos)
@@ -379,6 +411,7 @@ impl TinyUmmConfig {
             .with_prompt_score(score)
             .with_adaptive_norm(adaptive)
             .with_neighbour_mixing(neighbours)
+            .with_prompt_condition(prompt)
     }
 
     /// Builds the model with random weights.
@@ -406,6 +439,16 @@ impl TinyUmmConfig {
                 small.init([n_img, d], device)
             },
             time_in: LinearConfig::new(TIME_FEATURES, d).init(device),
+            prompt_condition: self
+                .prompt_condition
+                .unwrap_or(false)
+                .then(|| PromptCondition {
+                    table: EmbeddingConfig::new(self.max_text * self.vocab, d)
+                        .with_initializer(small.clone())
+                        .init(device),
+                    out: LinearConfig::new(d, d).init(device),
+                    vocab: self.vocab,
+                }),
             blocks: (0..self.n_layers)
                 .map(|_| Block {
                     ln_attn: LayerNormConfig::new(d).init(device),
@@ -1004,6 +1047,9 @@ impl<B: Backend> Generator<B> for TinyUmm<B> {
             .with_module(ParamRole::Generation, &self.velocity_head)
             .with_module(ParamRole::Understanding, &self.answer_head)
             .with_module(ParamRole::Understanding, &self.patch_head);
+        if let Some(p) = &self.prompt_condition {
+            roles = roles.with_module(ParamRole::Generation, p);
+        }
         for head in [&self.centre_head, &self.locate_head, &self.ground_head]
             .into_iter()
             .flatten()
@@ -1040,6 +1086,10 @@ impl<B: Backend> FlowGenerator<B> for TinyUmm<B> {
         let [b, _, _] = x_t.dims();
         let d = self.cls.dims()[1];
         let time = self.time_in.forward(time_features(t.clone()));
+        let time = match &self.prompt_condition {
+            Some(p) => time + p.forward(condition.ids.clone()),
+            None => time,
+        };
         let image = self.patch_in.forward(x_t.clone()) + self.image_pos.val().unsqueeze_dim::<3>(0);
         // With adaptive norm the blocks take the time; otherwise it is added to every token.
         let adaptive = self.blocks.iter().any(|b| b.modulation.is_some());
@@ -1066,6 +1116,32 @@ impl<B: Backend> FlowGenerator<B> for TinyUmm<B> {
 #[cfg(test)]
 mod tests {
     use super::sincos_2d;
+
+    /// The pooled prompt keeps which word stands where: the same words in another order give
+    /// another vector, the same ids the same one, and pads count as tokens of their own slot.
+    #[test]
+    fn the_prompt_condition_reads_words_by_position() {
+        use burn::tensor::{Int, Tensor};
+        type B = burn::backend::Flex;
+        let dev = Default::default();
+        let config = super::TinyUmmConfig::new()
+            .with_vocab(10)
+            .with_max_text(4)
+            .with_d_model(8)
+            .with_n_heads(2)
+            .with_n_layers(1)
+            .with_d_ff(16)
+            .with_prompt_condition(Some(true));
+        let tokenizer = crate::tiny::tokenizer::build_tokenizer().expect("tokenizer");
+        let model = config.init::<B>(tokenizer, &dev);
+        let pc = model.prompt_condition.as_ref().expect("prompt condition");
+        let ids = Tensor::<B, 2, Int>::from_ints([[3, 5, 0, 0], [5, 3, 0, 0], [3, 5, 0, 0]], &dev);
+        let out = pc.forward(ids).into_data().into_vec::<f32>().expect("f32");
+        let (a, b, c) = (&out[0..8], &out[8..16], &out[16..24]);
+        assert_eq!(a, c);
+        let diff: f32 = a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum();
+        assert!(diff > 1e-4, "word order lost: {diff}");
+    }
 
     /// Each entry against the closed form, computed in f64 with `exp`/`ln` rather than `powf`.
     #[test]

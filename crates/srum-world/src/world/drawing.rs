@@ -15,6 +15,14 @@ pub struct DrawingReport {
     /// Share of them with exactly one component, of the named colour and shape, of a drawn
     /// shape's size ([`Oracle::strict`]'s range).
     pub single_exact: f32,
+    /// Share of one-object samples with exactly one component of any kind: where the others
+    /// fail on the count, not on the object.
+    #[serde(default)]
+    pub single_one_component: f32,
+    /// Share of one-object samples with exactly one component, of the named colour and shape
+    /// (any size): [`DrawingReport::single_exact`] without the size check.
+    #[serde(default)]
+    pub single_named: f32,
     /// Samples of two-object prompts ("a red circle and a blue square", "a red circle and a
     /// red square").
     pub pair: usize,
@@ -51,13 +59,18 @@ fn exact(dets: &[Detection], nps: &[Np], image: &PixelImage) -> bool {
 pub fn drawing_report(samples: &[(PixelImage, PromptSpec)]) -> DrawingReport {
     let oracle = Oracle::default();
     let (mut single, mut single_ok, mut pair, mut pair_ok, mut components) = (0, 0, 0, 0, 0);
+    let (mut single_one, mut single_named) = (0, 0);
     for (image, prompt) in samples {
         let dets = oracle.detect(image);
         components += dets.len();
         if let PromptSpec::Objects(nps) = prompt {
             let ok = exact(&dets, nps, image);
             match nps.len() {
-                1 => (single, single_ok) = (single + 1, single_ok + usize::from(ok)),
+                1 => {
+                    (single, single_ok) = (single + 1, single_ok + usize::from(ok));
+                    single_one += usize::from(dets.len() == 1);
+                    single_named += usize::from(matches!(&dets[..], [d] if is(d, nps[0])));
+                }
                 2 => (pair, pair_ok) = (pair + 1, pair_ok + usize::from(ok)),
                 _ => {}
             }
@@ -67,6 +80,8 @@ pub fn drawing_report(samples: &[(PixelImage, PromptSpec)]) -> DrawingReport {
     DrawingReport {
         single,
         single_exact: share(single_ok, single),
+        single_one_component: share(single_one, single),
+        single_named: share(single_named, single),
         pair,
         pair_exact: share(pair_ok, pair),
         mean_components: share(components, samples.len()),
