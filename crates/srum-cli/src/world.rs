@@ -56,7 +56,8 @@ pub struct PretrainArgs {
     #[arg(long)]
     metrics: Option<PathBuf>,
     /// Also save the weights after these steps (comma-separated), each to `OUT.stepN`: points
-    /// along one schedule, for measuring what training length does.
+    /// along one schedule, for measuring what training length does. With --ema they are the
+    /// step's weights, not the average.
     #[arg(long, value_delimiter = ',')]
     save_at: Vec<usize>,
     /// Understanding pairs per step (default: --batch).
@@ -158,6 +159,12 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
     {
         return Err("--steps, --batch, --lr, --layers must be positive, --d-model a positive multiple of 4 and --patch a divisor of 32".into());
     }
+    if let Some(s) = a.save_at.iter().find(|&&s| s == 0 || s > a.steps) {
+        return Err(format!(
+            "--save-at {s}: a snapshot step must be in 1..={} (--steps)",
+            a.steps
+        ));
+    }
     let device = Default::default();
     let tokenizer = build_tokenizer().map_err(|e| e.to_string())?;
     let config = TinyUmmConfig::new()
@@ -228,6 +235,7 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
     let start = Instant::now();
     let (mut g, mut u, mut acc) = (0f32, 0f32, 0f32);
     let mut snapshot_error: Option<String> = None;
+    let mut last_step = 0;
     let model = pretrain(model, &pc, &device, |r, m| {
         let k = 0.02;
         (g, u, acc) = if r.step == 1 {
@@ -243,6 +251,7 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
                 acc + k * (r.understanding_accuracy - acc),
             )
         };
+        last_step = r.step;
         pb.set_position(r.step as u64);
         pb.set_message(format!("gen {g:.4} und {u:.4} acc {acc:.3}"));
         if let Some(f) = metrics.as_mut() {
@@ -270,6 +279,11 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         .map_err(|e| e.to_string())?;
     if let Some(e) = snapshot_error {
         return Err(format!("saved {}, but {e}", a.out.display()));
+    }
+    let missed: Vec<_> = a.save_at.iter().filter(|&&s| s > last_step).collect();
+    if !missed.is_empty() {
+        // The time budget stopped the run before these steps.
+        eprintln!("warning: stopped after step {last_step}; no snapshot for steps {missed:?}");
     }
     eprintln!(
         "pretrained in {:.1} min (seed {}); smoothed losses: generation {g:.4}, understanding {u:.4}, train accuracy {acc:.3}; saved to {}",

@@ -496,10 +496,10 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
 }
 
 /// Generation-only pretraining with every generator option on (adaptive norm, neighbour
-/// mixing, prompt conditioning, shifted times, the clean-space loss, EMA): the understanding-only parameters stay bit
-/// for bit, the new generation modules (zero at the start) move, the EMA is what is returned
-/// (between the start and the last step), and the checkpoint directory reads back the same
-/// generator.
+/// mixing, prompt conditioning, shifted times, the clean-space loss, EMA): the
+/// understanding-only parameters stay bit for bit, the new generation modules (zero at the
+/// start, or the prompt condition's) move, the EMA is what is returned (between the start and
+/// the last step), and the checkpoint directory reads back the same generator.
 #[test]
 fn generation_only_pretraining_trains_the_generator_alone() {
     use srum::model::ParamRole;

@@ -1118,7 +1118,7 @@ mod tests {
     use super::sincos_2d;
 
     /// The pooled prompt keeps which word stands where: the same words in another order give
-    /// another vector, the same ids the same one, and pads count as tokens of their own slot.
+    /// another vector, the same ids the same one.
     #[test]
     fn the_prompt_condition_reads_words_by_position() {
         use burn::tensor::{Int, Tensor};
