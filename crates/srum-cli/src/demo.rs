@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use srum::judge::{ConnectedComponents, SelfEvaluator, SelfEvaluatorConfig};
-use srum::model::{ImageCodec, ImageSize};
+use srum::model::{ImageCodec, ImageSize, TrainableSet};
 use srum::reward::{RewardComposer, RewardComposerConfig, RewardMap, RewardMode, reward_picture};
 use srum::round::Sample;
 use srum::train::{Trainer, TrainerConfig};
@@ -20,7 +20,9 @@ use srum_world::world::{
     OracleReport, Split, evaluate_generation, split_prompts, understanding_accuracy,
 };
 
+use crate::diagnose::{CategoryFigures, figures_table, rollout_figures};
 use crate::world::{SamplingArgs, bar};
+use std::collections::BTreeMap;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -66,6 +68,10 @@ pub struct DemoArgs {
     /// since the anchor term is fine-tuning on every sample whatever its reward.
     #[arg(long, default_value_t = 0.0)]
     lambda: f32,
+    /// `generation-and-shared` (the reference recipe: the judge's shared weights move too) or
+    /// `generation-only` (the judge stays the one that gave the rewards).
+    #[arg(long, default_value = "generation-and-shared", value_parser = ["generation-and-shared", "generation-only"])]
+    trainable: String,
     /// Held-out prompts per category for the before/after evaluation.
     #[arg(long, default_value_t = 20)]
     per_category: usize,
@@ -158,7 +164,8 @@ fn results_table(before: &OracleReport, after: &OracleReport, und: Option<(f32, 
 
 /// One round of the demo: the library's loop ([`srum::round`]) with the demo's baselines
 /// (`sft`, `best-of-k`), its rollout images, manifest and reward pictures, and one metrics
-/// line per step appended to `metrics`. Returns the trained model.
+/// line per step appended to `metrics`. Returns the trained model and the round's rollout
+/// figures against the oracle (measurement only).
 fn demo_round(
     a: &DemoArgs,
     round: usize,
@@ -166,7 +173,7 @@ fn demo_round(
     train: &[String],
     rng: &mut ChaCha8Rng,
     metrics: &mut String,
-) -> Result<TinyUmm<Ad>, String> {
+) -> Result<(TinyUmm<Ad>, BTreeMap<String, CategoryFigures>), String> {
     let device = Default::default();
     let image_size = ImageSize::square(model.image_size());
     let grid = model.latent_grid(image_size);
@@ -272,6 +279,14 @@ fn demo_round(
         },
         ..TrainerConfig::default()
     };
+    let tc = TrainerConfig {
+        trainable: if a.trainable == "generation-only" {
+            TrainableSet::GenerationOnly
+        } else {
+            TrainableSet::GenerationAndShared
+        },
+        ..tc
+    };
     let mut trainer = Trainer::new(model, tc, &device).map_err(|e| e.to_string())?;
     let pb = bar(
         a.train_steps as u64,
@@ -296,7 +311,52 @@ fn demo_round(
     )
     .map_err(|e| e.to_string())?;
     pb.finish_and_clear();
-    Ok(trainer.into_model())
+    let trained = trainer.into_model();
+
+    // The same images judged again by the trained model: does the judge still rank them?
+    let pb = bar(
+        samples.len() as u64,
+        &format!("round {}: re-judging", round + 1),
+    );
+    let again = srum::round::self_judge(
+        &trained.valid(),
+        &evaluator,
+        &composer,
+        samples
+            .iter()
+            .map(|s| srum::round::Rollout {
+                prompt: s.prompt.clone(),
+                image: s.image.clone(),
+            })
+            .collect(),
+        image_size,
+        64,
+        &device,
+        |n| pb.inc(n as u64),
+    )
+    .map_err(|e| e.to_string())?;
+    pb.finish_and_clear();
+    let after: Vec<f32> = again
+        .iter()
+        .map(|s| {
+            s.judged
+                .judgement
+                .global
+                .filter(|g| g.is_finite())
+                .unwrap_or(0.0)
+        })
+        .collect();
+    let figures = rollout_figures(
+        &samples,
+        Some(&after),
+        &srum_world::world::Oracle::default(),
+    )?;
+    eprintln!(
+        "round {}: self-rewards against the oracle (measurement only)\n{}",
+        round + 1,
+        figures_table(&figures)
+    );
+    Ok((trained, figures))
 }
 
 pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
@@ -363,8 +423,11 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
     train.shuffle(&mut rng);
     train.truncate(a.prompts);
     let mut metrics = String::new();
+    let mut figures = Vec::new();
     for round in 0..a.rounds {
-        model = demo_round(&a, round, model, &train, &mut rng, &mut metrics)?;
+        let (m, f) = demo_round(&a, round, model, &train, &mut rng, &mut metrics)?;
+        model = m;
+        figures.push(f);
     }
     srum::train::write_file_atomic(&a.out.join("metrics.jsonl"), metrics.as_bytes())
         .map_err(|e| e.to_string())?;
@@ -377,11 +440,12 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
     let table = results_table(&before, &after, und_before.zip(und_after));
     println!("{table}");
     let results = serde_json::json!({
-        "checkpoint": a.checkpoint.as_deref().map_or(srum_world::tiny::SHIPPED.into(), |p| p.display().to_string()), "reward": a.reward, "constraint": a.constraint, "lambda": a.lambda, "prompts": train.len(),
+        "checkpoint": a.checkpoint.as_deref().map_or(srum_world::tiny::SHIPPED.into(), |p| p.display().to_string()), "reward": a.reward, "constraint": a.constraint, "lambda": a.lambda, "trainable": a.trainable, "prompts": train.len(),
         "candidates": a.candidates, "rounds": a.rounds, "train_steps": a.train_steps, "batch": a.batch, "lr": a.lr,
         "seed": a.sampling.seed, "eval_seed": eval_seed, "per_category": a.per_category,
         "samples": a.samples, "before": before, "after": after,
         "understanding_before": und_before, "understanding_after": und_after,
+        "rollout_figures": figures,
         "seconds": start.elapsed().as_secs_f64(),
     });
     srum::train::write_file_atomic(

@@ -3,6 +3,7 @@
 mod backend;
 mod bagel;
 mod demo;
+mod diagnose;
 mod iterate;
 mod judge;
 mod merge;

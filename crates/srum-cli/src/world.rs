@@ -92,6 +92,10 @@ pub struct PretrainArgs {
     /// times as much as nearly clean ones).
     #[arg(long)]
     clean_space_loss: bool,
+    /// With --clean-space-loss: weigh times below T0 up, by (T0 / t)^2, so nearly clean
+    /// times, where edges are drawn, are not left out.
+    #[arg(long, value_name = "T0", requires = "clean_space_loss")]
+    low_noise_boost: Option<f32>,
     /// Start the image position embeddings at 2D sine-cosine values (only the initial value).
     #[arg(long)]
     sincos_positions: bool,
@@ -107,6 +111,12 @@ pub struct PretrainArgs {
     /// time embedding (the attention to the prompt's tokens stays).
     #[arg(long)]
     prompt_condition: bool,
+    /// With --neighbour-mixing: a full convolution (channels mixed) instead of a depthwise one.
+    #[arg(long, requires = "neighbour_mixing")]
+    neighbour_dense: bool,
+    /// With --neighbour-mixing: the convolution's side over the patch grid (odd).
+    #[arg(long, default_value_t = 3, value_parser = odd_kernel, requires = "neighbour_mixing")]
+    neighbour_kernel: usize,
     /// Add the per-patch object-centre head, an auxiliary target for counting.
     #[arg(long)]
     centre_head: bool,
@@ -184,7 +194,9 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         .with_ground_head(Some(a.ground_head))
         .with_adaptive_norm(Some(a.adaptive_norm))
         .with_neighbour_mixing(Some(a.neighbour_mixing))
-        .with_prompt_condition(Some(a.prompt_condition));
+        .with_prompt_condition(Some(a.prompt_condition))
+        .with_neighbour_dense(Some(a.neighbour_dense))
+        .with_neighbour_kernel(Some(a.neighbour_kernel));
     let flag_rule = a.prompt_score.map(|r| match r {
         PromptScoreArg::All => PromptScore::All,
         PromptScoreArg::Parts => PromptScore::Parts,
@@ -223,6 +235,7 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         timestep_shift: a.timestep_shift,
         ema: a.ema,
         clean_space_loss: a.clean_space_loss,
+        low_noise_boost: a.low_noise_boost,
         mix: a.mix,
         locate_objects: a.locate_objects,
         shards: usize::from(a.shards),
@@ -342,6 +355,9 @@ pub struct SamplingArgs {
     /// steps at high noise, where the layout is decided) [default: 1; with --model bagel, 3].
     #[arg(long)]
     shift: Option<f32>,
+    /// Guide only at times above this (guidance on t in (FROM, 1]) [default: 0.4, as BAGEL].
+    #[arg(long, value_name = "FROM")]
+    guidance_from: Option<f32>,
 }
 
 impl SamplingArgs {
@@ -356,6 +372,10 @@ impl SamplingArgs {
             steps: self.steps.unwrap_or(base.steps),
             guidance_scale: self.guidance.unwrap_or(base.guidance_scale),
             shift: self.shift.unwrap_or(base.shift),
+            guidance_interval: match self.guidance_from {
+                Some(lo) => (lo, base.guidance_interval.1),
+                None => base.guidance_interval,
+            },
             ..base
         });
         s.config.validate().map_err(|e| e.to_string())?;
@@ -854,4 +874,12 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
         .map_err(|e| e.to_string())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An odd convolution side from 1 to 15, for `--neighbour-kernel`.
+fn odd_kernel(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(k) if k % 2 == 1 && k <= 15 => Ok(k),
+        _ => Err(format!("{s:?}: want an odd side from 1 to 15")),
+    }
 }

@@ -76,6 +76,37 @@ fn demo_runs_every_stage_and_prints_the_table() {
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(results["rounds"], 2);
     assert!(results["after"]["overall"].as_f64().is_some());
+    let figures = results["rollout_figures"].as_array().unwrap();
+    assert_eq!(figures.len(), 2, "one set of rollout figures per round");
+    assert_eq!(figures[0]["overall"]["n"], 6);
+}
+
+/// With `--trainable generation-only` the judge is the one that gave the rewards: re-judging
+/// the rollout after training gives every image the same global score.
+#[test]
+fn demo_generation_only_keeps_the_judge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../srum-world/assets/tiny-umm");
+    let o = Command::new(env!("CARGO_BIN_EXE_srum"))
+        .args(["demo", "--checkpoint", model.to_str().unwrap(), "--out"])
+        .arg(tmp.path())
+        .args(["--trainable", "generation-only", "--lambda", "0.5"])
+        .args(["--prompts", "3", "--candidates", "2", "--train-steps", "3"])
+        .args(["--batch", "4", "--per-category", "1", "--samples", "1"])
+        .args(["--understanding", "0", "--pictures", "0", "--steps", "2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("results.json")).unwrap())
+            .unwrap();
+    assert_eq!(results["trainable"], "generation-only");
+    let figures = results["rollout_figures"][0].as_object().unwrap();
+    assert!(figures.contains_key("overall"));
+    for (cat, f) in figures {
+        assert_eq!(f["global_drift"], 0.0, "{cat}: {f}");
+        assert_eq!(f["agreement_after"], f["agreement"], "{cat}: {f}");
+    }
 }
 
 #[test]

@@ -334,6 +334,7 @@ fn a_few_pretraining_steps_and_the_checkpoint_directory() {
         timestep_shift: 1.0,
         ema: None,
         clean_space_loss: false,
+        low_noise_boost: None,
         mix: UnderstandingMix::parse("3,3,3,1,1,1").unwrap(),
         locate_objects: true,
         shards: 1,
@@ -451,6 +452,7 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
         timestep_shift: 1.0,
         ema: None,
         clean_space_loss: false,
+        low_noise_boost: None,
         // Sample rows too: the sampler's completions use the frozen generator.
         mix: UnderstandingMix::parse("7,3,4,2,2,2,8").unwrap(),
         locate_objects: false,
@@ -495,8 +497,9 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
     );
 }
 
-/// Generation-only pretraining with every generator option on (adaptive norm, neighbour
-/// mixing, prompt conditioning, shifted times, the clean-space loss, EMA): the
+/// Generation-only pretraining with every generator option on (adaptive norm, a full 5 x 5
+/// neighbour convolution, prompt conditioning, shifted times, the boosted clean-space loss,
+/// EMA): the
 /// understanding-only parameters stay bit for bit, the new generation modules (zero at the
 /// start, or the prompt condition's) move, the EMA is what is returned (between the start and
 /// the last step), and the checkpoint directory reads back the same generator.
@@ -509,6 +512,8 @@ fn generation_only_pretraining_trains_the_generator_alone() {
         .with_task_experts(Some(true))
         .with_adaptive_norm(Some(true))
         .with_neighbour_mixing(Some(true))
+        .with_neighbour_dense(Some(true))
+        .with_neighbour_kernel(Some(5))
         .with_prompt_condition(Some(true));
     let model = config.init::<CpuAd>(build_tokenizer().unwrap(), &dev);
     let roles = model.param_roles();
@@ -521,6 +526,13 @@ fn generation_only_pretraining_trains_the_generator_alone() {
         "the prompt condition's table, weight and bias"
     );
     let new_modules = |path: &str| path.contains("modulation") || path.contains("neighbours");
+    let d = config.d_model;
+    for (path, x) in before
+        .iter()
+        .filter(|(p, _)| p.contains("neighbours.weight"))
+    {
+        assert_eq!(x.len(), d * d * 25, "`{path}`: a full 5 x 5 convolution");
+    }
     assert!(
         before.iter().filter(|(p, _)| new_modules(p)).count() >= 3,
         "{:?}",
@@ -542,6 +554,7 @@ fn generation_only_pretraining_trains_the_generator_alone() {
         generation_only: true,
         timestep_shift: 3.0,
         clean_space_loss: true,
+        low_noise_boost: Some(0.5),
         ..PretrainConfig::default()
     };
     let mut reports = Vec::new();
@@ -588,9 +601,18 @@ fn generation_only_pretraining_trains_the_generator_alone() {
     assert!(pretrain(last.clone(), &bad, &dev, |_, _| {}).is_err());
     let bad = PretrainConfig {
         timestep_shift: 0.0,
-        ..pc
+        ..pc.clone()
     };
     assert!(pretrain(last.clone(), &bad, &dev, |_, _| {}).is_err());
+    for (clean_space_loss, boost) in [(false, 0.5), (true, 0.0), (true, f32::NAN)] {
+        let bad = PretrainConfig {
+            clean_space_loss,
+            low_noise_boost: Some(boost),
+            ..pc.clone()
+        };
+        let e = pretrain(last.clone(), &bad, &dev, |_, _| {}).unwrap_err();
+        assert!(e.to_string().contains("low_noise_boost"), "{e}");
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let inner = last.valid();
@@ -608,6 +630,18 @@ fn generation_only_pretraining_trains_the_generator_alone() {
     );
     let diff: f32 = (a - b).abs().max().into_scalar();
     assert_eq!(diff, 0.0);
+
+    // An even convolution side cannot keep the patch grid: loading names the card.
+    let card = dir.path().join("model.json");
+    let text = std::fs::read_to_string(&card).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let slot = json
+        .pointer_mut("/config/neighbour_kernel")
+        .unwrap_or_else(|| panic!("no neighbour_kernel in {text}"));
+    *slot = serde_json::json!(4);
+    std::fs::write(&card, json.to_string()).unwrap();
+    let e = TinyUmm::<Cpu>::load_dir(dir.path(), &dev).unwrap_err();
+    assert!(e.to_string().contains("model.json"), "{e}");
 }
 
 /// Every shipped checkpoint loads, generates and judges: the demo's model and the four judges. The

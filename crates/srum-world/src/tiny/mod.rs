@@ -88,6 +88,9 @@ impl<B: Backend> TinyUmm<B> {
             || config.image_size > 512
             || config.d_model > 4096
             || config.n_layers > 64
+            || config
+                .neighbour_kernel
+                .is_some_and(|k| k.is_multiple_of(2) || k > 15)
         {
             return Err(SrumError::Checkpoint {
                 path: card_path,

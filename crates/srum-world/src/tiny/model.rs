@@ -107,6 +107,13 @@ pub struct TinyUmmConfig {
     /// The attention to the prompt's tokens stays; this gives every block the prompt's words
     /// at once. `None` (older checkpoints): false.
     pub prompt_condition: Option<bool>,
+    /// With neighbour mixing: a full convolution (every channel reads every channel of the
+    /// neighbours, `d * d * k * k` weights per block) instead of a depthwise one. `None`
+    /// (older checkpoints): false.
+    pub neighbour_dense: Option<bool>,
+    /// With neighbour mixing: the convolution's side `k`, odd (3 reaches the 8 neighbouring
+    /// patches, 5 two patches away). `None` (older checkpoints): 3.
+    pub neighbour_kernel: Option<usize>,
 }
 
 /// How [`TinyUmm`] scores a whole prompt from the `P(yes)` of its [`atoms`].
@@ -402,6 +409,8 @@ impl TinyUmmConfig {
         let adaptive = Some(self.adaptive_norm.unwrap_or(false));
         let neighbours = Some(self.neighbour_mixing.unwrap_or(false));
         let prompt = Some(self.prompt_condition.unwrap_or(false));
+        let dense = Some(self.neighbour_dense.unwrap_or(false));
+        let kernel = Some(self.neighbour_kernel.unwrap_or(3));
         self.with_prediction(prediction)
             .with_task_experts(task_experts)
             .with_sincos_positions(sincos)
@@ -412,6 +421,8 @@ impl TinyUmmConfig {
             .with_adaptive_norm(adaptive)
             .with_neighbour_mixing(neighbours)
             .with_prompt_condition(prompt)
+            .with_neighbour_dense(dense)
+            .with_neighbour_kernel(kernel)
     }
 
     /// Builds the model with random weights.
@@ -471,9 +482,16 @@ impl TinyUmmConfig {
                             .init(device)
                     }),
                     neighbours: self.neighbour_mixing.unwrap_or(false).then(|| {
-                        Conv2dConfig::new([d, d], [3, 3])
-                            .with_groups(d)
-                            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                        let k = self.neighbour_kernel.unwrap_or(3);
+                        let groups = if self.neighbour_dense.unwrap_or(false) {
+                            1
+                        } else {
+                            d
+                        };
+                        let pad = k / 2;
+                        Conv2dConfig::new([d, d], [k, k])
+                            .with_groups(groups)
+                            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
                             .with_initializer(Initializer::Zeros)
                             .init(device)
                     }),

@@ -75,6 +75,12 @@ pub struct PretrainConfig {
     /// so nearly clean times dominate it. false: the velocity loss, as earlier versions.
     #[serde(default)]
     pub clean_space_loss: bool,
+    /// With the clean-space loss: weigh a time's clean-image error by `max(1, (t0 / t)^2)`
+    /// (`t` at least 0.05), so high-noise times keep the clean-space weight and nearly clean
+    /// ones, where edges are drawn, get up to `(t0 / 0.05)^2` of it (the velocity loss gives
+    /// them `1 / t^2`). `None`: the plain clean-space loss.
+    #[serde(default)]
+    pub low_noise_boost: Option<f32>,
     /// What the understanding batch is made of.
     #[serde(default)]
     pub mix: UnderstandingMix,
@@ -277,6 +283,7 @@ impl Default for PretrainConfig {
             timestep_shift: 1.0,
             ema: None,
             clean_space_loss: false,
+            low_noise_boost: None,
             mix: UnderstandingMix::default(),
             locate_objects: false,
             shards: 1,
@@ -615,15 +622,29 @@ impl<B: burn::tensor::backend::Backend> FlowBatch<B> {
     /// `clean_space`, of the clean estimate `x_t - t v` against `x0` instead (the velocity's
     /// error times `t`), which weighs high-noise times, where the layout is decided, as much
     /// as nearly clean ones.
-    fn loss(&self, clean_space: bool) -> Tensor<B, 1> {
+    fn loss(&self, clean_space: bool, low_noise_boost: Option<f32>) -> Tensor<B, 1> {
         let err = self.v.clone() - (self.eps.clone() - self.x0.clone());
         if !clean_space {
             return err.powi_scalar(2).mean();
         }
         let b = self.t_host.len();
-        (err * self.t.clone().reshape([b, 1, 1]))
-            .powi_scalar(2)
-            .mean()
+        let scale: Vec<f32> = self
+            .t_host
+            .iter()
+            .map(|&t| clean_space_scale(t, low_noise_boost))
+            .collect();
+        let scale = Tensor::<B, 1>::from_data(TensorData::new(scale, [b]), &self.t.device());
+        (err * scale.reshape([b, 1, 1])).powi_scalar(2).mean()
+    }
+}
+
+/// What the velocity's error at time `t` is multiplied by (before squaring) in the clean-space
+/// loss: `t`, so the square is the clean estimate's error, times `max(1, t0 / t)` with a low-noise
+/// boost `t0` (`t` at least 0.05).
+fn clean_space_scale(t: f32, low_noise_boost: Option<f32>) -> f32 {
+    match low_noise_boost {
+        None => t,
+        Some(t0) => t * (t0 / t.max(0.05)).max(1.0),
     }
 }
 
@@ -1136,7 +1157,7 @@ fn shard_step<B: AutodiffBackend>(
         )?;
         (
             None,
-            f.loss(config.clean_space_loss),
+            f.loss(config.clean_space_loss, config.low_noise_boost),
             f.x_t,
             f.v,
             f.t,
@@ -1151,7 +1172,7 @@ fn shard_step<B: AutodiffBackend>(
             &generation.prompts,
             device,
         )?;
-        let loss = f.loss(config.clean_space_loss);
+        let loss = f.loss(config.clean_space_loss, config.low_noise_boost);
         let host = loss.clone().inner();
         (
             Some(loss),
@@ -1292,6 +1313,19 @@ pub fn pretrain<B: AutodiffBackend>(
     let shards = config.shards.max(1);
     let b = config.batch;
     let ub = config.understanding_batch.unwrap_or(b);
+    if let Some(t0) = config.low_noise_boost {
+        if !(t0.is_finite() && t0 > 0.0) {
+            return Err(srum::error::SrumError::Training(format!(
+                "pretraining: low_noise_boost must be positive, got {t0}"
+            )));
+        }
+        if !config.clean_space_loss {
+            return Err(srum::error::SrumError::Training(
+                "pretraining: low_noise_boost weighs the clean-space loss; set clean_space_loss"
+                    .into(),
+            ));
+        }
+    }
     if config.generation_only && config.understanding_only {
         return Err(srum::error::SrumError::Training(
             "pretraining: generation_only and understanding_only exclude each other".into(),
@@ -1442,6 +1476,26 @@ pub fn pretrain<B: AutodiffBackend>(
 mod tests {
     use super::*;
     use crate::world::{Color, Object, Scene, Shape};
+
+    /// The boosted clean-space loss keeps the clean-space weight above `t0` and gives the
+    /// squared clean error `(t0 / t)^2` below it, `t` floored at 0.05.
+    #[test]
+    fn the_low_noise_boost_weighs_nearly_clean_times_up() {
+        for t in [0.01_f32, 0.05, 0.2, 0.6, 1.0] {
+            assert_eq!(clean_space_scale(t, None), t);
+        }
+        let t0 = 0.5;
+        for t in [0.6_f32, 0.9, 1.0] {
+            assert_eq!(clean_space_scale(t, Some(t0)), t);
+        }
+        // The velocity error times the scale is the clean error (err_v * t) times t0 / t.
+        for t in [0.1_f32, 0.25, 0.4] {
+            let clean_weight = (clean_space_scale(t, Some(t0)) / t).powi(2);
+            assert!((clean_weight - (t0 / t).powi(2)).abs() < 1e-4 * clean_weight);
+        }
+        let floor = (clean_space_scale(0.01, Some(t0)) / 0.01).powi(2);
+        assert!((floor - 100.0).abs() < 1e-2, "{floor}");
+    }
 
     /// The default mix draws kinds exactly as the fixed twentieths did before the mix was
     /// configurable, so older pretraining commands still make the same checkpoints.

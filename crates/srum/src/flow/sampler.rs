@@ -62,6 +62,13 @@ impl EulerSamplerConfig {
         if !self.guidance_scale.is_finite() {
             return Err(SrumError::config("guidance_scale", "must be finite"));
         }
+        let (lo, hi) = self.guidance_interval;
+        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+            return Err(SrumError::config(
+                "guidance_interval",
+                format!("want finite from < to, got ({lo}, {hi})"),
+            ));
+        }
         Ok(())
     }
 }
