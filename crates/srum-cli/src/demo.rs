@@ -37,6 +37,11 @@ pub struct DemoArgs {
     /// Training prompts rolled out.
     #[arg(long, default_value_t = 128)]
     prompts: usize,
+    /// How the training prompts are drawn from the training split: `pool` (uniformly: mostly
+    /// complex and spatial prompts, which the grammar has most of) or `balanced` (the same
+    /// number from each category, as T2I-CompBench's training sets are).
+    #[arg(long, default_value = "pool", value_parser = ["pool", "balanced"])]
+    prompt_mix: String,
     /// Candidates generated per prompt.
     #[arg(long, default_value_t = 4)]
     candidates: usize,
@@ -359,6 +364,26 @@ fn demo_round(
     Ok((trained, figures))
 }
 
+/// `prompts` reordered to take one prompt of each category in turn (categories in name order,
+/// each in its given order), so any prefix holds the categories about equally.
+fn balanced(prompts: Vec<String>) -> Result<Vec<String>, String> {
+    let mut by_cat: BTreeMap<&'static str, std::collections::VecDeque<String>> = BTreeMap::new();
+    for p in prompts {
+        let cat = srum_world::world::PromptSpec::parse(&p)
+            .map_err(|e| e.to_string())?
+            .category()
+            .name();
+        by_cat.entry(cat).or_default().push_back(p);
+    }
+    let mut out = Vec::new();
+    while by_cat.values().any(|q| !q.is_empty()) {
+        for q in by_cat.values_mut() {
+            out.extend(q.pop_front());
+        }
+    }
+    Ok(out)
+}
+
 pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
     if a.prompts == 0
         || a.candidates == 0
@@ -421,6 +446,9 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
     let mut train = srum_world::world::rollout_prompts();
     let mut rng = ChaCha8Rng::seed_from_u64(a.sampling.seed);
     train.shuffle(&mut rng);
+    if a.prompt_mix == "balanced" {
+        train = balanced(train)?;
+    }
     train.truncate(a.prompts);
     let mut metrics = String::new();
     let mut figures = Vec::new();
@@ -440,7 +468,7 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
     let table = results_table(&before, &after, und_before.zip(und_after));
     println!("{table}");
     let results = serde_json::json!({
-        "checkpoint": a.checkpoint.as_deref().map_or(srum_world::tiny::SHIPPED.into(), |p| p.display().to_string()), "reward": a.reward, "constraint": a.constraint, "lambda": a.lambda, "trainable": a.trainable, "prompts": train.len(),
+        "checkpoint": a.checkpoint.as_deref().map_or(srum_world::tiny::SHIPPED.into(), |p| p.display().to_string()), "reward": a.reward, "constraint": a.constraint, "lambda": a.lambda, "trainable": a.trainable, "prompt_mix": a.prompt_mix, "prompts": train.len(),
         "candidates": a.candidates, "rounds": a.rounds, "train_steps": a.train_steps, "batch": a.batch, "lr": a.lr,
         "seed": a.sampling.seed, "eval_seed": eval_seed, "per_category": a.per_category,
         "samples": a.samples, "before": before, "after": after,
@@ -461,4 +489,31 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
         a.out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::balanced;
+    use srum_world::world::PromptSpec;
+
+    /// Every prompt is kept, and each run of as many prompts as there are categories holds
+    /// one of each while every category lasts.
+    #[test]
+    fn balanced_takes_the_categories_in_turn() {
+        let pool = srum_world::world::rollout_prompts();
+        let out = balanced(pool.clone()).unwrap();
+        let (mut a, mut b) = (pool.clone(), out.clone());
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+        let cat = |p: &str| PromptSpec::parse(p).unwrap().category().name();
+        let mut cats: Vec<&str> = pool.iter().map(|p| cat(p)).collect();
+        cats.sort();
+        cats.dedup();
+        assert!(cats.len() >= 4, "{cats:?}");
+        let first: std::collections::BTreeSet<&str> =
+            out[..cats.len()].iter().map(|p| cat(p)).collect();
+        assert_eq!(first.len(), cats.len(), "{:?}", &out[..cats.len()]);
+        assert!(balanced(vec!["a purple circle".into()]).is_err());
+    }
 }

@@ -96,6 +96,10 @@ pub struct PretrainArgs {
     /// times, where edges are drawn, are not left out.
     #[arg(long, value_name = "T0", requires = "clean_space_loss")]
     low_noise_boost: Option<f32>,
+    /// Weigh the generation loss on and around objects (non-white pixels, grown by two) by
+    /// 1 + W: what tells shapes apart is a few pixels at their edges.
+    #[arg(long, value_name = "W")]
+    object_weight: Option<f32>,
     /// Start the image position embeddings at 2D sine-cosine values (only the initial value).
     #[arg(long)]
     sincos_positions: bool,
@@ -236,6 +240,7 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<ExitCode, String> {
         ema: a.ema,
         clean_space_loss: a.clean_space_loss,
         low_noise_boost: a.low_noise_boost,
+        object_weight: a.object_weight,
         mix: a.mix,
         locate_objects: a.locate_objects,
         shards: usize::from(a.shards),

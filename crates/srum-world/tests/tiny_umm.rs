@@ -335,6 +335,7 @@ fn a_few_pretraining_steps_and_the_checkpoint_directory() {
         ema: None,
         clean_space_loss: false,
         low_noise_boost: None,
+        object_weight: None,
         mix: UnderstandingMix::parse("3,3,3,1,1,1").unwrap(),
         locate_objects: true,
         shards: 1,
@@ -453,6 +454,7 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
         ema: None,
         clean_space_loss: false,
         low_noise_boost: None,
+        object_weight: None,
         // Sample rows too: the sampler's completions use the frozen generator.
         mix: UnderstandingMix::parse("7,3,4,2,2,2,8").unwrap(),
         locate_objects: false,
@@ -499,7 +501,7 @@ fn understanding_only_pretraining_leaves_the_generator_bit_for_bit() {
 
 /// Generation-only pretraining with every generator option on (adaptive norm, a full 5 x 5
 /// neighbour convolution, prompt conditioning, shifted times, the boosted clean-space loss,
-/// EMA): the
+/// the object weight, EMA): the
 /// understanding-only parameters stay bit for bit, the new generation modules (zero at the
 /// start, or the prompt condition's) move, the EMA is what is returned (between the start and
 /// the last step), and the checkpoint directory reads back the same generator.
@@ -555,6 +557,7 @@ fn generation_only_pretraining_trains_the_generator_alone() {
         timestep_shift: 3.0,
         clean_space_loss: true,
         low_noise_boost: Some(0.5),
+        object_weight: Some(2.0),
         ..PretrainConfig::default()
     };
     let mut reports = Vec::new();
