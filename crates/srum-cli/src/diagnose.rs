@@ -51,6 +51,9 @@ fn global(s: &Sample) -> f32 {
         .unwrap_or(0.0)
 }
 
+/// One image's global score, map mean, oracle score and re-judged global score.
+type Row = (f32, f32, f32, Option<f32>);
+
 /// Per category (and `overall`): the figures of `samples`, with `after` the global scores the
 /// trained model gives the same images (same order) where it re-judged them. A prompt outside
 /// the world's grammar is an error naming it.
@@ -69,7 +72,7 @@ pub fn rollout_figures(
         ));
     }
     // (global, map mean, oracle, global after) per image, grouped by category.
-    let mut groups: BTreeMap<String, Vec<(f32, f32, f32, Option<f32>)>> = BTreeMap::new();
+    let mut groups: BTreeMap<String, Vec<Row>> = BTreeMap::new();
     for (i, s) in samples.iter().enumerate() {
         let spec = PromptSpec::parse(&s.prompt).map_err(|e| format!("rollout sample {i}: {e}"))?;
         let row = (
@@ -87,9 +90,7 @@ pub fn rollout_figures(
     Ok(groups
         .into_iter()
         .map(|(cat, rows)| {
-            let col = |f: fn(&(f32, f32, f32, Option<f32>)) -> f32| -> Vec<f32> {
-                rows.iter().map(f).collect()
-            };
+            let col = |f: fn(&Row) -> f32| -> Vec<f32> { rows.iter().map(f).collect() };
             let (g, m, o) = (col(|r| r.0), col(|r| r.1), col(|r| r.2));
             let (global_mean, global_std) = mean_std(&g);
             let (map_mean, map_std) = mean_std(&m);

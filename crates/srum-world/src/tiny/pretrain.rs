@@ -1545,7 +1545,11 @@ mod tests {
         let w = object_weights(&im, 3.0);
         for y in 0..10 {
             for x in 0..10 {
-                let want = if (3..=7).contains(&x) && (3..=7).contains(&y) { 4.0 } else { 1.0 };
+                let want = if (3..=7).contains(&x) && (3..=7).contains(&y) {
+                    4.0
+                } else {
+                    1.0
+                };
                 let j = (y * 10 + x) * 3;
                 assert_eq!(&w.data[j..j + 3], &[want; 3], "({x}, {y})");
             }
