@@ -282,15 +282,12 @@ fn demo_round(
         } else {
             srum::train::Constraint::Anchor
         },
-        ..TrainerConfig::default()
-    };
-    let tc = TrainerConfig {
         trainable: if a.trainable == "generation-only" {
             TrainableSet::GenerationOnly
         } else {
             TrainableSet::GenerationAndShared
         },
-        ..tc
+        ..TrainerConfig::default()
     };
     let mut trainer = Trainer::new(model, tc, &device).map_err(|e| e.to_string())?;
     let pb = bar(
