@@ -20,7 +20,7 @@ use srum_world::world::{
     OracleReport, Split, evaluate_generation, split_prompts, understanding_accuracy,
 };
 
-use crate::diagnose::{CategoryFigures, figures_table, rollout_figures};
+use crate::diagnose::{CategoryFigures, figures_table, global_score, rollout_figures};
 use crate::world::{SamplingArgs, bar};
 use std::collections::BTreeMap;
 
@@ -215,22 +215,27 @@ fn demo_round(
         },
         ..Default::default()
     });
-    let pb = bar(
-        rollouts.len() as u64,
-        &format!("round {}: self-judging", round + 1),
-    );
-    let mut samples = srum::round::self_judge(
-        &inner,
-        &evaluator,
-        &composer,
-        rollouts,
-        image_size,
-        64,
-        &device,
-        |n| pb.inc(n as u64),
-    )
-    .map_err(|e| e.to_string())?;
-    pb.finish_and_clear();
+    // Self-judgement of `rollouts` by `judge`, with a progress bar named `what`.
+    let judge_all = |judge: &TinyUmm<Back>, rollouts: Vec<srum::round::Rollout>, what: &str| {
+        let pb = bar(
+            rollouts.len() as u64,
+            &format!("round {}: {what}", round + 1),
+        );
+        let out = srum::round::self_judge(
+            judge,
+            &evaluator,
+            &composer,
+            rollouts,
+            image_size,
+            64,
+            &device,
+            |n| pb.inc(n as u64),
+        )
+        .map_err(|e| e.to_string());
+        pb.finish_and_clear();
+        out
+    };
+    let mut samples = judge_all(&inner, rollouts, "self-judging")?;
     if matches!(a.reward.as_str(), "sft" | "best-of-k") {
         for s in &mut samples {
             s.map = RewardMap::filled(grid, 1.0);
@@ -251,16 +256,7 @@ fn demo_round(
 
     // The samples training draws from: all, or each prompt's best-judged candidate.
     let pool: Vec<usize> = if a.reward == "best-of-k" {
-        let globals: Vec<f32> = samples
-            .iter()
-            .map(|s| {
-                s.judged
-                    .judgement
-                    .global
-                    .filter(|g| g.is_finite())
-                    .unwrap_or(0.0)
-            })
-            .collect();
+        let globals: Vec<f32> = samples.iter().map(global_score).collect();
         (0..train.len())
             .filter_map(|p| {
                 (p * a.candidates..(p + 1) * a.candidates)
@@ -316,14 +312,8 @@ fn demo_round(
     let trained = trainer.into_model();
 
     // The same images judged again by the trained model: does the judge still rank them?
-    let pb = bar(
-        samples.len() as u64,
-        &format!("round {}: re-judging", round + 1),
-    );
-    let again = srum::round::self_judge(
+    let again = judge_all(
         &trained.valid(),
-        &evaluator,
-        &composer,
         samples
             .iter()
             .map(|s| srum::round::Rollout {
@@ -331,23 +321,9 @@ fn demo_round(
                 image: s.image.clone(),
             })
             .collect(),
-        image_size,
-        64,
-        &device,
-        |n| pb.inc(n as u64),
-    )
-    .map_err(|e| e.to_string())?;
-    pb.finish_and_clear();
-    let after: Vec<f32> = again
-        .iter()
-        .map(|s| {
-            s.judged
-                .judgement
-                .global
-                .filter(|g| g.is_finite())
-                .unwrap_or(0.0)
-        })
-        .collect();
+        "re-judging",
+    )?;
+    let after: Vec<f32> = again.iter().map(global_score).collect();
     let figures = rollout_figures(
         &samples,
         Some(&after),

@@ -43,7 +43,7 @@ fn mean_std(v: &[f32]) -> (f32, f32) {
 }
 
 /// The global score training saw (a missing or non-finite one counts 0, as the composer reads it).
-fn global(s: &Sample) -> f32 {
+pub fn global_score(s: &Sample) -> f32 {
     s.judged
         .judgement
         .global
@@ -76,7 +76,7 @@ pub fn rollout_figures(
     for (i, s) in samples.iter().enumerate() {
         let spec = PromptSpec::parse(&s.prompt).map_err(|e| format!("rollout sample {i}: {e}"))?;
         let row = (
-            global(s),
+            global_score(s),
             s.map.mean(),
             oracle.score(&s.image, &spec),
             after.map(|a| a[i]),
