@@ -20,7 +20,7 @@ use srum_world::world::{
     OracleReport, Split, evaluate_generation, split_prompts, understanding_accuracy,
 };
 
-use crate::diagnose::{CategoryFigures, figures_table, global_score, rollout_figures};
+use crate::diagnose::{CategoryFigures, figures_table, rollout_figures};
 use crate::world::{SamplingArgs, bar};
 use std::collections::BTreeMap;
 
@@ -256,7 +256,10 @@ fn demo_round(
 
     // The samples training draws from: all, or each prompt's best-judged candidate.
     let pool: Vec<usize> = if a.reward == "best-of-k" {
-        let globals: Vec<f32> = samples.iter().map(global_score).collect();
+        let globals: Vec<f32> = samples
+            .iter()
+            .map(|s| composer.global_score(&s.judged.judgement))
+            .collect();
         (0..train.len())
             .filter_map(|p| {
                 (p * a.candidates..(p + 1) * a.candidates)
@@ -323,10 +326,14 @@ fn demo_round(
             .collect(),
         "re-judging",
     )?;
-    let after: Vec<f32> = again.iter().map(global_score).collect();
+    let after: Vec<f32> = again
+        .iter()
+        .map(|s| composer.global_score(&s.judged.judgement))
+        .collect();
     let figures = rollout_figures(
         &samples,
         Some(&after),
+        &composer,
         &srum_world::world::Oracle::default(),
     )?;
     eprintln!(

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use srum::reward::RewardComposer;
 use srum::round::Sample;
 use srum_world::world::{Oracle, PromptSpec, spearman};
 
@@ -14,11 +15,12 @@ use srum_world::world::{Oracle, PromptSpec, spearman};
 pub struct CategoryFigures {
     /// Images.
     pub n: usize,
-    /// Mean and standard deviation of the judge's global score (`[-1, 1]`; none counts 0).
+    /// Mean and standard deviation of the judge's global score as composing reads it.
     pub global_mean: f32,
     /// See `global_mean`.
     pub global_std: f32,
-    /// Mean and standard deviation over images of each reward map's mean.
+    /// Mean and standard deviation over images of each reward map's mean: the map training
+    /// weighs tokens by (1 everywhere for the `sft` and `best-of-k` baselines).
     pub map_mean: f32,
     /// See `map_mean`.
     pub map_std: f32,
@@ -42,24 +44,16 @@ fn mean_std(v: &[f32]) -> (f32, f32) {
     (m as f32, var.sqrt() as f32)
 }
 
-/// The global score training saw (a missing or non-finite one counts 0, as the composer reads it).
-pub fn global_score(s: &Sample) -> f32 {
-    s.judged
-        .judgement
-        .global
-        .filter(|g| g.is_finite())
-        .unwrap_or(0.0)
-}
-
 /// One image's global score, map mean, oracle score and re-judged global score.
 type Row = (f32, f32, f32, Option<f32>);
 
-/// Per category (and `overall`): the figures of `samples`, with `after` the global scores the
-/// trained model gives the same images (same order) where it re-judged them. A prompt outside
-/// the world's grammar is an error naming it.
+/// Per category (and `overall`): the figures of `samples`, their global scores read by
+/// `composer`, with `after` the global scores the trained model gives the same images (same
+/// order) where it re-judged them. A prompt outside the world's grammar is an error naming it.
 pub fn rollout_figures(
     samples: &[Sample],
     after: Option<&[f32]>,
+    composer: &RewardComposer,
     oracle: &Oracle,
 ) -> Result<BTreeMap<String, CategoryFigures>, String> {
     if let Some(a) = after
@@ -76,7 +70,7 @@ pub fn rollout_figures(
     for (i, s) in samples.iter().enumerate() {
         let spec = PromptSpec::parse(&s.prompt).map_err(|e| format!("rollout sample {i}: {e}"))?;
         let row = (
-            global_score(s),
+            composer.global_score(&s.judged.judgement),
             s.map.mean(),
             oracle.score(&s.image, &spec),
             after.map(|a| a[i]),
@@ -147,7 +141,7 @@ pub fn figures_table(figures: &BTreeMap<String, CategoryFigures>) -> String {
 mod tests {
     use super::*;
     use srum::judge::JudgeOutput;
-    use srum::reward::{Judgement, RewardMap};
+    use srum::reward::{Judgement, RewardComposerConfig, RewardMap};
     use srum::{image::PixelImage, model::LatentGrid};
     use srum_world::world::Category;
 
@@ -180,7 +174,8 @@ mod tests {
             sample("a red circle and a blue square", None, 0.5),
         ];
         let after = [0.25, -0.5, 0.0];
-        let f = rollout_figures(&samples, Some(&after), &Oracle::default()).unwrap();
+        let composer = RewardComposer::new(RewardComposerConfig::default());
+        let f = rollout_figures(&samples, Some(&after), &composer, &Oracle::default()).unwrap();
         let overall = &f["overall"];
         assert_eq!(overall.n, 3);
         assert!((overall.global_mean - 0.0).abs() < 1e-6);
@@ -193,10 +188,12 @@ mod tests {
         assert!((f[cat].agreement - 1.0).abs() < 1e-6);
         assert!((f[cat].global_std - 0.5).abs() < 1e-6);
         assert!(figures_table(&f).contains("| overall | 3 |"));
-        assert!(rollout_figures(&samples, Some(&after[..2]), &Oracle::default()).is_err());
+        assert!(
+            rollout_figures(&samples, Some(&after[..2]), &composer, &Oracle::default()).is_err()
+        );
         let mut bad = samples;
         bad[0].prompt = "a purple circle".into();
-        let e = rollout_figures(&bad, None, &Oracle::default()).unwrap_err();
+        let e = rollout_figures(&bad, None, &composer, &Oracle::default()).unwrap_err();
         assert!(e.contains("rollout sample 0"), "{e}");
     }
 }

@@ -881,10 +881,13 @@ pub fn run_eval(a: EvalArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// An odd convolution side from 1 to 15, for `--neighbour-kernel`.
+/// A neighbour-convolution side the model takes, for `--neighbour-kernel`.
 fn odd_kernel(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
-        Ok(k) if k % 2 == 1 && k <= 15 => Ok(k),
-        _ => Err(format!("{s:?}: want an odd side from 1 to 15")),
+        Ok(k) if srum_world::tiny::neighbour_kernel_fits(k) => Ok(k),
+        _ => Err(format!(
+            "{s:?}: want an odd side from 1 to {}",
+            srum_world::tiny::MAX_NEIGHBOUR_KERNEL
+        )),
     }
 }

@@ -8,8 +8,9 @@ mod statements;
 mod tokenizer;
 
 pub use model::{
-    Block, Expert, PATCH_CLASSES, Prediction, PromptScore, TextBatch, TinyUmm, TinyUmmConfig,
-    UnderstandingHeads, atoms, mask_to_region, prompt_score, sincos_2d,
+    Block, Expert, MAX_NEIGHBOUR_KERNEL, PATCH_CLASSES, Prediction, PromptScore, TextBatch,
+    TinyUmm, TinyUmmConfig, UnderstandingHeads, atoms, mask_to_region, neighbour_kernel_fits,
+    prompt_score, sincos_2d,
 };
 pub use pretrain::{
     PretrainConfig, PretrainReport, SAMPLE_CLEAR, SAMPLE_REDRAWN, UnderstandingMix,
@@ -90,7 +91,7 @@ impl<B: Backend> TinyUmm<B> {
             || config.n_layers > 64
             || config
                 .neighbour_kernel
-                .is_some_and(|k| k.is_multiple_of(2) || k > 15)
+                .is_some_and(|k| !model::neighbour_kernel_fits(k))
         {
             return Err(SrumError::Checkpoint {
                 path: card_path,

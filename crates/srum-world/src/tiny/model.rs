@@ -112,8 +112,17 @@ pub struct TinyUmmConfig {
     /// (older checkpoints): false.
     pub neighbour_dense: Option<bool>,
     /// With neighbour mixing: the convolution's side `k`, odd (3 reaches the 8 neighbouring
-    /// patches, 5 two patches away). `None` (older checkpoints): 3.
+    /// patches, 5 two patches away; [`neighbour_kernel_fits`]). `None` (older checkpoints): 3.
     pub neighbour_kernel: Option<usize>,
+}
+
+/// Largest side of the neighbour convolution a config may ask for.
+pub const MAX_NEIGHBOUR_KERNEL: usize = 15;
+
+/// Whether `k` is a neighbour-convolution side that keeps the patch grid's size: odd, 1 to
+/// [`MAX_NEIGHBOUR_KERNEL`].
+pub fn neighbour_kernel_fits(k: usize) -> bool {
+    k % 2 == 1 && k <= MAX_NEIGHBOUR_KERNEL
 }
 
 /// How [`TinyUmm`] scores a whole prompt from the `P(yes)` of its [`atoms`].

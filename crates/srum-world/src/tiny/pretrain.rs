@@ -630,24 +630,27 @@ impl<B: burn::tensor::backend::Backend> FlowBatch<B> {
     /// Flow-matching loss: mean squared error of the velocity against `eps - x0`; with
     /// `clean_space`, of the clean estimate `x_t - t v` against `x0` instead (the velocity's
     /// error times `t`), which weighs high-noise times, where the layout is decided, as much
-    /// as nearly clean ones.
+    /// as nearly clean ones; times below `low_noise_boost` weighed up, and each squared value
+    /// times its object weight where there is one.
     fn loss(&self, clean_space: bool, low_noise_boost: Option<f32>) -> Tensor<B, 1> {
         let err = self.v.clone() - (self.eps.clone() - self.x0.clone());
-        let err = match &self.weight {
-            Some(w) => err * w.clone().sqrt(),
-            None => err,
+        let err = if clean_space {
+            let b = self.t_host.len();
+            let scale: Vec<f32> = self
+                .t_host
+                .iter()
+                .map(|&t| clean_space_scale(t, low_noise_boost))
+                .collect();
+            let scale = Tensor::<B, 1>::from_data(TensorData::new(scale, [b]), &self.t.device());
+            err * scale.reshape([b, 1, 1])
+        } else {
+            err
         };
-        if !clean_space {
-            return err.powi_scalar(2).mean();
+        let square = err.powi_scalar(2);
+        match &self.weight {
+            Some(w) => (square * w.clone()).mean(),
+            None => square.mean(),
         }
-        let b = self.t_host.len();
-        let scale: Vec<f32> = self
-            .t_host
-            .iter()
-            .map(|&t| clean_space_scale(t, low_noise_boost))
-            .collect();
-        let scale = Tensor::<B, 1>::from_data(TensorData::new(scale, [b]), &self.t.device());
-        (err * scale.reshape([b, 1, 1])).powi_scalar(2).mean()
     }
 }
 

@@ -200,6 +200,15 @@ impl RewardComposer {
         (RewardMap::from_full(size.grid(), values), stats)
     }
 
+    /// The global score as composing reads it: a non-finite one dropped, the rest clamped to
+    /// `[-1, 1]` (and binarized when configured); 0 where the judge gave none.
+    pub fn global_score(&self, judgement: &Judgement) -> f32 {
+        judgement
+            .global
+            .and_then(|g| self.sanitize(g, &mut ComposeStats::default()))
+            .unwrap_or(0.0)
+    }
+
     /// The map resized to a latent token `grid`, row-major in token order: the same
     /// numbers as [`compose`](Self::compose) followed by [`RewardMap::resize`], but computed
     /// only at the (up to) four image pixels each token's bilinear sample reads, so the cost
@@ -302,6 +311,28 @@ impl Regions {
 mod tests {
     use super::*;
     use crate::reward::{BBox, ScoredRegion};
+
+    /// The global score is read as composing reads it: none and non-finite count 0, the rest
+    /// is clamped, and binarized when configured.
+    #[test]
+    fn global_score_reads_as_composing_does() {
+        let read = |binarize: bool, g: Option<f32>| {
+            RewardComposer::new(RewardComposerConfig {
+                binarize,
+                ..Default::default()
+            })
+            .global_score(&Judgement {
+                global: g,
+                regions: vec![],
+            })
+        };
+        assert_eq!(read(false, None), 0.0);
+        assert_eq!(read(false, Some(f32::NAN)), 0.0);
+        assert_eq!(read(false, Some(1.7)), 1.0);
+        assert_eq!(read(false, Some(-0.3)), -0.3);
+        assert_eq!(read(true, Some(0.2)), 1.0);
+        assert_eq!(read(true, Some(-0.2)), -1.0);
+    }
 
     fn region(b: [f64; 4], score: f32) -> ScoredRegion {
         ScoredRegion {
@@ -432,10 +463,7 @@ mod tests {
             }
         }
         if cfg.mode != RewardMode::LocalOnly {
-            let g = j
-                .global
-                .and_then(|g| c.sanitize(g, &mut ComposeStats::default()))
-                .unwrap_or(0.0);
+            let g = c.global_score(j);
             m.iter_mut().for_each(|v| *v *= unit(g));
         }
         if cfg.signed {
