@@ -2,11 +2,13 @@
 //! pretraining, and its checkpoint directory (`model.json`, `model.safetensors`,
 //! `tokenizer.json`).
 
+mod attention;
 mod model;
 mod pretrain;
 mod statements;
 mod tokenizer;
 
+pub use attention::{SelfAttention, pad_mask};
 pub use model::{
     Block, Expert, MAX_NEIGHBOUR_KERNEL, PATCH_CLASSES, Prediction, PromptScore, TextBatch,
     TinyUmm, TinyUmmConfig, UnderstandingHeads, atoms, mask_to_region, neighbour_kernel_fits,

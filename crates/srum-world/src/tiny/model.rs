@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
     Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
@@ -20,6 +19,7 @@ use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
 use tokenizers::Tokenizer;
 
+use super::attention::{SelfAttention, pad_mask};
 use super::tokenizer::encode;
 use crate::world::{Np, PromptSpec};
 use srum::error::{Result, SrumError};
@@ -249,7 +249,7 @@ impl<B: Backend> PromptCondition<B> {
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
     ln_attn: LayerNorm<B>,
-    attn: MultiHeadAttention<B>,
+    attn: SelfAttention<B>,
     ln_text: LayerNorm<B>,
     text_up: Linear<B>,
     text_down: Linear<B>,
@@ -272,13 +272,14 @@ fn modulate<B: Backend>(x: Tensor<B, 3>, shift: Tensor<B, 2>, scale: Tensor<B, 2
 }
 
 impl<B: Backend> Block<B> {
-    /// Shapes: `text`: `[b, nt, d]`, `image`: `[b, ni, d]`, `pad`: `[b, nt + ni]` (true =
-    /// ignore), `time`: `[b, d]`, the generator's time embedding where the block modulates.
+    /// Shapes: `text`: `[b, nt, d]`, `image`: `[b, ni, d]`, `mask`: `[b, heads, nt + ni, nt +
+    /// ni]` (true = ignore the key), `time`: `[b, d]`, the generator's time embedding where the
+    /// block modulates.
     fn forward(
         &self,
         text: Tensor<B, 3>,
         image: Tensor<B, 3>,
-        pad: Tensor<B, 2, Bool>,
+        mask: Tensor<B, 4, Bool>,
         task: Task,
         time: Option<&Tensor<B, 2>>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
@@ -297,10 +298,7 @@ impl<B: Backend> Block<B> {
             }
             None => normed,
         };
-        let h = self
-            .attn
-            .forward(MhaInput::self_attn(normed).mask_pad(pad))
-            .context;
+        let h = self.attn.forward(normed, mask);
         let (text, image) = match &m {
             Some(m) => (
                 text + h.clone().narrow(1, 0, nt),
@@ -472,9 +470,7 @@ impl TinyUmmConfig {
             blocks: (0..self.n_layers)
                 .map(|_| Block {
                     ln_attn: LayerNormConfig::new(d).init(device),
-                    attn: MultiHeadAttentionConfig::new(d, self.n_heads)
-                        .with_dropout(0.0)
-                        .init(device),
+                    attn: SelfAttention::new(d, self.n_heads, device),
                     ln_text: LayerNormConfig::new(d).init(device),
                     text_up: LinearConfig::new(d, self.d_ff).init(device),
                     text_down: LinearConfig::new(self.d_ff, d).init(device),
@@ -635,9 +631,11 @@ impl<B: Backend> TinyUmm<B> {
             &image.device(),
         );
         let pad = Tensor::cat(vec![pad_text, no_pad], 1);
+        let heads = self.blocks.first().map_or(1, |b| b.attn.n_heads());
+        let mask = pad_mask(pad, heads);
         let (mut t, mut i) = (text, image);
         for block in &self.blocks {
-            (t, i) = block.forward(t, i, pad.clone(), task, time);
+            (t, i) = block.forward(t, i, mask.clone(), task, time);
         }
         (self.ln_out.forward(t), self.ln_out.forward(i))
     }
