@@ -268,7 +268,28 @@ pub struct Block<B: Backend> {
 
 /// `x * (1 + scale) + shift`, per sample. Shapes: `x`: `[b, n, d]`, `shift`, `scale`: `[b, d]`.
 fn modulate<B: Backend>(x: Tensor<B, 3>, shift: Tensor<B, 2>, scale: Tensor<B, 2>) -> Tensor<B, 3> {
-    x * (scale.unsqueeze_dim::<3>(1) + 1.0) + shift.unsqueeze_dim::<3>(1)
+    let [_, n, _] = x.dims();
+    x * per_token(scale + 1.0, n) + per_token(shift, n)
+}
+
+// The flex backend runs an element-wise op fast only on contiguous operands of one shape (or
+// 2-D ones); a `[b, 1, d]` broadcast or a token range cut out of a `[b, n, d]` tensor takes
+// a scalar strided loop, forward and backward. These two helpers hand it contiguous tensors;
+// the numbers are the same.
+
+/// `v` repeated for each of `n` tokens. Shapes: `v`: `[b, d]`; returns `[b, n, d]`.
+fn per_token<B: Backend>(v: Tensor<B, 2>, n: usize) -> Tensor<B, 3> {
+    v.unsqueeze_dim::<3>(1).repeat_dim(1, n)
+}
+
+/// Tokens `start..start + len` of `x` as a contiguous tensor (flex copies the range as one
+/// 2-D block, where a view would be walked element by element by every later op).
+/// Shapes: `x`: `[b, n, d]`; returns `[b, len, d]`.
+fn tokens<B: Backend>(x: Tensor<B, 3>, start: usize, len: usize) -> Tensor<B, 3> {
+    let [b, _, d] = x.dims();
+    x.narrow(1, start, len)
+        .reshape([b * len, d])
+        .reshape([b, len, d])
 }
 
 impl<B: Backend> Block<B> {
@@ -293,20 +314,20 @@ impl<B: Backend> Block<B> {
         let normed = self.ln_attn.forward(x.clone());
         let normed = match &m {
             Some(m) => {
-                let img = modulate(normed.clone().narrow(1, nt, ni), m[0].clone(), m[1].clone());
-                Tensor::cat(vec![normed.narrow(1, 0, nt), img], 1)
+                let img = modulate(tokens(normed.clone(), nt, ni), m[0].clone(), m[1].clone());
+                Tensor::cat(vec![tokens(normed, 0, nt), img], 1)
             }
             None => normed,
         };
         let h = self.attn.forward(normed, mask);
         let (text, image) = match &m {
             Some(m) => (
-                text + h.clone().narrow(1, 0, nt),
-                image + h.narrow(1, nt, ni) * m[2].clone().unsqueeze_dim::<3>(1),
+                text + tokens(h.clone(), 0, nt),
+                image + tokens(h, nt, ni) * per_token(m[2].clone(), ni),
             ),
             None => {
                 let x = x + h;
-                (x.clone().narrow(1, 0, nt), x.narrow(1, nt, ni))
+                (tokens(x.clone(), 0, nt), tokens(x, nt, ni))
             }
         };
         let image = match (&self.neighbours, task) {
@@ -328,7 +349,7 @@ impl<B: Backend> Block<B> {
                     m[4].clone(),
                 );
                 let out = self.image_down.forward(gelu(self.image_up.forward(inner)));
-                image + out * m[5].clone().unsqueeze_dim::<3>(1)
+                image + out * per_token(m[5].clone(), ni)
             }
             _ => feed_forward(&self.ln_image, &self.image_up, &self.image_down, image),
         };
