@@ -20,7 +20,10 @@ use srum_world::world::{
     OracleReport, Split, evaluate_generation, split_prompts, understanding_accuracy,
 };
 
-use crate::diagnose::{CategoryFigures, figures_table, rollout_figures};
+use crate::diagnose::{
+    CategoryFigures, TokenFigures, TokenKind, figures_table, rollout_figures, token_figures,
+    token_kinds, token_losses, token_table,
+};
 use crate::world::{SamplingArgs, bar};
 use std::collections::BTreeMap;
 
@@ -178,7 +181,7 @@ fn demo_round(
     train: &[String],
     rng: &mut ChaCha8Rng,
     metrics: &mut String,
-) -> Result<(TinyUmm<Ad>, BTreeMap<String, CategoryFigures>), String> {
+) -> Result<(TinyUmm<Ad>, RoundFigures), String> {
     let device = Default::default();
     let image_size = ImageSize::square(model.image_size());
     let grid = model.latent_grid(image_size);
@@ -341,7 +344,37 @@ fn demo_round(
         round + 1,
         figures_table(&figures)
     );
-    Ok((trained, figures))
+
+    // What training did to the error on tokens the strict oracle calls asked-for objects,
+    // other blobs and background (same images, same noise before and after).
+    let strict = srum_world::world::Oracle::strict();
+    let mut kinds = Vec::with_capacity(samples.len());
+    for (i, s) in samples.iter().enumerate() {
+        let spec = srum_world::world::PromptSpec::parse(&s.prompt)
+            .map_err(|e| format!("rollout sample {i}: {e}"))?;
+        kinds.push(token_kinds(&s.image, &spec, s.map.grid(), &strict));
+    }
+    let times = [0.25, 0.5, 0.75];
+    let seed = a.sampling.seed.wrapping_add(1000 + round as u64);
+    let before = token_losses(&inner, &samples, &times, seed, 64, &device)?;
+    let after = token_losses(&trained.valid(), &samples, &times, seed, 64, &device)?;
+    let tokens = token_figures(&samples, &kinds, &before, &after)?;
+    eprintln!(
+        "round {}: flow error by token kind, t in {{0.25, 0.5, 0.75}} (measurement only)\n{}",
+        round + 1,
+        token_table(&tokens)
+    );
+    Ok((trained, RoundFigures { figures, tokens }))
+}
+
+/// A round's measurements against the oracle (results.json `rollout_figures`).
+#[derive(serde::Serialize)]
+struct RoundFigures {
+    /// Per rollout category.
+    #[serde(flatten)]
+    figures: BTreeMap<String, CategoryFigures>,
+    /// Per token kind (`token_figures`).
+    tokens: BTreeMap<TokenKind, TokenFigures>,
 }
 
 /// `prompts` reordered to take one prompt of each category in turn (categories in name order,

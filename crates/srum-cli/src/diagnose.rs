@@ -5,7 +5,12 @@
 
 use std::collections::BTreeMap;
 
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
+use srum::image::PixelImage;
+use srum::model::{FlowGenerator, ImageCodec, LatentGrid};
 use srum::reward::RewardComposer;
 use srum::round::Sample;
 use srum_world::world::{Oracle, PromptSpec, spearman};
@@ -137,10 +142,195 @@ pub fn figures_table(figures: &BTreeMap<String, CategoryFigures>) -> String {
     t
 }
 
+/// What the oracle makes of a latent token of a rollout image (measurement only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenKind {
+    /// Covers part of an object the prompt asks for (its colour and shape, and an object by
+    /// `oracle`'s size rule).
+    Asked,
+    /// Covers another blob of colour and no asked object.
+    Other,
+    /// Background only.
+    Background,
+}
+
+impl TokenKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Asked => "asked object",
+            Self::Other => "other blob",
+            Self::Background => "background",
+        }
+    }
+}
+
+/// Each token's kind in `image`, drawn for `prompt`, row-major over `grid` (a token takes the
+/// kind of any pixel of it: an asked object's first, then another blob's).
+pub fn token_kinds(
+    image: &PixelImage,
+    prompt: &PromptSpec,
+    grid: LatentGrid,
+    oracle: &Oracle,
+) -> Vec<TokenKind> {
+    let (w, h) = (image.width.max(1), image.height.max(1));
+    let nps = prompt.nps();
+    let mut kinds = vec![TokenKind::Background; grid.rows * grid.cols];
+    for (d, pixels) in oracle.components(image) {
+        let asked = oracle.is_object(&d, image)
+            && nps.iter().any(|n| n.color == d.color && n.shape == d.shape);
+        for p in pixels {
+            let (x, y) = (p % w, p / w);
+            let t = (y * grid.rows / h) * grid.cols + x * grid.cols / w;
+            if kinds[t] != TokenKind::Asked {
+                kinds[t] = if asked {
+                    TokenKind::Asked
+                } else {
+                    TokenKind::Other
+                };
+            }
+        }
+    }
+    kinds
+}
+
+/// Each token's flow-matching error `|v(x_t, t) - (eps - x_0)|^2`, mean over channels and over
+/// `times`, of `model` on the samples' images and prompts. The noise is drawn per image and
+/// time from `seed` alone, so two models see the same noised images.
+pub fn token_losses<B: Backend, M: FlowGenerator<B> + ImageCodec<B>>(
+    model: &M,
+    samples: &[Sample],
+    times: &[f32],
+    seed: u64,
+    batch: usize,
+    device: &B::Device,
+) -> Result<Vec<Vec<f32>>, String> {
+    let mut out = Vec::with_capacity(samples.len());
+    for (c, chunk) in samples.chunks(batch.max(1)).enumerate() {
+        let images: Vec<PixelImage> = chunk.iter().map(|s| s.image.clone()).collect();
+        let prompts: Vec<String> = chunk.iter().map(|s| s.prompt.clone()).collect();
+        let x0 = model
+            .encode_images(PixelImage::to_tensor::<B>(&images, device).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        let cond = model.condition(&prompts).map_err(|e| e.to_string())?;
+        let [b, n, ch] = x0.dims();
+        let mut sum = Tensor::<B, 2>::zeros([b, n], device);
+        for (k, &t) in times.iter().enumerate() {
+            let mut eps: Vec<f32> = Vec::with_capacity(b * n * ch);
+            for i in 0..b {
+                let image = (c * batch.max(1) + i) as u64;
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+                    seed ^ image.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k as u64) << 48,
+                );
+                eps.extend((0..n * ch).map(|_| -> f32 { StandardNormal.sample(&mut rng) }));
+            }
+            let eps: Tensor<B, 3> = Tensor::from_data(TensorData::new(eps, [b, n, ch]), device);
+            let x_t = x0.clone() * (1.0 - t) + eps.clone() * t;
+            let v = model.velocity(x_t, Tensor::full([b], t, device), &cond);
+            let err = (v - (eps - x0.clone())).powi_scalar(2).mean_dim(2);
+            sum = sum + err.reshape([b, n]);
+        }
+        let mean = (sum / times.len().max(1) as f32).into_data();
+        let v: Vec<f32> = mean.to_vec().map_err(|e| format!("{e:?}"))?;
+        out.extend(v.chunks(n).map(<[f32]>::to_vec));
+    }
+    Ok(out)
+}
+
+/// One kind of token's figures over a round's rollout images.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenFigures {
+    /// Tokens of this kind.
+    pub tokens: usize,
+    /// Mean reward-map value on them (training weighs each token by it, plus λ with the anchor).
+    pub map_mean: f32,
+    /// Mean flow-matching error on them before training (`token_losses`).
+    pub loss_before: f32,
+    /// The same after training, same noise.
+    pub loss_after: f32,
+}
+
+/// Per token kind: the map and the error before and after training. All slices are per sample
+/// in `samples`' order, each row over the sample's map grid.
+pub fn token_figures(
+    samples: &[Sample],
+    kinds: &[Vec<TokenKind>],
+    before: &[Vec<f32>],
+    after: &[Vec<f32>],
+) -> Result<BTreeMap<TokenKind, TokenFigures>, String> {
+    if kinds.len() != samples.len() || before.len() != samples.len() || after.len() != samples.len()
+    {
+        return Err(format!(
+            "token figures: {} samples but {} kinds, {} and {} loss rows",
+            samples.len(),
+            kinds.len(),
+            before.len(),
+            after.len()
+        ));
+    }
+    let mut acc: BTreeMap<TokenKind, (usize, f64, f64, f64)> = BTreeMap::new();
+    for (i, s) in samples.iter().enumerate() {
+        let map = s.map.values();
+        if kinds[i].len() != map.len()
+            || before[i].len() != map.len()
+            || after[i].len() != map.len()
+        {
+            return Err(format!(
+                "token figures: sample {i} has {} map values but {} kinds, {} and {} losses",
+                map.len(),
+                kinds[i].len(),
+                before[i].len(),
+                after[i].len()
+            ));
+        }
+        for t in 0..map.len() {
+            let e = acc.entry(kinds[i][t]).or_default();
+            e.0 += 1;
+            e.1 += map[t] as f64;
+            e.2 += before[i][t] as f64;
+            e.3 += after[i][t] as f64;
+        }
+    }
+    Ok(acc
+        .into_iter()
+        .map(|(k, (n, m, b, a))| {
+            let d = n.max(1) as f64;
+            let f = TokenFigures {
+                tokens: n,
+                map_mean: (m / d) as f32,
+                loss_before: (b / d) as f32,
+                loss_after: (a / d) as f32,
+            };
+            (k, f)
+        })
+        .collect())
+}
+
+/// [`token_figures`] as a markdown table.
+pub fn token_table(figures: &BTreeMap<TokenKind, TokenFigures>) -> String {
+    let mut t = String::from(
+        "| token | tokens | map mean | loss before | loss after | change |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    for (k, f) in figures {
+        t.push_str(&format!(
+            "| {} | {} | {:.3} | {:.4} | {:.4} | {:+.1}% |\n",
+            k.name(),
+            f.tokens,
+            f.map_mean,
+            f.loss_before,
+            f.loss_after,
+            100.0 * (f.loss_after / f.loss_before - 1.0),
+        ));
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use srum::judge::JudgeOutput;
+    use srum::model::Generator;
     use srum::reward::{Judgement, RewardComposerConfig, RewardMap};
     use srum::{image::PixelImage, model::LatentGrid};
     use srum_world::world::Category;
@@ -195,5 +385,137 @@ mod tests {
         bad[0].prompt = "a purple circle".into();
         let e = rollout_figures(&bad, None, &composer, &Oracle::default()).unwrap_err();
         assert!(e.contains("rollout sample 0"), "{e}");
+    }
+
+    /// On a render of an asked red circle and an unasked blue square, the circle's tokens are
+    /// asked, the square's other, the rest background.
+    #[test]
+    fn token_kinds_of_a_render() {
+        use srum_world::world::{Color, Object, Scene, Shape};
+        let object = |color, shape, c| Object {
+            color,
+            shape,
+            cx: c,
+            cy: c,
+            radius: 5.0,
+        };
+        let scene = Scene {
+            objects: vec![
+                object(Color::Red, Shape::Circle, 8.0),
+                object(Color::Blue, Shape::Square, 24.0),
+            ],
+        };
+        let spec = PromptSpec::parse("a red circle").unwrap();
+        let kinds = token_kinds(
+            &scene.render(32),
+            &spec,
+            LatentGrid::new(8, 8),
+            &Oracle::strict(),
+        );
+        assert_eq!(kinds[2 * 8 + 2], TokenKind::Asked);
+        assert_eq!(kinds[6 * 8 + 6], TokenKind::Other);
+        assert_eq!(kinds[7], TokenKind::Background);
+        let count = |k| kinds.iter().filter(|&&x| x == k).count();
+        // Each object spans 3 x 3 or 4 x 4 tokens of 4 pixels.
+        assert!((9..=16).contains(&count(TokenKind::Asked)), "{kinds:?}");
+        assert!((9..=16).contains(&count(TokenKind::Other)), "{kinds:?}");
+        // Asked for both, both are asked.
+        let both = PromptSpec::parse("a red circle and a blue square").unwrap();
+        let kinds = token_kinds(
+            &scene.render(32),
+            &both,
+            LatentGrid::new(8, 8),
+            &Oracle::strict(),
+        );
+        assert!(!kinds.contains(&TokenKind::Other));
+    }
+
+    /// Counts and means follow from the inputs by hand; mismatched rows are errors.
+    #[test]
+    fn token_figures_by_hand() {
+        let (a, o, g) = (TokenKind::Asked, TokenKind::Other, TokenKind::Background);
+        let mut s0 = sample("a red circle", Some(0.5), 1.0);
+        s0.map = RewardMap::filled(LatentGrid::new(1, 2), 1.0);
+        let mut s1 = sample("a red circle", Some(0.5), 0.0);
+        s1.map = RewardMap::filled(LatentGrid::new(1, 2), 0.25);
+        let samples = vec![s0, s1];
+        let kinds = vec![vec![a, g], vec![a, o]];
+        let before = vec![vec![1.0, 2.0], vec![3.0, 4.0]];
+        let after = vec![vec![0.5, 2.0], vec![1.5, 8.0]];
+        let f = token_figures(&samples, &kinds, &before, &after).unwrap();
+        assert_eq!(f[&a].tokens, 2);
+        assert!((f[&a].map_mean - 0.625).abs() < 1e-6);
+        assert!((f[&a].loss_before - 2.0).abs() < 1e-6);
+        assert!((f[&a].loss_after - 1.0).abs() < 1e-6);
+        assert!((f[&o].loss_after - 8.0).abs() < 1e-6);
+        assert!((f[&g].map_mean - 1.0).abs() < 1e-6);
+        assert!(
+            token_table(&f).contains("| asked object | 2 | 0.625 | 2.0000 | 1.0000 | -50.0% |")
+        );
+        assert!(token_figures(&samples, &kinds[..1], &before, &after).is_err());
+        let short = vec![vec![1.0], vec![3.0, 4.0]];
+        let e = token_figures(&samples, &kinds, &short, &after).unwrap_err();
+        assert!(e.contains("sample 0"), "{e}");
+    }
+
+    /// The error of a token is the squared velocity error by hand, and the noise depends on the
+    /// image and the time, not on how the images are batched.
+    #[test]
+    fn token_losses_by_hand_and_batch_free() {
+        type B = burn::backend::Flex;
+        let device = Default::default();
+        let (model, _) = srum_world::tiny::TinyUmm::<B>::shipped(&device).unwrap();
+        let samples: Vec<Sample> = ["a red circle", "a blue square", "a green triangle"]
+            .into_iter()
+            .map(|p| sample(p, None, 0.5))
+            .collect();
+        let one = token_losses(&model, &samples, &[0.3, 0.7], 5, 1, &device).unwrap();
+        let all = token_losses(&model, &samples, &[0.3, 0.7], 5, 3, &device).unwrap();
+        assert_eq!(one.len(), 3);
+        for (x, y) in one.iter().flatten().zip(all.iter().flatten()) {
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{x} vs {y}");
+        }
+        // Another seed, other noise.
+        let other = token_losses(&model, &samples, &[0.3, 0.7], 6, 3, &device).unwrap();
+        assert_ne!(other, all);
+        // By hand for the first image at t = 0.5 (same seed, time index 0).
+        let at = token_losses(&model, &samples[..1], &[0.5], 9, 1, &device).unwrap();
+        let x0 = model
+            .encode_images(
+                PixelImage::to_tensor::<B>(&[samples[0].image.clone()], &device).unwrap(),
+            )
+            .unwrap();
+        let [_, n, ch] = x0.dims();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let eps: Vec<f32> = (0..n * ch)
+            .map(|_| -> f32 { StandardNormal.sample(&mut rng) })
+            .collect();
+        let x0v: Vec<f32> = x0.clone().into_data().to_vec().unwrap();
+        let x_t: Vec<f32> = x0v
+            .iter()
+            .zip(&eps)
+            .map(|(a, e)| 0.5 * a + 0.5 * e)
+            .collect();
+        let cond = model.condition(&[samples[0].prompt.clone()]).unwrap();
+        let v = model.velocity(
+            Tensor::from_data(TensorData::new(x_t, [1, n, ch]), &device),
+            Tensor::full([1], 0.5, &device),
+            &cond,
+        );
+        let v: Vec<f32> = v.into_data().to_vec().unwrap();
+        for t in [0, n / 2, n - 1] {
+            let e: f32 = (0..ch)
+                .map(|c| {
+                    let i = t * ch + c;
+                    (v[i] - (eps[i] - x0v[i])).powi(2)
+                })
+                .sum::<f32>()
+                / ch as f32;
+            assert!(
+                (e - at[0][t]).abs() <= 1e-4 * e.max(1e-3),
+                "token {t}: {e} vs {}",
+                at[0][t]
+            );
+        }
     }
 }

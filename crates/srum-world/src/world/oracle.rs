@@ -77,6 +77,11 @@ impl Oracle {
     /// Objects in the image: colour clustering to the palette, 4-connected components per
     /// colour, shape from how much of its box a component fills.
     pub fn detect(&self, image: &PixelImage) -> Vec<Detection> {
+        self.components(image).into_iter().map(|(d, _)| d).collect()
+    }
+
+    /// [`Oracle::detect`]'s detections with the pixels of each (indices `y * width + x`).
+    pub fn components(&self, image: &PixelImage) -> Vec<(Detection, Vec<usize>)> {
         let (w, h) = (image.width, image.height);
         let label: Vec<Option<usize>> = (0..w * h)
             .map(|i| {
@@ -143,7 +148,7 @@ impl Oracle {
                 Shape::Triangle
             };
             let n = pixels.len() as f32;
-            out.push(Detection {
+            let detection = Detection {
                 color: Color::ALL[k],
                 shape,
                 cx: xs.map(|x| x as f32 + 0.5).sum::<f32>() / n,
@@ -151,7 +156,8 @@ impl Oracle {
                 area: pixels.len(),
                 box_width: x1 - x0 + 1,
                 box_height: y1 - y0 + 1,
-            });
+            };
+            out.push((detection, pixels));
         }
         out
     }
