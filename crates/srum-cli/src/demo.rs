@@ -367,13 +367,12 @@ fn demo_round(
     Ok((trained, RoundFigures { figures, tokens }))
 }
 
-/// A round's measurements against the oracle (results.json `rollout_figures`).
-#[derive(serde::Serialize)]
+/// A round's measurements against the oracle (results.json `rollout_figures` and
+/// `token_figures`).
 struct RoundFigures {
     /// Per rollout category.
-    #[serde(flatten)]
     figures: BTreeMap<String, CategoryFigures>,
-    /// Per token kind (`token_figures`).
+    /// Per token kind.
     tokens: BTreeMap<TokenKind, TokenFigures>,
 }
 
@@ -464,11 +463,12 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
     }
     train.truncate(a.prompts);
     let mut metrics = String::new();
-    let mut figures = Vec::new();
+    let (mut figures, mut token_figures) = (Vec::new(), Vec::new());
     for round in 0..a.rounds {
         let (m, f) = demo_round(&a, round, model, &train, &mut rng, &mut metrics)?;
         model = m;
-        figures.push(f);
+        figures.push(f.figures);
+        token_figures.push(f.tokens);
     }
     srum::train::write_file_atomic(&a.out.join("metrics.jsonl"), metrics.as_bytes())
         .map_err(|e| e.to_string())?;
@@ -487,6 +487,7 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
         "samples": a.samples, "before": before, "after": after,
         "understanding_before": und_before, "understanding_after": und_after,
         "rollout_figures": figures,
+        "token_figures": token_figures,
         "seconds": start.elapsed().as_secs_f64(),
     });
     srum::train::write_file_atomic(

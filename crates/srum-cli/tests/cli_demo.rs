@@ -107,6 +107,13 @@ fn demo_generation_only_keeps_the_judge() {
         assert_eq!(f["global_drift"], 0.0, "{cat}: {f}");
         assert_eq!(f["agreement_after"], f["agreement"], "{cat}: {f}");
     }
+    // The generator trained: its error on the rollout images moved.
+    let tokens = results["token_figures"][0].as_object().unwrap();
+    assert!(tokens.contains_key("background"), "{tokens:?}");
+    for (kind, f) in tokens {
+        assert!(f["tokens"].as_u64().unwrap() > 0, "{kind}: {f}");
+        assert_ne!(f["loss_after"], f["loss_before"], "{kind}: {f}");
+    }
 }
 
 #[test]
