@@ -6,9 +6,8 @@
 use std::collections::BTreeMap;
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
-use rand::SeedableRng;
-use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
+use srum::flow::{extend_normals, image_rng, noisy_latents, velocity_target};
 use srum::image::PixelImage;
 use srum::model::{FlowGenerator, ImageCodec, LatentGrid};
 use srum::reward::RewardComposer;
@@ -216,18 +215,17 @@ pub fn token_losses<B: Backend, M: FlowGenerator<B> + ImageCodec<B>>(
         let [b, n, ch] = x0.dims();
         let mut sum = Tensor::<B, 2>::zeros([b, n], device);
         for (k, &t) in times.iter().enumerate() {
-            let mut eps: Vec<f32> = Vec::with_capacity(b * n * ch);
+            let mut eps = Vec::with_capacity(b * n * ch);
             for i in 0..b {
-                let image = (c * batch.max(1) + i) as u64;
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
-                    seed ^ image.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k as u64) << 48,
-                );
-                eps.extend((0..n * ch).map(|_| -> f32 { StandardNormal.sample(&mut rng) }));
+                let mut rng = image_rng(seed.wrapping_add(k as u64), (c * batch.max(1) + i) as u64);
+                eps = extend_normals(eps, &mut rng, n * ch);
             }
             let eps: Tensor<B, 3> = Tensor::from_data(TensorData::new(eps, [b, n, ch]), device);
-            let x_t = x0.clone() * (1.0 - t) + eps.clone() * t;
+            let x_t = noisy_latents(x0.clone(), eps.clone(), Tensor::full([b], t, device));
             let v = model.velocity(x_t, Tensor::full([b], t, device), &cond);
-            let err = (v - (eps - x0.clone())).powi_scalar(2).mean_dim(2);
+            let err = (v - velocity_target(x0.clone(), eps))
+                .powi_scalar(2)
+                .mean_dim(2);
             sum = sum + err.reshape([b, n]);
         }
         let mean = (sum / times.len().max(1) as f32).into_data();
@@ -486,10 +484,7 @@ mod tests {
             )
             .unwrap();
         let [_, n, ch] = x0.dims();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        let eps: Vec<f32> = (0..n * ch)
-            .map(|_| -> f32 { StandardNormal.sample(&mut rng) })
-            .collect();
+        let eps = extend_normals(Vec::new(), &mut image_rng(9, 0), n * ch);
         let x0v: Vec<f32> = x0.clone().into_data().to_vec().unwrap();
         let x_t: Vec<f32> = x0v
             .iter()
