@@ -11,11 +11,11 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use srum::judge::{ConnectedComponents, SelfEvaluator, SelfEvaluatorConfig};
-use srum::model::{ImageCodec, ImageSize, TrainableSet};
+use srum::model::{ImageCodec, ImageSize, LatentGrid, TrainableSet};
 use srum::reward::{RewardComposer, RewardComposerConfig, RewardMap, RewardMode, reward_picture};
 use srum::round::Sample;
 use srum::train::{Trainer, TrainerConfig};
-use srum_world::tiny::TinyUmm;
+use srum_world::tiny::{TinyUmm, TinyUmmConfig};
 use srum_world::world::{
     OracleReport, Split, evaluate_generation, split_prompts, understanding_accuracy,
 };
@@ -29,14 +29,28 @@ use std::collections::BTreeMap;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Rounds of rollout, self-judgement and training, each starting from the last round's
+    /// model (the paper does one).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    #[command(flatten)]
+    recipe: RecipeArgs,
+}
+
+/// What a demo run is made of, whatever it learns: the model, the prompts, the sizes of the
+/// rollout, the training and the evaluation.
+#[derive(clap::Args, Clone)]
+pub struct RunArgs {
     /// Model directory to start from (default: the checkpoint built into srum-world,
     /// `assets/tiny-umm` of its crate).
     #[arg(long)]
-    checkpoint: Option<PathBuf>,
+    pub(crate) checkpoint: Option<PathBuf>,
     /// Output folder: rollout/ (images, one manifest per round), pictures/ (reward pictures), metrics.jsonl,
     /// model/ (the trained model), results.json.
     #[arg(long, default_value = "demo-out")]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Training prompts rolled out.
     #[arg(long, default_value_t = 128)]
     prompts: usize,
@@ -48,10 +62,6 @@ pub struct DemoArgs {
     /// Candidates generated per prompt.
     #[arg(long, default_value_t = 4)]
     candidates: usize,
-    /// Rounds of rollout, self-judgement and training, each starting from the last round's
-    /// model (the paper does one).
-    #[arg(long, default_value_t = 1)]
-    rounds: usize,
     /// Optimizer steps of reward-weighted training per round.
     #[arg(long, default_value_t = 200)]
     train_steps: usize,
@@ -61,25 +71,6 @@ pub struct DemoArgs {
     /// Peak learning rate (the published 2e-5 is for a 7B model; the tiny one wants more).
     #[arg(long, default_value_t = 2e-4)]
     lr: f64,
-    /// What the model learns from its samples: `dual` (SRUM: global and local rewards),
-    /// `global` or `local` (one reward only), `sft` (every sample, reward 1: the paper's "+SFT"
-    /// baseline) or `best-of-k` (only each prompt's candidate with the best global self-score,
-    /// reward 1).
-    #[arg(long, default_value = "dual", value_parser = ["dual", "global", "local", "sft", "best-of-k"])]
-    reward: String,
-    /// `anchor` (reference code: the rollout image itself) or `reference` (a frozen copy of the
-    /// generator at the start of the round).
-    #[arg(long, default_value = "anchor", value_parser = ["anchor", "reference"])]
-    constraint: String,
-    /// Weight of the constraint term. The published recipe uses 0.5; the demo uses 0, which
-    /// gained most on the shipped model over 3 seeds (docs/RESULTS.md: λ 0 +16.3, λ 0.5 +12.1),
-    /// since the anchor term is fine-tuning on every sample whatever its reward.
-    #[arg(long, default_value_t = 0.0)]
-    lambda: f32,
-    /// `generation-and-shared` (the reference recipe: the judge's shared weights move too) or
-    /// `generation-only` (the judge stays the one that gave the rewards).
-    #[arg(long, default_value = "generation-and-shared", value_parser = ["generation-and-shared", "generation-only"])]
-    trainable: String,
     /// Held-out prompts per category for the before/after evaluation.
     #[arg(long, default_value_t = 20)]
     per_category: usize,
@@ -93,7 +84,31 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 8)]
     pictures: usize,
     #[command(flatten)]
-    sampling: SamplingArgs,
+    pub(crate) sampling: SamplingArgs,
+}
+
+/// What the model learns from its judged samples, and what holds it back.
+#[derive(clap::Args, Clone, Debug, PartialEq)]
+pub struct RecipeArgs {
+    /// What the model learns from its samples: `dual` (SRUM: global and local rewards),
+    /// `global` or `local` (one reward only), `sft` (every sample, reward 1: the paper's "+SFT"
+    /// baseline) or `best-of-k` (only each prompt's candidate with the best global self-score,
+    /// reward 1).
+    #[arg(long, default_value = "dual", value_parser = ["dual", "global", "local", "sft", "best-of-k"])]
+    pub(crate) reward: String,
+    /// `anchor` (reference code: the rollout image itself) or `reference` (a frozen copy of the
+    /// generator at the start of the round).
+    #[arg(long, default_value = "anchor", value_parser = ["anchor", "reference"])]
+    pub(crate) constraint: String,
+    /// Weight of the constraint term. The published recipe uses 0.5; the demo uses 0, which
+    /// gained most on the shipped model over 3 seeds (docs/RESULTS.md: λ 0 +16.3, λ 0.5 +12.1),
+    /// since the anchor term is fine-tuning on every sample whatever its reward.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) lambda: f32,
+    /// `generation-and-shared` (the reference recipe: the judge's shared weights move too) or
+    /// `generation-only` (the judge stays the one that gave the rewards).
+    #[arg(long, default_value = "generation-and-shared", value_parser = ["generation-and-shared", "generation-only"])]
+    pub(crate) trainable: String,
 }
 
 fn save_png(path: &std::path::Path, w: usize, h: usize, rgb: &[u8]) -> Result<(), String> {
@@ -170,34 +185,78 @@ fn results_table(before: &OracleReport, after: &OracleReport, und: Option<(f32, 
     table
 }
 
-/// One round of the demo: the library's loop ([`srum::round`]) with the demo's baselines
-/// (`sft`, `best-of-k`), its rollout images, manifest and reward pictures, and one metrics
-/// line per step appended to `metrics`. Returns the trained model and the round's rollout
-/// figures against the oracle (measurement only).
-fn demo_round(
-    a: &DemoArgs,
+/// The self-evaluator every demo judges with.
+fn evaluator() -> Result<SelfEvaluator<ConnectedComponents>, String> {
+    SelfEvaluator::new(
+        SelfEvaluatorConfig::default(),
+        ConnectedComponents::default(),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// The reward composer of `recipe` (dual for the baselines, whose maps are replaced).
+fn composer(recipe: &RecipeArgs) -> RewardComposer {
+    RewardComposer::new(RewardComposerConfig {
+        mode: match recipe.reward.as_str() {
+            "global" => RewardMode::GlobalOnly,
+            "local" => RewardMode::LocalOnly,
+            _ => RewardMode::Dual,
+        },
+        ..Default::default()
+    })
+}
+
+/// Self-judgement of `rollouts` by `judge`, with a progress bar named `what`.
+fn judge_all(
+    judge: &TinyUmm<Back>,
+    composer: &RewardComposer,
+    rollouts: Vec<srum::round::Rollout>,
     round: usize,
-    model: TinyUmm<Ad>,
+    what: &str,
+) -> Result<Vec<Sample>, String> {
+    let device = Default::default();
+    let size = ImageSize::square(judge.image_size());
+    let pb = bar(
+        rollouts.len() as u64,
+        &format!("round {}: {what}", round + 1),
+    );
+    let out = srum::round::self_judge(
+        judge,
+        &evaluator()?,
+        composer,
+        rollouts,
+        size,
+        64,
+        &device,
+        |n| pb.inc(n as u64),
+    )
+    .map_err(|e| e.to_string());
+    pb.finish_and_clear();
+    out
+}
+
+/// Stage 1 of a round: `run.candidates` images per training prompt from `model`, judged by
+/// it (the judge sees pixels and prompts only), with the dual reward's maps until
+/// [`set_maps`] gives a recipe's.
+pub(crate) fn roll_out_and_judge(
+    run: &RunArgs,
+    round: usize,
+    model: &TinyUmm<Back>,
     train: &[String],
     rng: &mut ChaCha8Rng,
-    metrics: &mut String,
-) -> Result<(TinyUmm<Ad>, RoundFigures), String> {
+) -> Result<Vec<Sample>, String> {
     let device = Default::default();
     let image_size = ImageSize::square(model.image_size());
-    let grid = model.latent_grid(image_size);
-    let sampler = a.sampling.sampler()?;
-    // Stage 1: rollout and self-judgement. The judge sees pixels and prompts only.
-    let inner = model.valid();
     let pb = bar(
-        (train.len() * a.candidates) as u64,
+        (train.len() * run.candidates) as u64,
         &format!("round {}: rollout", round + 1),
     );
     let rollouts = srum::round::rollout(
-        &inner,
+        model,
         train,
-        a.candidates,
+        run.candidates,
         image_size,
-        &sampler,
+        &run.sampling.sampler()?,
         64,
         rng,
         &device,
@@ -205,67 +264,69 @@ fn demo_round(
     )
     .map_err(|e| e.to_string())?;
     pb.finish_and_clear();
-    let evaluator = SelfEvaluator::new(
-        SelfEvaluatorConfig::default(),
-        ConnectedComponents::default(),
+    judge_all(
+        model,
+        &RewardComposer::default(),
+        rollouts,
+        round,
+        "self-judging",
     )
-    .map_err(|e| e.to_string())?;
-    let composer = RewardComposer::new(RewardComposerConfig {
-        mode: match a.reward.as_str() {
-            "global" => RewardMode::GlobalOnly,
-            "local" => RewardMode::LocalOnly,
-            _ => RewardMode::Dual,
-        },
-        ..Default::default()
-    });
-    // Self-judgement of `rollouts` by `judge`, with a progress bar named `what`.
-    let judge_all = |judge: &TinyUmm<Back>, rollouts: Vec<srum::round::Rollout>, what: &str| {
-        let pb = bar(
-            rollouts.len() as u64,
-            &format!("round {}: {what}", round + 1),
-        );
-        let out = srum::round::self_judge(
-            judge,
-            &evaluator,
-            &composer,
-            rollouts,
-            image_size,
-            64,
-            &device,
-            |n| pb.inc(n as u64),
-        )
-        .map_err(|e| e.to_string());
-        pb.finish_and_clear();
-        out
-    };
-    let mut samples = judge_all(&inner, rollouts, "self-judging")?;
-    if matches!(a.reward.as_str(), "sft" | "best-of-k") {
-        for s in &mut samples {
-            s.map = RewardMap::filled(grid, 1.0);
-        }
+}
+
+/// Gives every sample the map `recipe` trains on: its composer's over the sample's judgement,
+/// or 1 everywhere for the `sft` and `best-of-k` baselines.
+fn set_maps(recipe: &RecipeArgs, samples: &mut [Sample], size: ImageSize, grid: LatentGrid) {
+    let composer = composer(recipe);
+    for s in samples {
+        s.map = if matches!(recipe.reward.as_str(), "sft" | "best-of-k") {
+            RewardMap::filled(grid, 1.0)
+        } else {
+            composer.compose_latent(&s.judged.judgement, size, grid).0
+        };
     }
+}
+
+/// Stage 2 of a round and its measurements: writes the rollout images, manifest and reward
+/// pictures under `run.out`, trains `model` on `samples` (maps from [`set_maps`]) with
+/// `recipe` (one metrics line per step appended to `metrics`), and returns the trained model
+/// with the round's figures against the oracle (measurement only).
+#[allow(clippy::too_many_arguments)]
+fn train_round(
+    run: &RunArgs,
+    recipe: &RecipeArgs,
+    round: usize,
+    model: TinyUmm<Ad>,
+    samples: Vec<Sample>,
+    prompts: usize,
+    rng: &mut ChaCha8Rng,
+    metrics: &mut String,
+) -> Result<(TinyUmm<Ad>, RoundFigures), String> {
+    let device = Default::default();
+    let inner = model.valid();
+    let composer = composer(recipe);
     let name = |i: usize| format!("r{}-{i:05}.png", round + 1);
-    write_rollout(&samples, &a.out, &name, a.pictures)?;
-    let manifest_path = a.out.join(format!("rollout/manifest-r{}.jsonl", round + 1));
+    write_rollout(&samples, &run.out, &name, run.pictures)?;
+    let manifest_path = run
+        .out
+        .join(format!("rollout/manifest-r{}.jsonl", round + 1));
     write_manifest(&samples, &manifest_path, &name)?;
     let mean_reward: f64 = samples.iter().map(|s| s.map.mean() as f64).sum();
     eprintln!(
-        "round {}: {} images of {} prompts, mean reward {:.3}",
+        "round {}: {} images of {prompts} prompts, mean reward {:.3}",
         round + 1,
         samples.len(),
-        train.len(),
         mean_reward / samples.len().max(1) as f64
     );
 
     // The samples training draws from: all, or each prompt's best-judged candidate.
-    let pool: Vec<usize> = if a.reward == "best-of-k" {
+    let pool: Vec<usize> = if recipe.reward == "best-of-k" {
         let globals: Vec<f32> = samples
             .iter()
             .map(|s| composer.global_score(&s.judged.judgement))
             .collect();
-        (0..train.len())
+        (0..prompts)
             .filter_map(|p| {
-                (p * a.candidates..(p + 1) * a.candidates)
+                (p * run.candidates..(p + 1) * run.candidates)
                     .max_by(|&x, &y| globals[x].total_cmp(&globals[y]))
             })
             .collect()
@@ -273,18 +334,17 @@ fn demo_round(
         (0..samples.len()).collect()
     };
 
-    // Stage 2: reward-weighted training.
     let tc = TrainerConfig {
-        lr: a.lr,
-        warmup_steps: (a.train_steps / 10) as u64,
-        seed: a.sampling.seed.wrapping_add(round as u64),
-        lambda: a.lambda,
-        constraint: if a.constraint == "reference" {
+        lr: run.lr,
+        warmup_steps: (run.train_steps / 10) as u64,
+        seed: run.sampling.seed.wrapping_add(round as u64),
+        lambda: recipe.lambda,
+        constraint: if recipe.constraint == "reference" {
             srum::train::Constraint::ReferenceModel
         } else {
             srum::train::Constraint::Anchor
         },
-        trainable: if a.trainable == "generation-only" {
+        trainable: if recipe.trainable == "generation-only" {
             TrainableSet::GenerationOnly
         } else {
             TrainableSet::GenerationAndShared
@@ -293,15 +353,15 @@ fn demo_round(
     };
     let mut trainer = Trainer::new(model, tc, &device).map_err(|e| e.to_string())?;
     let pb = bar(
-        a.train_steps as u64,
+        run.train_steps as u64,
         &format!("round {}: training", round + 1),
     );
     srum::round::train_on(
         &mut trainer,
         &samples,
         &pool,
-        a.train_steps,
-        a.batch,
+        run.train_steps,
+        run.batch,
         rng,
         |report| {
             let mut line = serde_json::to_value(report)
@@ -320,6 +380,7 @@ fn demo_round(
     // The same images judged again by the trained model: does the judge still rank them?
     let again = judge_all(
         &trained.valid(),
+        &composer,
         samples
             .iter()
             .map(|s| srum::round::Rollout {
@@ -327,6 +388,7 @@ fn demo_round(
                 image: s.image.clone(),
             })
             .collect(),
+        round,
         "re-judging",
     )?;
     let after: Vec<f32> = again
@@ -355,7 +417,7 @@ fn demo_round(
         kinds.push(token_kinds(&s.image, &spec, s.map.grid(), &strict));
     }
     let times = [0.25, 0.5, 0.75];
-    let seed = a.sampling.seed.wrapping_add(1000 + round as u64);
+    let seed = run.sampling.seed.wrapping_add(1000 + round as u64);
     let before = token_losses(&inner, &samples, &times, seed, 64, &device)?;
     let after = token_losses(&trained.valid(), &samples, &times, seed, 64, &device)?;
     let tokens = token_figures(&samples, &kinds, &before, &after)?;
@@ -396,111 +458,276 @@ fn balanced(prompts: Vec<String>) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
-    if a.prompts == 0
-        || a.candidates == 0
-        || a.train_steps == 0
-        || a.batch == 0
-        || a.rounds == 0
-        || a.per_category == 0
-        || a.samples == 0
-    {
-        return Err(
-            "--prompts, --candidates, --rounds, --train-steps, --batch, --per-category \
-                    and --samples must be at least 1"
-                .into(),
-        );
+/// What every run of the loop from one checkpoint and seed shares: the model it starts from,
+/// its held-out evaluation, the training prompts and the random stream after drawing them.
+pub(crate) struct Start {
+    config: TinyUmmConfig,
+    heldout: Vec<srum_world::world::PromptSpec>,
+    eval_seed: u64,
+    pub(crate) train: Vec<String>,
+    pub(crate) rng: ChaCha8Rng,
+}
+
+impl Start {
+    /// Checks `run`'s sizes, loads the model and draws the training prompts of its seed.
+    pub(crate) fn new(run: &RunArgs) -> Result<(Self, TinyUmm<Ad>), String> {
+        if run.prompts == 0
+            || run.candidates == 0
+            || run.train_steps == 0
+            || run.batch == 0
+            || run.per_category == 0
+            || run.samples == 0
+        {
+            return Err(
+                "--prompts, --candidates, --train-steps, --batch, --per-category and \
+                        --samples must be at least 1"
+                    .into(),
+            );
+        }
+        run.sampling.sampler()?;
+        let (model, config) = load(run)?;
+        let mut train = srum_world::world::rollout_prompts();
+        let mut rng = ChaCha8Rng::seed_from_u64(run.sampling.seed);
+        train.shuffle(&mut rng);
+        if run.prompt_mix == "balanced" {
+            train = balanced(train)?;
+        }
+        train.truncate(run.prompts);
+        let start = Self {
+            config,
+            heldout: split_prompts(Split::Heldout, run.per_category),
+            eval_seed: run.sampling.seed.wrapping_add(10_000),
+            train,
+            rng,
+        };
+        Ok((start, model))
     }
-    let start = Instant::now();
+
+    /// Oracle report on the held-out prompts and understanding accuracy (where asked).
+    pub(crate) fn evaluate(
+        &self,
+        run: &RunArgs,
+        m: &TinyUmm<Back>,
+        label: &str,
+    ) -> Result<Evaluation, String> {
+        let device = Default::default();
+        let pb = bar((self.heldout.len() * run.samples) as u64, label);
+        let ev = evaluate_generation(
+            m,
+            &self.heldout,
+            self.config.image_size,
+            &run.sampling.sampler()?,
+            run.samples,
+            self.eval_seed,
+            &srum_world::world::Oracle::default(),
+            &device,
+            |n| pb.inc(n as u64),
+        )
+        .map_err(|e| e.to_string())?;
+        pb.finish_and_clear();
+        let understanding = if run.understanding > 0 {
+            Some(
+                understanding_accuracy(
+                    m,
+                    &self.heldout,
+                    self.config.image_size,
+                    run.understanding,
+                    self.eval_seed,
+                    &device,
+                )
+                .map_err(|e| e.to_string())?,
+            )
+        } else {
+            None
+        };
+        Ok(Evaluation {
+            report: ev.report,
+            understanding,
+        })
+    }
+}
+
+/// A model's held-out figures.
+#[derive(Clone)]
+pub(crate) struct Evaluation {
+    pub(crate) report: OracleReport,
+    pub(crate) understanding: Option<f32>,
+}
+
+/// The model `run` starts from.
+pub(crate) fn load(run: &RunArgs) -> Result<(TinyUmm<Ad>, TinyUmmConfig), String> {
     let device = Default::default();
-    let (mut model, config) = match &a.checkpoint {
+    match &run.checkpoint {
         Some(dir) => TinyUmm::<Ad>::load_dir(dir, &device),
         None => TinyUmm::<Ad>::shipped(&device),
     }
-    .map_err(|e| e.to_string())?;
-    let size = config.image_size;
-    let sampler = a.sampling.sampler()?;
-    let heldout = split_prompts(Split::Heldout, a.per_category);
-    let eval_seed = a.sampling.seed.wrapping_add(10_000);
+    .map_err(|e| e.to_string())
+}
+
+fn create_out(out: &Path) -> Result<(), String> {
     for sub in ["rollout", "pictures"] {
-        std::fs::create_dir_all(a.out.join(sub))
-            .map_err(|e| format!("{}: {e}", a.out.join(sub).display()))?;
+        std::fs::create_dir_all(out.join(sub))
+            .map_err(|e| format!("{}: {e}", out.join(sub).display()))?;
+    }
+    Ok(())
+}
+
+/// A run of a recipe from [`Start`], round by round.
+pub(crate) struct RecipeRun<'a> {
+    run: RunArgs,
+    recipe: &'a RecipeArgs,
+    start: &'a Start,
+    /// None only while a round trains it.
+    model: Option<TinyUmm<Ad>>,
+    rng: ChaCha8Rng,
+    metrics: String,
+    figures: Vec<BTreeMap<String, CategoryFigures>>,
+    tokens: Vec<BTreeMap<TokenKind, TokenFigures>>,
+}
+
+impl<'a> RecipeRun<'a> {
+    /// Before round 1: `model` is the start's, and `rng` the start's stream.
+    pub(crate) fn new(
+        run: &RunArgs,
+        recipe: &'a RecipeArgs,
+        start: &'a Start,
+        model: TinyUmm<Ad>,
+        rng: ChaCha8Rng,
+    ) -> Result<Self, String> {
+        create_out(&run.out)?;
+        Ok(Self {
+            run: run.clone(),
+            recipe,
+            start,
+            model: Some(model),
+            rng,
+            metrics: String::new(),
+            figures: Vec::new(),
+            tokens: Vec::new(),
+        })
     }
 
-    let evaluate =
-        |m: &TinyUmm<Back>, label: &str| -> Result<(OracleReport, Option<f32>), String> {
-            let pb = bar((heldout.len() * a.samples) as u64, label);
-            let ev = evaluate_generation(
-                m,
-                &heldout,
-                size,
-                &sampler,
-                a.samples,
-                eval_seed,
-                &srum_world::world::Oracle::default(),
-                &device,
-                |n| pb.inc(n as u64),
-            )
+    /// Rounds done so far.
+    pub(crate) fn rounds(&self) -> usize {
+        self.figures.len()
+    }
+
+    fn model(&self) -> Result<&TinyUmm<Ad>, String> {
+        self.model
+            .as_ref()
+            .ok_or_else(|| "a failed round left no model".to_string())
+    }
+
+    /// Where the next rounds' outputs and [`finish`](Self::finish) go.
+    pub(crate) fn set_out(&mut self, out: PathBuf) -> Result<(), String> {
+        create_out(&out)?;
+        self.run.out = out;
+        Ok(())
+    }
+
+    /// Stage 1 of the next round from the current model.
+    pub(crate) fn roll_out(&mut self) -> Result<Vec<Sample>, String> {
+        roll_out_and_judge(
+            &self.run,
+            self.rounds(),
+            &self.model()?.valid(),
+            &self.start.train,
+            &mut self.rng,
+        )
+    }
+
+    /// Stage 2 of the next round on `samples`, judged by the current model: the recipe's maps,
+    /// then training.
+    pub(crate) fn train(&mut self, mut samples: Vec<Sample>) -> Result<(), String> {
+        let size = ImageSize::square(self.start.config.image_size);
+        let grid = self.model()?.latent_grid(size);
+        set_maps(self.recipe, &mut samples, size, grid);
+        let model = self.model.take().ok_or("a failed round left no model")?;
+        let (trained, f) = train_round(
+            &self.run,
+            self.recipe,
+            self.rounds(),
+            model,
+            samples,
+            self.start.train.len(),
+            &mut self.rng,
+            &mut self.metrics,
+        )?;
+        self.model = Some(trained);
+        self.figures.push(f.figures);
+        self.tokens.push(f.tokens);
+        Ok(())
+    }
+
+    /// Writes metrics.jsonl, model/ and results.json under `run.out` after evaluating the
+    /// current model against `before`; returns the before/after table.
+    pub(crate) fn finish(
+        &self,
+        before: &Evaluation,
+        seconds: f64,
+        extra: serde_json::Value,
+    ) -> Result<(String, Evaluation), String> {
+        let out = &self.run.out;
+        srum::train::write_file_atomic(&out.join("metrics.jsonl"), self.metrics.as_bytes())
             .map_err(|e| e.to_string())?;
-            pb.finish_and_clear();
-            let und = if a.understanding > 0 {
-                Some(
-                    understanding_accuracy(m, &heldout, size, a.understanding, eval_seed, &device)
-                        .map_err(|e| e.to_string())?,
-                )
-            } else {
-                None
-            };
-            Ok((ev.report, und))
-        };
-    let (before, und_before) = evaluate(&model.valid(), "evaluating (before)")?;
-
-    let mut train = srum_world::world::rollout_prompts();
-    let mut rng = ChaCha8Rng::seed_from_u64(a.sampling.seed);
-    train.shuffle(&mut rng);
-    if a.prompt_mix == "balanced" {
-        train = balanced(train)?;
-    }
-    train.truncate(a.prompts);
-    let mut metrics = String::new();
-    let (mut figures, mut token_figures) = (Vec::new(), Vec::new());
-    for round in 0..a.rounds {
-        let (m, f) = demo_round(&a, round, model, &train, &mut rng, &mut metrics)?;
-        model = m;
-        figures.push(f.figures);
-        token_figures.push(f.tokens);
-    }
-    srum::train::write_file_atomic(&a.out.join("metrics.jsonl"), metrics.as_bytes())
+        self.model()?
+            .save_dir(&self.start.config, out.join("model"))
+            .map_err(|e| e.to_string())?;
+        let after = self
+            .start
+            .evaluate(&self.run, &self.model()?.valid(), "evaluating (after)")?;
+        let table = results_table(
+            &before.report,
+            &after.report,
+            before.understanding.zip(after.understanding),
+        );
+        let (run, recipe) = (&self.run, self.recipe);
+        let mut results = serde_json::json!({
+            "checkpoint": run.checkpoint.as_deref().map_or(srum_world::tiny::SHIPPED.into(), |p| p.display().to_string()), "reward": recipe.reward, "constraint": recipe.constraint, "lambda": recipe.lambda, "trainable": recipe.trainable, "prompt_mix": run.prompt_mix, "prompts": self.start.train.len(),
+            "candidates": run.candidates, "rounds": self.rounds(), "train_steps": run.train_steps, "batch": run.batch, "lr": run.lr,
+            "seed": run.sampling.seed, "eval_seed": self.start.eval_seed, "per_category": run.per_category,
+            "samples": run.samples, "before": before.report, "after": after.report,
+            "understanding_before": before.understanding, "understanding_after": after.understanding,
+            "rollout_figures": self.figures,
+            "token_figures": self.tokens,
+            "seconds": seconds,
+        });
+        if let (Some(map), serde_json::Value::Object(more)) = (results.as_object_mut(), extra) {
+            map.extend(more);
+        }
+        srum::train::write_file_atomic(
+            &out.join("results.json"),
+            serde_json::to_string_pretty(&results)
+                .map_err(|e| e.to_string())?
+                .as_bytes(),
+        )
         .map_err(|e| e.to_string())?;
-    let trained = model;
-    trained
-        .save_dir(&config, a.out.join("model"))
-        .map_err(|e| e.to_string())?;
+        Ok((table, after))
+    }
+}
 
-    let (after, und_after) = evaluate(&trained.valid(), "evaluating (after)")?;
-    let table = results_table(&before, &after, und_before.zip(und_after));
+pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
+    if a.rounds == 0 {
+        return Err("--rounds must be at least 1".into());
+    }
+    let begin = Instant::now();
+    let (start, model) = Start::new(&a.run)?;
+    let before = start.evaluate(&a.run, &model.valid(), "evaluating (before)")?;
+    let mut run = RecipeRun::new(&a.run, &a.recipe, &start, model, start.rng.clone())?;
+    for _ in 0..a.rounds {
+        let samples = run.roll_out()?;
+        run.train(samples)?;
+    }
+    let (table, _) = run.finish(
+        &before,
+        begin.elapsed().as_secs_f64(),
+        serde_json::Value::Null,
+    )?;
     println!("{table}");
-    let results = serde_json::json!({
-        "checkpoint": a.checkpoint.as_deref().map_or(srum_world::tiny::SHIPPED.into(), |p| p.display().to_string()), "reward": a.reward, "constraint": a.constraint, "lambda": a.lambda, "trainable": a.trainable, "prompt_mix": a.prompt_mix, "prompts": train.len(),
-        "candidates": a.candidates, "rounds": a.rounds, "train_steps": a.train_steps, "batch": a.batch, "lr": a.lr,
-        "seed": a.sampling.seed, "eval_seed": eval_seed, "per_category": a.per_category,
-        "samples": a.samples, "before": before, "after": after,
-        "understanding_before": und_before, "understanding_after": und_after,
-        "rollout_figures": figures,
-        "token_figures": token_figures,
-        "seconds": start.elapsed().as_secs_f64(),
-    });
-    srum::train::write_file_atomic(
-        &a.out.join("results.json"),
-        serde_json::to_string_pretty(&results)
-            .map_err(|e| e.to_string())?
-            .as_bytes(),
-    )
-    .map_err(|e| e.to_string())?;
     eprintln!(
         "demo done in {:.1} min; results, pictures and the trained model are in {}",
-        start.elapsed().as_secs_f64() / 60.0,
-        a.out.display()
+        begin.elapsed().as_secs_f64() / 60.0,
+        a.run.out.display()
     );
     Ok(ExitCode::SUCCESS)
 }

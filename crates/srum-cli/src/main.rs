@@ -7,6 +7,7 @@ mod diagnose;
 mod iterate;
 mod judge;
 mod merge;
+mod miniature;
 mod model;
 mod reward_map;
 mod train;
@@ -60,6 +61,11 @@ enum Command {
     /// The whole loop on the shipped model: evaluate, roll out, self-judge, train, evaluate
     /// again; prints the before/after table per category.
     Demo(demo::DemoArgs),
+    /// SRUM against its baselines and variants over seeds: each row is `srum demo` with the
+    /// row's flags, the rows of a seed sharing the base evaluation and the first rollout;
+    /// writes OUT/table.md (mean and sd over seeds). Rerun to continue.
+    #[command(mut_arg("out", |a| a.default_value("miniature-out")))]
+    Miniature(miniature::MiniatureArgs),
     /// Rounds of rollout -> judge -> convert -> train, each from the previous round's model;
     /// rerun with more rounds to continue.
     Iterate(iterate::IterateArgs),
@@ -125,6 +131,7 @@ fn main() -> ExitCode {
         Command::Train(a) => train::run_train(a),
         Command::Eval(a) => world::run_eval(a),
         Command::Demo(a) => demo::run_demo(a),
+        Command::Miniature(a) => miniature::run(a),
         Command::Rollout(a) => world::run_rollout(a),
         Command::Merge(a) => merge::run(a),
         Command::Iterate(a) => iterate::run(a),

@@ -344,7 +344,7 @@ pub struct GenerateArgs {
 }
 
 /// Noise and sampler flags shared by `generate` and `eval`.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct SamplingArgs {
     /// Seed of the noise.
     #[arg(long, default_value_t = 0)]

@@ -222,3 +222,135 @@ fn demo_baselines_and_constraint_variants_run() {
         assert_eq!(results["lambda"], 2.0);
     }
 }
+
+/// `srum miniature` shares the base evaluation and the first rollout among the rows of a seed;
+/// each row must still be what `srum demo` with the row's flags computes: the same results
+/// (bar the timings), the same trained weights. A rerun finds every row done.
+#[test]
+fn miniature_rows_are_the_demo_runs_they_name() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../srum-world/assets/tiny-umm");
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = [
+        "--prompts",
+        "3",
+        "--candidates",
+        "2",
+        "--train-steps",
+        "3",
+        "--batch",
+        "4",
+        "--per-category",
+        "1",
+        "--samples",
+        "1",
+        "--understanding",
+        "10",
+        "--pictures",
+        "1",
+        "--steps",
+        "2",
+    ];
+    let srum = |args: &[&str], out: &Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_srum"))
+            .args(args)
+            .args(["--checkpoint", model.to_str().unwrap(), "--out"])
+            .arg(out)
+            .args(tiny)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let mini = tmp.path().join("mini");
+    let table = srum(
+        &[
+            "miniature",
+            "--rows",
+            "best-of-k,dual",
+            "--rounds",
+            "2",
+            "--seeds",
+            "3",
+        ],
+        &mini,
+    );
+    let demo_best = tmp.path().join("best");
+    srum(
+        &[
+            "demo",
+            "--reward",
+            "best-of-k",
+            "--lambda",
+            "0.5",
+            "--seed",
+            "3",
+        ],
+        &demo_best,
+    );
+    let demo_dual = tmp.path().join("dual");
+    srum(
+        &["demo", "--rounds", "2", "--lambda", "0.5", "--seed", "3"],
+        &demo_dual,
+    );
+    let results = |dir: &Path| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap())
+                .unwrap();
+        let m = v.as_object_mut().unwrap();
+        for k in ["seconds", "shared_seconds", "row", "flags"] {
+            m.remove(k);
+        }
+        v
+    };
+    let weights = |dir: &Path| std::fs::read(dir.join("model/model.safetensors")).unwrap();
+    let seed = mini.join("seed-3");
+    for (row, demo) in [("best-of-k", &demo_best), ("dual-rounds-2", &demo_dual)] {
+        assert_eq!(results(&seed.join(row)), results(demo), "{row}");
+        assert!(weights(&seed.join(row)) == weights(demo), "{row}: weights");
+    }
+    // The one-round dual row differs from two rounds, and the table names every row.
+    assert!(weights(&seed.join("dual")) != weights(&demo_dual));
+    for line in [
+        "| base |",
+        "| best-of-k |",
+        "| dual |",
+        "| dual, 2 rounds |",
+    ] {
+        assert!(table.contains(line), "{line} in\n{table}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(mini.join("table.md"))
+            .unwrap()
+            .trim(),
+        table.trim()
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_srum"))
+        .args(["miniature", "--rows", "best-of-k,dual", "--rounds", "2"])
+        .args([
+            "--seeds",
+            "3",
+            "--checkpoint",
+            model.to_str().unwrap(),
+            "--out",
+        ])
+        .arg(&mini)
+        .args(tiny)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("seed 3: every row is done"));
+    let o = Command::new(env!("CARGO_BIN_EXE_srum"))
+        .args(["miniature", "--rows", "dual,ppo", "--out"])
+        .arg(tmp.path().join("bad"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no row \"ppo\""));
+    let o = Command::new(env!("CARGO_BIN_EXE_srum"))
+        .args(["miniature", "--seed", "2", "--out"])
+        .arg(tmp.path().join("bad"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--seeds"));
+}
