@@ -24,7 +24,8 @@ pub struct MiniatureArgs {
     /// dual-lambda-0, reference.
     #[arg(long, value_delimiter = ',')]
     rows: Option<Vec<String>>,
-    /// Rounds of the `dual` row, evaluated after each (`dual-rounds-R/` from round 2 on).
+    /// Rounds of the `dual` row, evaluated after each (`dual-rounds-R/` from round 2 on; its
+    /// token figures are the last round's).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
 }
@@ -211,13 +212,19 @@ fn mean_sd(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// One finished run's figures: overall before and after, understanding before and after.
+/// One finished run's figures: overall before and after, understanding before and after, and
+/// per token kind of its last round (asked, other, background) the mean map value and the
+/// relative change of the flow error.
 struct Figures {
     seed: u64,
     before: f64,
     after: f64,
     understanding: Option<(f64, f64)>,
+    tokens: Vec<(f64, f64)>,
 }
+
+/// The token kinds of results.json `token_figures`, in table order.
+const KINDS: [&str; 3] = ["asked", "other", "background"];
 
 fn read_figures(path: &Path) -> Result<Figures, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -234,11 +241,26 @@ fn read_figures(path: &Path) -> Result<Figures, String> {
         (Ok(b), Ok(x)) => Some((b, x)),
         _ => None,
     };
+    let last = v["token_figures"]
+        .as_array()
+        .and_then(|rounds| rounds.last())
+        .ok_or_else(|| format!("{}: no token_figures", path.display()))?;
+    let mut tokens = Vec::new();
+    for kind in KINDS {
+        let field = |f: &str| {
+            last[kind][f]
+                .as_f64()
+                .ok_or_else(|| format!("{}: no number at token_figures.{kind}.{f}", path.display()))
+        };
+        let change = field("loss_after")? / field("loss_before")? - 1.0;
+        tokens.push((field("map_mean")?, change));
+    }
     Ok(Figures {
         seed: num("seed")? as u64,
         before: num("before.overall")?,
         after: num("after.overall")?,
         understanding,
+        tokens,
     })
 }
 
@@ -280,6 +302,7 @@ fn summary(out: &Path, rows: &[&Row], rounds_of: impl Fn(&Row) -> usize) -> Resu
         "| row | `srum demo` flags | seeds | overall after | change | understanding after |\n\
          |---|---|---:|---:|---:|---:|\n",
     );
+    let mut tokens = String::new();
     let befores: Vec<f64> = base.values().map(|b| b.0).collect();
     if !befores.is_empty() {
         let (m, s) = mean_sd(&befores);
@@ -318,7 +341,27 @@ fn summary(out: &Path, rows: &[&Row], rounds_of: impl Fn(&Row) -> usize) -> Resu
             "| {name} | `{flags}` | {} | {am:.2} ± {asd:.2} | {cm:+.2} ± {csd:.2} | {u} |\n",
             seeds.join(", ")
         ));
+        let mut line = format!("| {name} |");
+        for k in 0..KINDS.len() {
+            let maps: Vec<f64> = figs.iter().map(|f| f.tokens[k].0).collect();
+            line.push_str(&format!(" {:.3} |", mean_sd(&maps).0));
+        }
+        for k in 0..KINDS.len() {
+            let changes: Vec<f64> = figs.iter().map(|f| f.tokens[k].1).collect();
+            let (m, s) = mean_sd(&changes);
+            line.push_str(&format!(" {:+.1}% ± {:.1} |", 100.0 * m, 100.0 * s));
+        }
+        tokens.push_str(&line);
+        tokens.push('\n');
     }
+    t.push_str(
+        "\nOn the rollout images' latent tokens, by what the strict oracle finds there (asked \
+         object, other blob, background): the mean reward map value, and the change of the flow \
+         error (t in 0.25, 0.5, 0.75; same noise before and after training), mean over seeds.\n\n\
+         | row | map: asked | map: other | map: background | error: asked | error: other | \
+         error: background |\n|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    t.push_str(&tokens);
     Ok(t)
 }
 
