@@ -213,14 +213,14 @@ fn mean_sd(xs: &[f64]) -> (f64, f64) {
 }
 
 /// One finished run's figures: overall before and after, understanding before and after, and
-/// per token kind of its last round (asked, other, background) the mean map value and the
-/// relative change of the flow error.
+/// per token kind of its last round (asked, other, background; none where its rollout had no
+/// token of the kind) the mean map value and the relative change of the flow error.
 struct Figures {
     seed: u64,
     before: f64,
     after: f64,
     understanding: Option<(f64, f64)>,
-    tokens: Vec<(f64, f64)>,
+    tokens: Vec<Option<(f64, f64)>>,
 }
 
 /// The token kinds of results.json `token_figures`, in table order.
@@ -247,13 +247,17 @@ fn read_figures(path: &Path) -> Result<Figures, String> {
         .ok_or_else(|| format!("{}: no token_figures", path.display()))?;
     let mut tokens = Vec::new();
     for kind in KINDS {
+        if last.get(kind).is_none() {
+            tokens.push(None);
+            continue;
+        }
         let field = |f: &str| {
             last[kind][f]
                 .as_f64()
                 .ok_or_else(|| format!("{}: no number at token_figures.{kind}.{f}", path.display()))
         };
         let change = field("loss_after")? / field("loss_before")? - 1.0;
-        tokens.push((field("map_mean")?, change));
+        tokens.push(Some((field("map_mean")?, change)));
     }
     Ok(Figures {
         seed: num("seed")? as u64,
@@ -342,12 +346,21 @@ fn summary(out: &Path, rows: &[&Row], rounds_of: impl Fn(&Row) -> usize) -> Resu
             seeds.join(", ")
         ));
         let mut line = format!("| {name} |");
+        let of_kind =
+            |k: usize| -> Vec<(f64, f64)> { figs.iter().filter_map(|f| f.tokens[k]).collect() };
         for k in 0..KINDS.len() {
-            let maps: Vec<f64> = figs.iter().map(|f| f.tokens[k].0).collect();
-            line.push_str(&format!(" {:.3} |", mean_sd(&maps).0));
+            let maps: Vec<f64> = of_kind(k).iter().map(|t| t.0).collect();
+            match maps.is_empty() {
+                true => line.push_str(" - |"),
+                false => line.push_str(&format!(" {:.3} |", mean_sd(&maps).0)),
+            }
         }
         for k in 0..KINDS.len() {
-            let changes: Vec<f64> = figs.iter().map(|f| f.tokens[k].1).collect();
+            let changes: Vec<f64> = of_kind(k).iter().map(|t| t.1).collect();
+            if changes.is_empty() {
+                line.push_str(" - |");
+                continue;
+            }
             let (m, s) = mean_sd(&changes);
             line.push_str(&format!(" {:+.1}% ± {:.1} |", 100.0 * m, 100.0 * s));
         }
