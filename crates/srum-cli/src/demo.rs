@@ -159,22 +159,26 @@ pub fn write_manifest(
     srum::train::write_file_atomic(path, manifest.as_bytes()).map_err(|e| e.to_string())
 }
 
-/// The before/after table: oracle score per held-out category, overall, and understanding
-/// accuracy where it was measured.
-fn results_table(before: &OracleReport, after: &OracleReport, und: Option<(f32, f32)>) -> String {
+/// The before/after table: oracle score per held-out category, overall, the strict oracle's
+/// overall on the same images, and understanding accuracy where it was measured.
+fn results_table(before: &Evaluation, after: &Evaluation) -> String {
     let mut table =
         String::from("| held-out category | before | after | change |\n|---|---:|---:|---:|\n");
-    for (cat, (b, _)) in &before.categories {
-        let x = after.categories.get(cat).map_or(f32::NAN, |v| v.0);
+    for (cat, (b, _)) in &before.report.categories {
+        let x = after.report.categories.get(cat).map_or(f32::NAN, |v| v.0);
         table.push_str(&format!("| {cat} | {b:.2} | {x:.2} | {:+.2} |\n", x - b));
     }
+    let (b, x) = (before.report.overall, after.report.overall);
     table.push_str(&format!(
-        "| **overall** | **{:.2}** | **{:.2}** | **{:+.2}** |\n",
-        before.overall,
-        after.overall,
-        after.overall - before.overall
+        "| **overall** | **{b:.2}** | **{x:.2}** | **{:+.2}** |\n",
+        x - b
     ));
-    if let Some((b, x)) = und {
+    let (b, x) = (before.strict.overall, after.strict.overall);
+    table.push_str(&format!(
+        "| strict oracle, overall | {b:.2} | {x:.2} | {:+.2} |\n",
+        x - b
+    ));
+    if let (Some(b), Some(x)) = (before.understanding, after.understanding) {
         table.push_str(&format!(
             "| understanding accuracy | {:.1}% | {:.1}% | {:+.1} |\n",
             100.0 * b,
@@ -540,8 +544,18 @@ impl Start {
         } else {
             None
         };
+        // The strict oracle on the same images: objects of a drawn shape's size, stray blobs
+        // of the prompt's colours against it (the default oracle credits colour anywhere).
+        let strict = srum_world::world::Oracle::strict();
+        let scores: Vec<_> = ev
+            .images
+            .iter()
+            .zip(&ev.prompts)
+            .map(|(image, p)| (p.category(), strict.score(image, p)))
+            .collect();
         Ok(Evaluation {
             report: ev.report,
+            strict: OracleReport::from_scores(&scores),
             understanding,
         })
     }
@@ -550,7 +564,10 @@ impl Start {
 /// A model's held-out figures.
 #[derive(Clone)]
 pub(crate) struct Evaluation {
+    /// The default oracle's.
     pub(crate) report: OracleReport,
+    /// `Oracle::strict`'s, on the same images.
+    pub(crate) strict: OracleReport,
     pub(crate) understanding: Option<f32>,
 }
 
@@ -676,17 +693,14 @@ impl<'a> RecipeRun<'a> {
         let after = self
             .start
             .evaluate(&self.run, &self.model()?.valid(), "evaluating (after)")?;
-        let table = results_table(
-            &before.report,
-            &after.report,
-            before.understanding.zip(after.understanding),
-        );
+        let table = results_table(before, &after);
         let (run, recipe) = (&self.run, self.recipe);
         let mut results = serde_json::json!({
             "checkpoint": run.checkpoint.as_deref().map_or(srum_world::tiny::SHIPPED.into(), |p| p.display().to_string()), "reward": recipe.reward, "constraint": recipe.constraint, "lambda": recipe.lambda, "trainable": recipe.trainable, "prompt_mix": run.prompt_mix, "prompts": self.start.train.len(),
             "candidates": run.candidates, "rounds": self.rounds(), "train_steps": run.train_steps, "batch": run.batch, "lr": run.lr,
             "seed": run.sampling.seed, "eval_seed": self.start.eval_seed, "per_category": run.per_category,
             "samples": run.samples, "before": before.report, "after": after.report,
+            "before_strict": before.strict, "after_strict": after.strict,
             "understanding_before": before.understanding, "understanding_after": after.understanding,
             "rollout_figures": self.figures,
             "token_figures": self.tokens,

@@ -220,6 +220,8 @@ struct Figures {
     before: f64,
     after: f64,
     understanding: Option<(f64, f64)>,
+    /// The strict oracle's overall before and after (runs that recorded it).
+    strict: Option<(f64, f64)>,
     tokens: Vec<Option<(f64, f64)>>,
 }
 
@@ -238,6 +240,10 @@ fn read_figures(path: &Path) -> Result<Figures, String> {
             .ok_or_else(|| format!("{}: no number at {field}", path.display()))
     };
     let understanding = match (num("understanding_before"), num("understanding_after")) {
+        (Ok(b), Ok(x)) => Some((b, x)),
+        _ => None,
+    };
+    let strict = match (num("before_strict.overall"), num("after_strict.overall")) {
         (Ok(b), Ok(x)) => Some((b, x)),
         _ => None,
     };
@@ -264,6 +270,7 @@ fn read_figures(path: &Path) -> Result<Figures, String> {
         before: num("before.overall")?,
         after: num("after.overall")?,
         understanding,
+        strict,
         tokens,
     })
 }
@@ -283,7 +290,8 @@ fn summary(out: &Path, rows: &[&Row], rounds_of: impl Fn(&Row) -> usize) -> Resu
         .collect();
     seed_dirs.sort();
     let mut by_row: BTreeMap<(usize, usize), (String, Vec<Figures>)> = BTreeMap::new();
-    let mut base: BTreeMap<u64, (f64, Option<f64>)> = BTreeMap::new();
+    // Per seed: overall, understanding and strict overall before training.
+    let mut base: BTreeMap<u64, (f64, Option<f64>, Option<f64>)> = BTreeMap::new();
     for dir in &seed_dirs {
         for (i, row) in rows.iter().enumerate() {
             for round in 1..=rounds_of(row) {
@@ -292,7 +300,14 @@ fn summary(out: &Path, rows: &[&Row], rounds_of: impl Fn(&Row) -> usize) -> Resu
                     continue;
                 }
                 let f = read_figures(&path)?;
-                base.insert(f.seed, (f.before, f.understanding.map(|u| u.0)));
+                base.insert(
+                    f.seed,
+                    (
+                        f.before,
+                        f.understanding.map(|u| u.0),
+                        f.strict.map(|s| s.0),
+                    ),
+                );
                 by_row
                     .entry((i, round))
                     .or_insert_with(|| (row.flags(round), Vec::new()))
@@ -303,8 +318,8 @@ fn summary(out: &Path, rows: &[&Row], rounds_of: impl Fn(&Row) -> usize) -> Resu
     }
     let pct = |u: f64| format!("{:.1}%", 100.0 * u);
     let mut t = String::from(
-        "| row | `srum demo` flags | seeds | overall after | change | understanding after |\n\
-         |---|---|---:|---:|---:|---:|\n",
+        "| row | `srum demo` flags | seeds | overall after | change | strict oracle: change | \
+         understanding after |\n|---|---|---:|---:|---:|---:|---:|\n",
     );
     let mut tokens = String::new();
     let befores: Vec<f64> = base.values().map(|b| b.0).collect();
@@ -316,8 +331,16 @@ fn summary(out: &Path, rows: &[&Row], rounds_of: impl Fn(&Row) -> usize) -> Resu
         } else {
             pct(mean_sd(&und).0)
         };
+        let strict: Vec<f64> = base.values().filter_map(|b| b.2).collect();
+        let st = match strict.is_empty() {
+            true => String::new(),
+            false => {
+                let (m, s) = mean_sd(&strict);
+                format!("{m:.2} ± {s:.2} (seeds {})", strict.len())
+            }
+        };
         t.push_str(&format!(
-            "| base | | {} | {m:.2} ± {s:.2} | | {u} |\n",
+            "| base | | {} | {m:.2} ± {s:.2} | | {st} | {u} |\n",
             befores.len()
         ));
     }
@@ -341,8 +364,23 @@ fn summary(out: &Path, rows: &[&Row], rounds_of: impl Fn(&Row) -> usize) -> Resu
             pct(mean_sd(&und).0)
         };
         let seeds: Vec<String> = figs.iter().map(|f| f.seed.to_string()).collect();
+        let strict: Vec<f64> = figs
+            .iter()
+            .filter_map(|f| f.strict.map(|(b, x)| x - b))
+            .collect();
+        let st = match strict.len() {
+            0 => "-".to_string(),
+            n if n == figs.len() => {
+                let (m, s) = mean_sd(&strict);
+                format!("{m:+.2} ± {s:.2}")
+            }
+            n => {
+                let (m, s) = mean_sd(&strict);
+                format!("{m:+.2} ± {s:.2} ({n} seeds)")
+            }
+        };
         t.push_str(&format!(
-            "| {name} | `{flags}` | {} | {am:.2} ± {asd:.2} | {cm:+.2} ± {csd:.2} | {u} |\n",
+            "| {name} | `{flags}` | {} | {am:.2} ± {asd:.2} | {cm:+.2} ± {csd:.2} | {st} | {u} |\n",
             seeds.join(", ")
         ));
         let mut line = format!("| {name} |");

@@ -49,6 +49,7 @@ fn demo_runs_every_stage_and_prints_the_table() {
         "shape",
         "spatial",
         "**overall**",
+        "strict oracle, overall",
         "understanding accuracy",
     ] {
         assert!(stdout.contains(cat), "table lacks {cat}:\n{stdout}");
@@ -76,6 +77,10 @@ fn demo_runs_every_stage_and_prints_the_table() {
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(results["rounds"], 2);
     assert!(results["after"]["overall"].as_f64().is_some());
+    for key in ["before_strict", "after_strict"] {
+        let x = results[key]["overall"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&x), "{key} {x}");
+    }
     let figures = results["rollout_figures"].as_array().unwrap();
     assert_eq!(figures.len(), 2, "one set of rollout figures per round");
     assert_eq!(figures[0]["overall"]["n"], 6);
