@@ -300,14 +300,10 @@ fn summary(out: &Path, rows: &[&Row], rounds_of: impl Fn(&Row) -> usize) -> Resu
                     continue;
                 }
                 let f = read_figures(&path)?;
-                base.insert(
-                    f.seed,
-                    (
-                        f.before,
-                        f.understanding.map(|u| u.0),
-                        f.strict.map(|s| s.0),
-                    ),
-                );
+                // Every row of a seed starts from the same model; some recorded more of it.
+                let b = base.entry(f.seed).or_insert((f.before, None, None));
+                b.1 = b.1.or(f.understanding.map(|u| u.0));
+                b.2 = b.2.or(f.strict.map(|s| s.0));
                 by_row
                     .entry((i, round))
                     .or_insert_with(|| (row.flags(round), Vec::new()))
@@ -336,7 +332,7 @@ fn summary(out: &Path, rows: &[&Row], rounds_of: impl Fn(&Row) -> usize) -> Resu
             true => String::new(),
             false => {
                 let (m, s) = mean_sd(&strict);
-                format!("{m:.2} ± {s:.2} (seeds {})", strict.len())
+                format!("overall {m:.2} ± {s:.2} ({} seeds)", strict.len())
             }
         };
         t.push_str(&format!(
@@ -376,7 +372,7 @@ fn summary(out: &Path, rows: &[&Row], rounds_of: impl Fn(&Row) -> usize) -> Resu
             }
             n => {
                 let (m, s) = mean_sd(&strict);
-                format!("{m:+.2} ± {s:.2} ({n} seeds)")
+                format!("{m:+.2} ± {s:.2} ({n} of {} seeds)", figs.len())
             }
         };
         t.push_str(&format!(
