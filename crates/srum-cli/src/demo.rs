@@ -462,8 +462,9 @@ fn balanced(prompts: Vec<String>) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// What every run of the loop from one checkpoint and seed shares: the model it starts from,
-/// its held-out evaluation, the training prompts and the random stream after drawing them.
+/// What every run of the loop from one checkpoint and seed shares: the model's config, its
+/// held-out evaluation, the training prompts and the random stream after drawing them (the
+/// model itself is returned beside it by [`Start::new`]).
 pub(crate) struct Start {
     config: TinyUmmConfig,
     heldout: Vec<srum_world::world::PromptSpec>,
@@ -505,6 +506,30 @@ impl Start {
             rng,
         };
         Ok((start, model))
+    }
+
+    /// What a run from this start was asked to do, whatever its recipe and seed, as
+    /// results.json records it: runs with other settings are not replicates of it.
+    pub(crate) fn settings(
+        &self,
+        run: &RunArgs,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        let checkpoint = run
+            .checkpoint
+            .as_deref()
+            .map_or(srum_world::tiny::SHIPPED.to_string(), |p| {
+                p.display().to_string()
+            });
+        let v = serde_json::json!({
+            "checkpoint": checkpoint, "prompt_mix": run.prompt_mix, "prompts": self.train.len(),
+            "candidates": run.candidates, "train_steps": run.train_steps, "batch": run.batch,
+            "lr": run.lr, "per_category": run.per_category, "samples": run.samples,
+            "understanding_pairs": run.understanding, "sampler": run.sampling.sampler()?.config,
+        });
+        match v {
+            serde_json::Value::Object(m) => Ok(m),
+            _ => Err("settings are an object".into()),
+        }
     }
 
     /// Oracle report on the held-out prompts and understanding accuracy (where asked).
@@ -603,7 +628,8 @@ pub(crate) struct RecipeRun<'a> {
 }
 
 impl<'a> RecipeRun<'a> {
-    /// Before round 1: `model` is the start's, and `rng` the start's stream.
+    /// Before round 1: `model` is the start's, and `rng` the stream round 1 draws from (the
+    /// start's, or where the start's stood after a shared round-1 rollout).
     pub(crate) fn new(
         run: &RunArgs,
         recipe: &'a RecipeArgs,
@@ -681,7 +707,7 @@ impl<'a> RecipeRun<'a> {
     pub(crate) fn finish(
         &self,
         before: &Evaluation,
-        seconds: f64,
+        began: Instant,
         extra: serde_json::Value,
     ) -> Result<(String, Evaluation), String> {
         let out = &self.run.out;
@@ -696,18 +722,20 @@ impl<'a> RecipeRun<'a> {
         let table = results_table(before, &after);
         let (run, recipe) = (&self.run, self.recipe);
         let mut results = serde_json::json!({
-            "checkpoint": run.checkpoint.as_deref().map_or(srum_world::tiny::SHIPPED.into(), |p| p.display().to_string()), "reward": recipe.reward, "constraint": recipe.constraint, "lambda": recipe.lambda, "trainable": recipe.trainable, "prompt_mix": run.prompt_mix, "prompts": self.start.train.len(),
-            "candidates": run.candidates, "rounds": self.rounds(), "train_steps": run.train_steps, "batch": run.batch, "lr": run.lr,
-            "seed": run.sampling.seed, "eval_seed": self.start.eval_seed, "per_category": run.per_category,
-            "samples": run.samples, "before": before.report, "after": after.report,
+            "reward": recipe.reward, "constraint": recipe.constraint, "lambda": recipe.lambda, "trainable": recipe.trainable,
+            "rounds": self.rounds(), "seed": run.sampling.seed, "eval_seed": self.start.eval_seed,
+            "before": before.report, "after": after.report,
             "before_strict": before.strict, "after_strict": after.strict,
             "understanding_before": before.understanding, "understanding_after": after.understanding,
             "rollout_figures": self.figures,
             "token_figures": self.tokens,
-            "seconds": seconds,
+            "seconds": began.elapsed().as_secs_f64(),
         });
-        if let (Some(map), serde_json::Value::Object(more)) = (results.as_object_mut(), extra) {
-            map.extend(more);
+        if let Some(map) = results.as_object_mut() {
+            map.extend(self.start.settings(run)?);
+            if let serde_json::Value::Object(more) = extra {
+                map.extend(more);
+            }
         }
         srum::train::write_file_atomic(
             &out.join("results.json"),
@@ -725,6 +753,7 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
         return Err("--rounds must be at least 1".into());
     }
     let begin = Instant::now();
+    create_out(&a.run.out)?;
     let (start, model) = Start::new(&a.run)?;
     let before = start.evaluate(&a.run, &model.valid(), "evaluating (before)")?;
     let mut run = RecipeRun::new(&a.run, &a.recipe, &start, model, start.rng.clone())?;
@@ -732,11 +761,7 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode, String> {
         let samples = run.roll_out()?;
         run.train(samples)?;
     }
-    let (table, _) = run.finish(
-        &before,
-        begin.elapsed().as_secs_f64(),
-        serde_json::Value::Null,
-    )?;
+    let (table, _) = run.finish(&before, begin, serde_json::Value::Null)?;
     println!("{table}");
     eprintln!(
         "demo done in {:.1} min; results, pictures and the trained model are in {}",

@@ -17,7 +17,7 @@ pub struct MiniatureArgs {
     #[command(flatten)]
     run: RunArgs,
     /// Seeds (instead of `--seed`); each runs every row, in `OUT/seed-S/ROW/` (a demo's
-    /// output folder each).
+    /// output folder each, but that `dual-rounds-R/` holds round R's rollout images only).
     #[arg(long, value_delimiter = ',', default_value = "0,1,2,3,4")]
     seeds: Vec<u64>,
     /// Rows to run, by name (default: all): sft, best-of-k, global, local, dual,
@@ -137,27 +137,32 @@ pub fn run(a: MiniatureArgs) -> Result<ExitCode, String> {
             })
             .collect::<Result<_, _>>()?,
     };
+    let mut seen = std::collections::BTreeSet::new();
+    let rows: Vec<&Row> = rows.into_iter().filter(|r| seen.insert(r.name)).collect();
     let rounds_of = |row: &Row| if row.name == "dual" { a.rounds } else { 1 };
+    let mut settings = None;
     for &seed in &a.seeds {
         let seed_dir = a.run.out.join(format!("seed-{seed}"));
-        // A row is done when its last folder has results (rerun to continue).
-        let todo: Vec<&Row> = rows
-            .iter()
-            .copied()
-            .filter(|r| {
-                !row_dir(&seed_dir, r, rounds_of(r))
-                    .join("results.json")
-                    .exists()
-            })
-            .collect();
-        if todo.is_empty() {
-            eprintln!("seed {seed}: every row is done");
-            continue;
-        }
         let begin = Instant::now();
         let mut run = a.run.clone();
         run.sampling.seed = seed;
         let (start, model) = Start::new(&run)?;
+        let expected = start.settings(&run)?;
+        // A row is done when its last folder has results of these settings (rerun to continue).
+        let mut todo = Vec::new();
+        for &row in &rows {
+            let path = row_dir(&seed_dir, row, rounds_of(row)).join("results.json");
+            if !path.exists() {
+                todo.push(row);
+            } else {
+                read_figures(&path, &expected)?;
+            }
+        }
+        settings = Some(expected);
+        if todo.is_empty() {
+            eprintln!("seed {seed}: every row is done");
+            continue;
+        }
         let before = start.evaluate(&run, &model.valid(), "evaluating (before)")?;
         // Round 1's rollout and self-judgement, as every row's recipe run would draw them.
         let mut rng = start.rng.clone();
@@ -183,7 +188,7 @@ pub fn run(a: MiniatureArgs) -> Result<ExitCode, String> {
                     "flags": row.flags(round),
                     "shared_seconds": shared,
                 });
-                let (_, after) = r.finish(&before, began.elapsed().as_secs_f64(), extra)?;
+                let (_, after) = r.finish(&before, began, extra)?;
                 eprintln!(
                     "seed {seed}, {} ({}): overall {:.2} -> {:.2}",
                     row.name,
@@ -194,7 +199,8 @@ pub fn run(a: MiniatureArgs) -> Result<ExitCode, String> {
             }
         }
     }
-    let table = summary(&a.run.out, &rows, rounds_of)?;
+    let settings = settings.ok_or("no seed")?;
+    let table = summary(&a.run.out, &rows, rounds_of, &settings)?;
     srum::train::write_file_atomic(&a.run.out.join("table.md"), table.as_bytes())
         .map_err(|e| e.to_string())?;
     println!("{table}");
@@ -228,10 +234,25 @@ struct Figures {
 /// The token kinds of results.json `token_figures`, in table order.
 const KINDS: [&str; 3] = ["asked", "other", "background"];
 
-fn read_figures(path: &Path) -> Result<Figures, String> {
+/// The figures of the results at `path`, refused where a setting it records differs from
+/// `expected` (a setting it lacks, from an older demo, is not checked).
+fn read_figures(
+    path: &Path,
+    expected: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Figures, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    for (key, want) in expected {
+        if let Some(got) = v.get(key)
+            && got != want
+        {
+            return Err(format!(
+                "{}: ran with {key} {got}, this run asks for {want}; give another --out",
+                path.display()
+            ));
+        }
+    }
     let num = |field: &str| -> Result<f64, String> {
         field
             .split('.')
@@ -253,17 +274,14 @@ fn read_figures(path: &Path) -> Result<Figures, String> {
         .ok_or_else(|| format!("{}: no token_figures", path.display()))?;
     let mut tokens = Vec::new();
     for kind in KINDS {
-        if last.get(kind).is_none() {
-            tokens.push(None);
-            continue;
-        }
-        let field = |f: &str| {
-            last[kind][f]
-                .as_f64()
-                .ok_or_else(|| format!("{}: no number at token_figures.{kind}.{f}", path.display()))
-        };
-        let change = field("loss_after")? / field("loss_before")? - 1.0;
-        tokens.push(Some((field("map_mean")?, change)));
+        // Absent where the rollout had no token of the kind; null where a loss was not finite.
+        let field = |f: &str| last.get(kind).and_then(|k| k[f].as_f64());
+        tokens.push(
+            match (field("map_mean"), field("loss_before"), field("loss_after")) {
+                (Some(m), Some(b), Some(x)) => Some((m, x / b - 1.0)),
+                _ => None,
+            },
+        );
     }
     Ok(Figures {
         seed: num("seed")? as u64,
@@ -277,7 +295,12 @@ fn read_figures(path: &Path) -> Result<Figures, String> {
 
 /// The table over every seed folder under `out` that holds results of `rows`: the base model,
 /// then each row's change in the held-out oracle score (mean ± sample sd over seeds).
-fn summary(out: &Path, rows: &[&Row], rounds_of: impl Fn(&Row) -> usize) -> Result<String, String> {
+fn summary(
+    out: &Path,
+    rows: &[&Row],
+    rounds_of: impl Fn(&Row) -> usize,
+    settings: &serde_json::Map<String, serde_json::Value>,
+) -> Result<String, String> {
     let mut seed_dirs: Vec<PathBuf> = std::fs::read_dir(out)
         .map_err(|e| format!("{}: {e}", out.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -299,7 +322,7 @@ fn summary(out: &Path, rows: &[&Row], rounds_of: impl Fn(&Row) -> usize) -> Resu
                 if !path.exists() {
                     continue;
                 }
-                let f = read_figures(&path)?;
+                let f = read_figures(&path, settings)?;
                 // Every row of a seed starts from the same model; some recorded more of it.
                 let b = base.entry(f.seed).or_insert((f.before, None, None));
                 b.1 = b.1.or(f.understanding.map(|u| u.0));
@@ -335,9 +358,10 @@ fn summary(out: &Path, rows: &[&Row], rounds_of: impl Fn(&Row) -> usize) -> Resu
                 format!("overall {m:.2} ± {s:.2} ({} seeds)", strict.len())
             }
         };
+        let seeds: Vec<String> = base.keys().map(|s| s.to_string()).collect();
         t.push_str(&format!(
-            "| base | | {} | {m:.2} ± {s:.2} | | {st} | {u} |\n",
-            befores.len()
+            "| base (before training) | | {} | {m:.2} ± {s:.2} | | {st} | {u} |\n",
+            seeds.join(", ")
         ));
     }
     for ((i, round), (flags, figs)) in &by_row {

@@ -271,7 +271,7 @@ fn miniature_rows_are_the_demo_runs_they_name() {
         &[
             "miniature",
             "--rows",
-            "best-of-k,dual",
+            "best-of-k,local,dual,local",
             "--rounds",
             "2",
             "--seeds",
@@ -292,6 +292,13 @@ fn miniature_rows_are_the_demo_runs_they_name() {
         ],
         &demo_best,
     );
+    let demo_local = tmp.path().join("local");
+    srum(
+        &[
+            "demo", "--reward", "local", "--lambda", "0.5", "--seed", "3",
+        ],
+        &demo_local,
+    );
     let demo_dual = tmp.path().join("dual");
     srum(
         &["demo", "--rounds", "2", "--lambda", "0.5", "--seed", "3"],
@@ -309,14 +316,18 @@ fn miniature_rows_are_the_demo_runs_they_name() {
     };
     let weights = |dir: &Path| std::fs::read(dir.join("model/model.safetensors")).unwrap();
     let seed = mini.join("seed-3");
-    for (row, demo) in [("best-of-k", &demo_best), ("dual-rounds-2", &demo_dual)] {
+    for (row, demo) in [
+        ("best-of-k", &demo_best),
+        ("local", &demo_local),
+        ("dual-rounds-2", &demo_dual),
+    ] {
         assert_eq!(results(&seed.join(row)), results(demo), "{row}");
         assert!(weights(&seed.join(row)) == weights(demo), "{row}: weights");
     }
     // The one-round dual row differs from two rounds, and the table names every row.
     assert!(weights(&seed.join("dual")) != weights(&demo_dual));
     for line in [
-        "| base |",
+        "| base (before training) | | 3 |",
         "| best-of-k |",
         "| dual |",
         "| dual, 2 rounds |",
@@ -330,7 +341,13 @@ fn miniature_rows_are_the_demo_runs_they_name() {
         table.trim()
     );
     let o = Command::new(env!("CARGO_BIN_EXE_srum"))
-        .args(["miniature", "--rows", "best-of-k,dual", "--rounds", "2"])
+        .args([
+            "miniature",
+            "--rows",
+            "best-of-k,local,dual",
+            "--rounds",
+            "2",
+        ])
         .args([
             "--seeds",
             "3",
@@ -344,6 +361,23 @@ fn miniature_rows_are_the_demo_runs_they_name() {
         .unwrap();
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("seed 3: every row is done"));
+    // Results of other settings are not replicates: the run refuses them.
+    let mut other = tiny;
+    let at = other.iter().position(|&x| x == "--train-steps").unwrap();
+    other[at + 1] = "4";
+    let o = Command::new(env!("CARGO_BIN_EXE_srum"))
+        .args(["miniature", "--rows", "local", "--seeds", "3"])
+        .args(["--checkpoint", model.to_str().unwrap(), "--out"])
+        .arg(&mini)
+        .args(other)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("local/results.json") && err.contains("train_steps"),
+        "{err}"
+    );
     let o = Command::new(env!("CARGO_BIN_EXE_srum"))
         .args(["miniature", "--rows", "dual,ppo", "--out"])
         .arg(tmp.path().join("bad"))
