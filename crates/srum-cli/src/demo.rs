@@ -47,8 +47,9 @@ pub struct RunArgs {
     /// `assets/tiny-umm` of its crate).
     #[arg(long)]
     pub(crate) checkpoint: Option<PathBuf>,
-    /// Output folder: rollout/ (images, one manifest per round), pictures/ (reward pictures), metrics.jsonl,
-    /// model/ (the trained model), results.json.
+    /// Output folder: rollout/ (images, one manifest per round), pictures/ (reward pictures),
+    /// metrics.jsonl, model/ (the trained model), results.json; for `miniature`, one such
+    /// folder per seed and row (seed-S/ROW/) and table.md.
     #[arg(long, default_value = "demo-out")]
     pub(crate) out: PathBuf,
     /// Training prompts rolled out.

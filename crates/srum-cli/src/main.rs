@@ -64,12 +64,7 @@ enum Command {
     /// SRUM against its baselines and variants over seeds: each row is `srum demo` with the
     /// row's flags, the rows of a seed sharing the base evaluation and the first rollout;
     /// writes OUT/table.md (mean and sd over seeds). Rerun to continue.
-    #[command(
-        mut_arg("out", |a| a
-            .default_value("miniature-out")
-            .help("Output folder: seed-S/ROW/ (a demo's output folder per row) and table.md")),
-        mut_arg("seed", |a| a.hide(true))
-    )]
+    #[command(mut_arg("out", |a| a.default_value("miniature-out")))]
     Miniature(miniature::MiniatureArgs),
     /// Rounds of rollout -> judge -> convert -> train, each from the previous round's model;
     /// rerun with more rounds to continue.

@@ -16,7 +16,7 @@ use crate::demo::{RecipeArgs, RecipeRun, RunArgs, Start, roll_out_and_judge};
 pub struct MiniatureArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// Seeds (instead of `--seed`); each runs every row, in `OUT/seed-S/ROW/` (a demo's
+    /// Seeds (`--seed` is refused); each runs every row, in `OUT/seed-S/ROW/` (a demo's
     /// output folder each, but that `dual-rounds-R/` holds round R's rollout images only).
     #[arg(long, value_delimiter = ',', default_value = "0,1,2,3,4")]
     seeds: Vec<u64>,
