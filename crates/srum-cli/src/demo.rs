@@ -468,6 +468,7 @@ fn balanced(prompts: Vec<String>) -> Result<Vec<String>, String> {
 /// model itself is returned beside it by [`Start::new`]).
 pub(crate) struct Start {
     config: TinyUmmConfig,
+    sampler: srum::flow::EulerSampler,
     heldout: Vec<srum_world::world::PromptSpec>,
     eval_seed: u64,
     pub(crate) train: Vec<String>,
@@ -490,7 +491,7 @@ impl Start {
                     .into(),
             );
         }
-        run.sampling.sampler()?;
+        let sampler = run.sampling.sampler()?;
         let (model, config) = load(run)?;
         let mut train = srum_world::world::rollout_prompts();
         let mut rng = ChaCha8Rng::seed_from_u64(run.sampling.seed);
@@ -501,6 +502,7 @@ impl Start {
         train.truncate(run.prompts);
         let start = Self {
             config,
+            sampler,
             heldout: split_prompts(Split::Heldout, run.per_category),
             eval_seed: run.sampling.seed.wrapping_add(10_000),
             train,
@@ -525,7 +527,7 @@ impl Start {
             "checkpoint": checkpoint, "prompt_mix": run.prompt_mix, "prompts": self.train.len(),
             "candidates": run.candidates, "train_steps": run.train_steps, "batch": run.batch,
             "lr": run.lr, "per_category": run.per_category, "samples": run.samples,
-            "understanding_pairs": run.understanding, "sampler": run.sampling.sampler()?.config,
+            "understanding_pairs": run.understanding, "sampler": self.sampler.config,
         });
         match v {
             serde_json::Value::Object(m) => Ok(m),
@@ -546,7 +548,7 @@ impl Start {
             m,
             &self.heldout,
             self.config.image_size,
-            &run.sampling.sampler()?,
+            &self.sampler,
             run.samples,
             self.eval_seed,
             &srum_world::world::Oracle::default(),
