@@ -517,12 +517,16 @@ impl Start {
         &self,
         run: &RunArgs,
     ) -> Result<serde_json::Map<String, serde_json::Value>, String> {
-        let checkpoint = run
-            .checkpoint
-            .as_deref()
-            .map_or(srum_world::tiny::SHIPPED.to_string(), |p| {
-                p.display().to_string()
-            });
+        let checkpoint =
+            run.checkpoint
+                .as_deref()
+                .map_or(srum_world::tiny::SHIPPED.to_string(), |p| {
+                    // Canonical, so a relative and an absolute path to one folder are one setting.
+                    std::fs::canonicalize(p)
+                        .unwrap_or_else(|_| p.to_path_buf())
+                        .display()
+                        .to_string()
+                });
         let v = serde_json::json!({
             "checkpoint": checkpoint, "prompt_mix": run.prompt_mix, "prompts": self.train.len(),
             "candidates": run.candidates, "train_steps": run.train_steps, "batch": run.batch,
