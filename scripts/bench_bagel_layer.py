@@ -35,6 +35,15 @@ TEXT = 62
 SIDE = 32
 
 
+def peak_rss_mib():
+    """Peak resident memory of this process (VmHWM), MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bagel-src", default="/tmp/bagel-src")
@@ -112,7 +121,7 @@ def main():
     print(f"forward+backward: median {fb:.3f} s, runs {[round(r, 3) for r in fb_runs]}", file=sys.stderr)
     out = {"side": f"pytorch {torch.__version__}", "tokens": n, "threads": torch.get_num_threads(),
            "iters": a.iters, "forward_s": fwd, "forward_runs_s": fwd_runs, "forward_backward_s": fb,
-           "forward_backward_runs_s": fb_runs}
+           "forward_backward_runs_s": fb_runs, "peak_rss_mib": peak_rss_mib()}
     print(json.dumps(out))
     if a.json:
         with open(a.json, "w") as f:

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! RAYON_NUM_THREADS=2 cargo run --release -p srum-bagel --example layer_bench -- \
-//!     [--iters 3] [--json target/bench-bagel-layer/burn.json]
+//!     [--iters 3] [--json target/bench-bagel-layer/burn.json] [--glibc-defaults]
 //! # on a GPU, in bf16 (or f32):
 //! cargo run --release -p srum-bagel --features cuda --example layer_bench -- --backend cuda --dtype bf16
 //! ```
@@ -22,6 +22,9 @@
 //! (`sum`); "forward + backward" is the same forward on `Autodiff<Flex>`, `sum` of the output,
 //! `backward()`, and reading back the input's gradient (every weight gradient is computed by
 //! then). One warm-up run, then `--iters` timed runs; the median is reported.
+//!
+//! Like the `srum` binary, it first calls [`srum::allocator::keep_freed_buffers`];
+//! `--glibc-defaults` leaves glibc's allocator as it is.
 
 use std::time::Instant;
 
@@ -165,10 +168,23 @@ fn run(
     }
 }
 
+/// Peak resident memory of this process (`VmHWM`), MiB; 0 where `/proc` has none.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
 fn main() {
     let mut iters = 3usize;
     let mut json: Option<String> = None;
     let (mut backend, mut dtype) = ("flex".to_string(), "f32".to_string());
+    let mut glibc_defaults = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -176,9 +192,12 @@ fn main() {
             "--json" => json = args.next(),
             "--backend" => backend = args.next().expect("--backend flex|cuda|wgpu"),
             "--dtype" => dtype = args.next().expect("--dtype f32|bf16"),
+            "--glibc-defaults" => glibc_defaults = true,
             other => panic!("unknown argument {other}"),
         }
     }
+    // As the `srum` binary does; `--glibc-defaults` measures without it.
+    let kept = !glibc_defaults && srum::allocator::keep_freed_buffers();
     // BAGEL-7B-MoT's backbone sizes (the defaults); one layer.
     let config = BagelConfig::new().with_num_hidden_layers(1);
     let seq = sequence(&config);
@@ -205,10 +224,12 @@ fn main() {
         "tokens": seq.len(),
         "threads": threads,
         "iters": iters,
+        "freed_buffers_kept": kept,
         "forward_s": fwd,
         "forward_runs_s": fwd_runs,
         "forward_backward_s": fb,
         "forward_backward_runs_s": fb_runs,
+        "peak_rss_mib": peak_rss_mib(),
     });
     println!("{out}");
     if let Some(path) = json {

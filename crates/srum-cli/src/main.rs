@@ -86,27 +86,10 @@ pub fn contained_path(base: &std::path::Path, file: &str) -> Result<std::path::P
     srum::data::contained_path(base, file).map_err(|e| e.to_string())
 }
 
-/// Keeps freed tensor buffers in the heap. glibc hands every freed block above its mmap
-/// threshold back to the kernel, and the next step's tensor of the same size faults fresh zeroed
-/// pages in: on the reference model that kernel work was about 8% of a pretraining step's CPU
-/// time (docs/PERFORMANCE.md). Blocks up to 32 MiB now come from the heap, and up to 1 GiB of
-/// freed heap is kept for reuse; larger tensors (BAGEL's) are still mapped and unmapped.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn keep_freed_buffers() {
-    // SAFETY: `mallopt` only changes glibc's allocator settings; it runs first thing in
-    // `main`, before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn keep_freed_buffers() {}
-
 fn main() -> ExitCode {
-    keep_freed_buffers();
+    // Freed tensor buffers stay in the heap (see `srum::allocator`); first thing, before
+    // any thread exists.
+    srum::allocator::keep_freed_buffers();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -9,8 +9,10 @@
 //! - [`round`]: the loop of one SRUM round: rollout, self-judgement, reward-weighted training.
 //! - [`data`]: record files (scorer and training formats).
 //! - [`image`]: host-side RGB images.
+//! - [`allocator`]: glibc settings that keep freed tensor buffers for reuse.
 #![warn(missing_docs)]
 
+pub mod allocator;
 pub mod data;
 pub mod error;
 pub mod flow;
