@@ -41,6 +41,10 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "peer" and m.get("executable"):
         print(m["executable"])')
 
+# Both sides with freed buffers kept in the heap (srum::allocator's settings, which the `srum`
+# binary applies itself): glibc's defaults make each side fault in fresh pages for every large
+# tensor. scripts/bench_bagel_layer.sh below also measures glibc's defaults.
+export GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615:glibc.malloc.top_pad=67108864
 RAYON_NUM_THREADS=$threads "$exe" --model "$model" --threads "$threads" --iters "$iters" \
   --json "$out/ours.json" --dump "$out/dump.safetensors"
 OMP_NUM_THREADS=$threads $py crates/srum-world/benches/reference/peer.py --model "$model" --threads "$threads" \
@@ -50,6 +54,8 @@ cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n1)
 $py crates/srum-world/benches/reference/table.py "$out/ours.json" "$out/pytorch.json" \
   --machine "$cpu, $(nproc) cores (load average before the run: $load)" |
   tee "$out/table.md"
+
+unset GLIBC_TUNABLES
 
 # The headline: BAGEL-7B-MoT's decoder layer. The official code and a venv with transformers 4.49
 # (its vendored SigLIP imports a module later releases removed) are set up once.
