@@ -97,20 +97,6 @@ pub struct Plan<B: Backend> {
     pub(crate) segments: Vec<Segment<B>>,
 }
 
-/// `0` where `allowed`, `-inf` elsewhere.
-pub(crate) fn mask_bias<B: Backend>(
-    allowed: &[bool],
-    rows: usize,
-    cols: usize,
-    device: &B::Device,
-) -> Tensor<B, 2> {
-    let v: Vec<f32> = allowed
-        .iter()
-        .map(|&a| if a { 0.0 } else { f32::NEG_INFINITY })
-        .collect();
-    Tensor::from_data(TensorData::new(v, [rows, cols]), device)
-}
-
 impl<B: Backend> Plan<B> {
     /// The plan of the training forward on `seq` (`Bagel.forward` with its per-sample dense
     /// masks): each token routed to its expert, RoPE at the sequence's positions, one attention
@@ -119,11 +105,7 @@ impl<B: Backend> Plan<B> {
         let mut segments = Vec::new();
         let mut start = 0;
         for (len, mask) in seq.samples().into_iter().zip(seq.sample_masks()) {
-            segments.push(Segment {
-                start,
-                len,
-                bias: mask_bias(&mask, len, len, device),
-            });
+            segments.push(Segment::from_mask(start, len, &mask, len, device));
             start += len;
         }
         Self {
@@ -157,11 +139,7 @@ impl<B: Backend> Plan<B> {
         Self {
             routing: Routing::new(experts, device),
             rope: RopeTables::new(positions, head_dim, theta, device),
-            segments: vec![Segment {
-                start: 0,
-                len: n,
-                bias: mask_bias(&allowed, n, cols, device),
-            }],
+            segments: vec![Segment::from_mask(0, n, &allowed, cols, device)],
         }
     }
 }
