@@ -21,6 +21,10 @@ use srum::reward::RewardMap;
 use srum::train::{Precision, SrumBatch, Trainer, TrainerConfig};
 use srum_bagel::{BagelModel, BagelTemplates, rollout_sampler};
 
+#[path = "shared/proc_memory.rs"]
+mod proc_memory;
+use proc_memory::{mib, peak_rss};
+
 struct Args {
     checkpoint: PathBuf,
     backend: String,
@@ -70,18 +74,6 @@ fn parse() -> Result<Args, String> {
         return Err("--checkpoint DIR is required".into());
     }
     Ok(a)
-}
-
-/// Peak resident memory of this process in MiB (Linux), 0 elsewhere.
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 fn round<B: AutodiffBackend>(a: &Args, device: &B::Device) -> Result<(), String> {
@@ -166,7 +158,7 @@ fn round<B: AutodiffBackend>(a: &Args, device: &B::Device) -> Result<(), String>
         sampler.config.steps,
         answer.first().map_or(0, |s| s.chars().count()),
         report.loss,
-        peak_rss_mib()
+        mib(peak_rss())
     );
     Ok(())
 }

@@ -33,6 +33,10 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, ElementConversion, Tensor};
 use srum_bagel::{BagelConfig, DecoderLayer, DecoderLayerConfig, PackedSequence, Plan};
 
+#[path = "shared/proc_memory.rs"]
+mod proc_memory;
+use proc_memory::{mib, peak_rss};
+
 const TEXT: usize = 62;
 const SIDE: usize = 32;
 
@@ -168,18 +172,6 @@ fn run(
     }
 }
 
-/// Peak resident memory of this process (`VmHWM`), MiB; 0 where `/proc` has none.
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 fn main() {
     let mut iters = 3usize;
     let mut json: Option<String> = None;
@@ -229,7 +221,7 @@ fn main() {
         "forward_runs_s": fwd_runs,
         "forward_backward_s": fb,
         "forward_backward_runs_s": fb_runs,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": mib(peak_rss()),
     });
     println!("{out}");
     if let Some(path) = json {

@@ -16,6 +16,10 @@ use srum_bagel::{
     VitConfig, param_counts, step_memory,
 };
 
+#[path = "shared/proc_memory.rs"]
+mod proc_memory;
+use proc_memory::{peak_rss, rss};
+
 fn gib(b: u64) -> f64 {
     b as f64 / (1u64 << 30) as f64
 }
@@ -73,28 +77,6 @@ fn table() {
             }
         }
     }
-}
-
-fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
-}
-
-fn rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
 }
 
 /// One forward and backward, as `measure` takes it, on a model of a few thousand parameters.

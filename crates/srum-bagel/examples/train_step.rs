@@ -23,6 +23,10 @@ use srum_bagel::{
     StepShape, Trained, VaeConfig, VitConfig, step_memory,
 };
 
+#[path = "shared/proc_memory.rs"]
+mod proc_memory;
+use proc_memory::{mib, peak_rss};
+
 struct Args {
     backend: String,
     shape: String,
@@ -126,22 +130,6 @@ fn shape(name: &str) -> Result<(BagelConfig, VaeConfig), String> {
         )),
         other => Err(format!("--shape 7b|medium|tiny, not {other}")),
     }
-}
-
-/// Peak resident memory of this process in bytes (Linux), 0 elsewhere.
-fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
-}
-
-fn mib(b: u64) -> f64 {
-    b as f64 / 1048576.0
 }
 
 fn steps<B: AutodiffBackend>(a: &Args, device: &B::Device) -> Result<(), String> {
