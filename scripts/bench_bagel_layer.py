@@ -15,8 +15,15 @@ packed sample laid out as the Rust side's: text split of 62 tokens (causal) + no
 the dense float mask of data_utils.prepare_attention_mask_per_sample passed as a list (the `nested_attention_masks`
 path of Bagel.forward, i.e. scaled_dot_product_attention per sample), RoPE cos/sin from the official
 Qwen2RotaryEmbedding computed beforehand. "forward" runs under torch.no_grad (the Rust forward has no autodiff);
-"forward + backward" is forward, sum, backward to every weight and the input. Float32, random weights (normal, std
-0.02; norms one), standard normal input. One warm-up run, then --iters timed runs; the median is reported.
+"forward + backward" is forward, sum, backward to every weight and the input. "denoising step" is one Euler step's
+work at the layer under text classifier-free guidance, as Bagel._forward_flow runs it: forward_inference in "gen"
+mode on the noisy-latent block (<|vision_start|>, 1024 latents, <|vision_end|>: 1026 tokens, not causal) after the
+prompt's 62 cached keys and values (update_past_key_values False), then again after an empty cache (the text-CFG
+context of a prompt without a system prompt); the prompt's cache is filled by forward_inference before the clock
+starts. flash_attn_varlen_func, which forward_inference calls, is a CUDA kernel; here it is scaled_dot_product_attention
+per segment with grouped-query heads (enable_gqa, no copied key/value heads), PyTorch's fastest CPU equivalent.
+Float32, random weights (normal, std 0.02; norms one), standard normal input. One warm-up run, then --iters timed
+runs; the median is reported.
 """
 
 import argparse
@@ -42,6 +49,25 @@ def peak_rss_mib():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def flash_attn_gqa(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None, dropout_p=0.0,
+                   softmax_scale=None, causal=False, **unused):
+    """flash_attn_varlen_func on the CPU: SDPA per segment, key/value heads shared by their query heads."""
+    assert dropout_p == 0.0
+    cq = [int(x) for x in cu_seqlens_q.tolist()]
+    ck = [int(x) for x in cu_seqlens_k.tolist()]
+    out = q.new_empty(q.shape)
+    for i in range(len(cq) - 1):
+        qi = q[cq[i]:cq[i + 1]].transpose(0, 1)
+        ki = k[ck[i]:ck[i + 1]].transpose(0, 1)
+        vi = v[ck[i]:ck[i + 1]].transpose(0, 1)
+        lq, lk = qi.shape[1], ki.shape[1]
+        mask = torch.ones(lq, lk, dtype=torch.bool).tril(diagonal=lk - lq) if causal else None
+        oi = torch.nn.functional.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=softmax_scale,
+                                                              enable_gqa=True)
+        out[cq[i]:cq[i + 1]] = oi.transpose(0, 1)
+    return out
 
 
 def main():
@@ -102,6 +128,35 @@ def main():
         g = x.grad.abs().sum().item()
         assert g > 0 and all(p.grad is not None for p in params)
 
+    # One denoising step with text CFG (see the module's doc).
+    qwen2_navit.flash_attn_varlen_func = flash_attn_gqa
+    n_blk = n_lat + 2
+    with torch.no_grad():
+        cache = bf.O.NaiveCache(1)
+        prompt = torch.randn(TEXT, config.hidden_size)
+        pcos, psin = rotary(prompt, torch.arange(TEXT).unsqueeze(0))
+        layer.forward_inference(
+            packed_query_sequence=prompt, query_lens=torch.tensor([TEXT]),
+            packed_query_position_embeddings=(pcos.squeeze(0), psin.squeeze(0)),
+            packed_query_indexes=torch.arange(TEXT), past_key_values=cache, key_values_lens=torch.tensor([0]),
+            packed_key_value_indexes=torch.arange(0), update_past_key_values=True, is_causal=True, mode="und")
+        assert cache.key_cache[0].shape[0] == TEXT
+        block = torch.randn(n_blk, config.hidden_size)
+        branches = []
+        for prefix, past in ((TEXT, cache), (0, bf.O.NaiveCache(1))):
+            bcos, bsin = rotary(block, torch.full((1, n_blk), prefix))
+            branches.append(dict(
+                query_lens=torch.tensor([n_blk]), packed_query_position_embeddings=(bcos.squeeze(0), bsin.squeeze(0)),
+                packed_query_indexes=torch.arange(prefix, prefix + n_blk), past_key_values=past,
+                key_values_lens=torch.tensor([prefix]), packed_key_value_indexes=torch.arange(prefix),
+                update_past_key_values=False, is_causal=False, mode="gen",
+                packed_vae_token_indexes=torch.arange(1, n_blk - 1), packed_text_indexes=torch.tensor([0, n_blk - 1])))
+
+    def denoise():
+        with torch.no_grad():
+            s = sum(layer.forward_inference(packed_query_sequence=block, **b)[0].sum().item() for b in branches)
+        assert s == s
+
     def timed(f):
         f()
         runs = []
@@ -119,9 +174,13 @@ def main():
     print(f"forward: median {fwd:.3f} s, runs {[round(r, 3) for r in fwd_runs]}", file=sys.stderr)
     fb, fb_runs = timed(forward_backward)
     print(f"forward+backward: median {fb:.3f} s, runs {[round(r, 3) for r in fb_runs]}", file=sys.stderr)
+    dn, dn_runs = timed(denoise)
+    print(f"denoising step (cond + uncond): median {dn:.3f} s, runs {[round(r, 3) for r in dn_runs]}",
+          file=sys.stderr)
     out = {"side": f"pytorch {torch.__version__}", "tokens": n, "threads": torch.get_num_threads(),
            "iters": a.iters, "forward_s": fwd, "forward_runs_s": fwd_runs, "forward_backward_s": fb,
-           "forward_backward_runs_s": fb_runs, "peak_rss_mib": peak_rss_mib()}
+           "forward_backward_runs_s": fb_runs, "denoise_s": dn, "denoise_runs_s": dn_runs,
+           "peak_rss_mib": peak_rss_mib()}
     print(json.dumps(out))
     if a.json:
         with open(a.json, "w") as f:

@@ -41,7 +41,8 @@ b = r["burn-kept"]
 print(f"Machine: {sys.argv[2]}; {b['tokens']} tokens; median of {b['iters']} runs after one warm-up\n")
 print(f"| f32, one MoT layer | allocator | burn flex (s) | {r['pytorch-kept']['side']} (s) | burn / PyTorch |")
 print("|---|---|---:|---:|---:|")
-for k, name in (("forward_s", "forward"), ("forward_backward_s", "forward + backward")):
+for k, name in (("forward_s", "forward"), ("forward_backward_s", "forward + backward"),
+                ("denoise_s", "denoising step, text CFG (2 x 1026 tokens)")):
     for a, label in (("defaults", "glibc defaults"), ("kept", "freed buffers kept")):
         bb, pp = r[f"burn-{a}"][k], r[f"pytorch-{a}"][k]
         print(f"| {name} | {label} | {bb:.2f} | {pp:.2f} | {bb / pp:.2f}x |")

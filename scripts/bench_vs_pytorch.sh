@@ -34,7 +34,7 @@ py=.venv-bench/bin/python
 
 $py crates/srum-world/benches/reference/reward_map.py
 
-exe=$(cargo bench -p srum-world --bench peer --no-run --message-format=json |
+exe=$(cargo bench -p srum-world --bench peer --features flex --no-run --message-format=json |
   $py -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)

@@ -21,7 +21,10 @@
 //! outside the layers). "forward" is the flex forward ending in a read-back of one scalar
 //! (`sum`); "forward + backward" is the same forward on `Autodiff<Flex>`, `sum` of the output,
 //! `backward()`, and reading back the input's gradient (every weight gradient is computed by
-//! then). One warm-up run, then `--iters` timed runs; the median is reported.
+//! then). "denoising step" is one Euler step's work at the layer under text classifier-free
+//! guidance: the 1026-token noisy-latent block after the prompt's cached keys and values, and
+//! again after no context (see `denoise`). One warm-up run, then `--iters` timed runs; the
+//! median is reported.
 //!
 //! Like the `srum` binary, it first calls [`srum::allocator::keep_freed_buffers`];
 //! `--glibc-defaults` leaves glibc's allocator as it is.
@@ -117,54 +120,116 @@ fn forward_backward<B: AutodiffBackend>(
     })
 }
 
+/// One denoising step with text classifier-free guidance, at the layer: the noisy-latent block
+/// (`<|vision_start|>`, 32 x 32 latents, `<|vision_end|>`) once after the prompt's cached keys
+/// and values (the conditional velocity) and once after nothing (the unconditional one, the
+/// official text-CFG context of a prompt without a system prompt), as `_forward_flow` runs its
+/// two `forward_inference` calls per step. The prompt's keys and values are computed before
+/// the clock starts, as `generate_image` caches the context before its first step.
+fn denoise<B: Backend>(config: &BagelConfig, iters: usize) -> Timing {
+    let device = B::Device::default();
+    let layer: DecoderLayer<B> = DecoderLayerConfig::new(config.clone()).init(&device);
+    let mut prompt = PackedSequence::new();
+    let ids: Vec<u32> = (0..TEXT as u32).map(|i| 1000 + i).collect();
+    prompt.push_text(&ids);
+    prompt.end_sample();
+    let normal = |n: usize| {
+        Tensor::<B, 2>::random(
+            [n, config.hidden_size],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        )
+    };
+    let (_, prompt_kv) =
+        layer.forward_inference(normal(TEXT), &Plan::packed(&prompt, config, &device), None);
+    let mut block = PackedSequence::new();
+    block
+        .push_noisy_latents(
+            (SIDE, SIDE),
+            config.start_of_image_id,
+            config.end_of_image_id,
+            config.max_latent_size,
+        )
+        .expect("a 32 x 32 grid fits the latent table");
+    let n = block.len();
+    let plan = |prefix: usize| {
+        Plan::<B>::block(
+            &block.experts(),
+            &vec![prefix as i64; n],
+            prefix,
+            false,
+            config.head_dim(),
+            config.rope_theta,
+            &device,
+        )
+    };
+    let (cond, uncond) = (plan(TEXT), plan(0));
+    let x = normal(n);
+    time(iters, || {
+        let (c, _) = layer.forward_inference(x.clone(), &cond, Some(&prompt_kv));
+        let (u, _) = layer.forward_inference(x.clone(), &uncond, None);
+        let s: f32 = (c.sum() + u.sum()).into_scalar().elem();
+        assert!(s.is_finite());
+    })
+}
+
+/// The three measurements on one backend: `B` without autodiff, `A` with it.
+fn all<B: Backend, A: AutodiffBackend>(
+    config: &BagelConfig,
+    seq: &PackedSequence,
+    iters: usize,
+) -> (Timing, Timing, Timing) {
+    (
+        forward::<B>(config, seq, iters),
+        forward_backward::<A>(config, seq, iters),
+        denoise::<B>(config, iters),
+    )
+}
+
 /// A median in seconds and the runs it is the median of.
 type Timing = (f64, Vec<f64>);
 
-/// Forward and forward + backward medians (with their runs) on the backend and float type the
-/// flags name; a backend this build lacks is an error naming the feature to enable.
+/// Forward, forward + backward and denoising-step medians (with their runs) on the backend and
+/// float type the flags name; a backend this build lacks is an error naming the feature to enable.
 fn run(
     backend: &str,
     dtype: &str,
     config: &BagelConfig,
     seq: &PackedSequence,
     iters: usize,
-) -> Result<(Timing, Timing), String> {
+) -> Result<(Timing, Timing, Timing), String> {
     match (backend, dtype) {
-        ("flex", "f32") => Ok((
-            forward::<Flex>(config, seq, iters),
-            forward_backward::<Autodiff<Flex>>(config, seq, iters),
-        )),
+        ("flex", "f32") => Ok(all::<Flex, Autodiff<Flex>>(config, seq, iters)),
         #[cfg(feature = "cuda")]
-        ("cuda", "f32") => Ok((
-            forward::<burn::backend::Cuda<f32>>(config, seq, iters),
-            forward_backward::<Autodiff<burn::backend::Cuda<f32>>>(config, seq, iters),
-        )),
+        ("cuda", "f32") => Ok(all::<
+            burn::backend::Cuda<f32>,
+            Autodiff<burn::backend::Cuda<f32>>,
+        >(config, seq, iters)),
         #[cfg(feature = "cuda")]
-        ("cuda", "bf16") => Ok((
-            forward::<burn::backend::Cuda<half::bf16>>(config, seq, iters),
-            forward_backward::<Autodiff<burn::backend::Cuda<half::bf16>>>(config, seq, iters),
-        )),
+        ("cuda", "bf16") => Ok(all::<
+            burn::backend::Cuda<half::bf16>,
+            Autodiff<burn::backend::Cuda<half::bf16>>,
+        >(config, seq, iters)),
         #[cfg(feature = "wgpu")]
-        ("wgpu", "f32") => Ok((
-            forward::<burn::backend::Wgpu>(config, seq, iters),
-            forward_backward::<Autodiff<burn::backend::Wgpu>>(config, seq, iters),
+        ("wgpu", "f32") => Ok(all::<burn::backend::Wgpu, Autodiff<burn::backend::Wgpu>>(
+            config, seq, iters,
         )),
         #[cfg(feature = "ndarray")]
-        ("ndarray", "f32") => Ok((
-            forward::<burn::backend::NdArray<f32>>(config, seq, iters),
-            forward_backward::<Autodiff<burn::backend::NdArray<f32>>>(config, seq, iters),
-        )),
+        ("ndarray", "f32") => Ok(all::<
+            burn::backend::NdArray<f32>,
+            Autodiff<burn::backend::NdArray<f32>>,
+        >(config, seq, iters)),
         #[cfg(feature = "candle")]
         #[allow(deprecated)]
-        ("candle", "f32") => Ok((
-            forward::<burn::backend::Candle<f32>>(config, seq, iters),
-            forward_backward::<Autodiff<burn::backend::Candle<f32>>>(config, seq, iters),
-        )),
+        ("candle", "f32") => Ok(all::<
+            burn::backend::Candle<f32>,
+            Autodiff<burn::backend::Candle<f32>>,
+        >(config, seq, iters)),
         #[cfg(feature = "tch")]
-        ("tch", "f32") => Ok((
-            forward::<burn::backend::LibTorch<f32>>(config, seq, iters),
-            forward_backward::<Autodiff<burn::backend::LibTorch<f32>>>(config, seq, iters),
-        )),
+        ("tch", "f32") => Ok(all::<
+            burn::backend::LibTorch<f32>,
+            Autodiff<burn::backend::LibTorch<f32>>,
+        >(config, seq, iters)),
         (b, d) => Err(format!(
             "--backend {b} --dtype {d} is not in this build: flex runs f32; cuda (f32, bf16), \
              wgpu, ndarray, candle and tch (f32) need `--features cuda|wgpu|ndarray|candle|tch`"
@@ -202,15 +267,17 @@ fn main() {
         config.num_key_value_heads,
         seq.len()
     );
-    let ((fwd, fwd_runs), (fb, fb_runs)) = match run(&backend, &dtype, &config, &seq, iters) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
+    let ((fwd, fwd_runs), (fb, fb_runs), (dn, dn_runs)) =
+        match run(&backend, &dtype, &config, &seq, iters) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(2);
+            }
+        };
     eprintln!("forward: median {fwd:.3} s, runs {fwd_runs:.3?}");
     eprintln!("forward+backward: median {fb:.3} s, runs {fb_runs:.3?}");
+    eprintln!("denoising step (cond + uncond): median {dn:.3} s, runs {dn_runs:.3?}");
     let out = serde_json::json!({
         "side": format!("burn {backend} {dtype}"),
         "tokens": seq.len(),
@@ -221,6 +288,8 @@ fn main() {
         "forward_runs_s": fwd_runs,
         "forward_backward_s": fb,
         "forward_backward_runs_s": fb_runs,
+        "denoise_s": dn,
+        "denoise_runs_s": dn_runs,
         "peak_rss_mib": mib(peak_rss()),
     });
     println!("{out}");

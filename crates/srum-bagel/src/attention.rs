@@ -13,9 +13,10 @@ use crate::rope::RopeTables;
 use crate::routing::Routing;
 use burn::nn::{RmsNorm, RmsNormConfig};
 
-/// Keys (after q/k-norm and RoPE) and values of some tokens, for one layer.
+/// Keys (after q/k-norm and RoPE) and values of some tokens, for one layer: what a KV cache
+/// holds per layer, and what [`crate::DecoderLayer::forward_inference`] returns and attends to.
 #[derive(Debug, Clone)]
-pub(crate) struct LayerKv<B: Backend> {
+pub struct LayerKv<B: Backend> {
     /// `[n, kv_heads, head_dim]`.
     pub(crate) k: Tensor<B, 3>,
     /// `[n, kv_heads, head_dim]`.

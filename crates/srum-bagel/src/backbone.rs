@@ -115,9 +115,10 @@ impl<B: Backend> Plan<B> {
         }
     }
 
-    /// A block of `experts.len()` query tokens that sees all of a `prefix`-token cache, and
-    /// itself causally or fully.
-    pub(crate) fn block(
+    /// The plan of an inference forward (`forward_inference`): a block of `experts.len()` query
+    /// tokens at RoPE `positions` that sees all of a `prefix`-token cache, and itself causally
+    /// (a text block) or fully (a noisy-latent block, as in every denoising step).
+    pub fn block(
         experts: &[Expert],
         positions: &[i64],
         prefix: usize,

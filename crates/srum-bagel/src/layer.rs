@@ -88,6 +88,21 @@ impl<B: Backend> DecoderLayer<B> {
             .0
     }
 
+    /// The layer alone in an inference forward (`Qwen2MoTDecoderLayer.forward_inference`), for
+    /// benchmarks and tests of one layer: the query block of `plan` (see [`Plan::block`]) after
+    /// the `prefix` keys and values of the tokens before it, if any. Returns the output and the
+    /// block's own keys and values, which a later block's `prefix` can be.
+    ///
+    /// Shapes: `x`: `[n, hidden]` to `[n, hidden]`, `n` the plan's query tokens.
+    pub fn forward_inference(
+        &self,
+        x: Tensor<B, 2>,
+        plan: &Plan<B>,
+        prefix: Option<&LayerKv<B>>,
+    ) -> (Tensor<B, 2>, LayerKv<B>) {
+        self.forward(x, &plan.routing, &plan.rope, &plan.segments, prefix)
+    }
+
     /// Shapes: `x`: `[n, hidden]` to `[n, hidden]`.
     pub(crate) fn forward(
         &self,

@@ -39,6 +39,7 @@ mod vae;
 mod verify;
 mod vit;
 
+pub use attention::LayerKv;
 pub use backbone::{Hidden, Plan};
 pub use bagel::{Bagel, FlowLoss, LanguageModel, PackedOutput};
 pub use cache::KvCache;

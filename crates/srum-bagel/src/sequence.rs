@@ -142,7 +142,9 @@ impl PackedSequence {
         s
     }
 
-    pub(crate) fn experts(&self) -> Vec<Expert> {
+    /// The expert each token goes through: noisy latents the generation expert, everything
+    /// else the understanding expert.
+    pub fn experts(&self) -> Vec<Expert> {
         self.slots
             .iter()
             .map(|s| match s {

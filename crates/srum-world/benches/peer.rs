@@ -36,6 +36,8 @@ struct Args {
     dump: Option<PathBuf>,
     iters: usize,
     device: String,
+    /// Only these operations (`--only a,b`), for profiling one of them; all when absent.
+    only: Option<Vec<String>>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -61,6 +63,9 @@ fn parse_args() -> Result<Args, String> {
             None => 5,
         },
         device: kv.get("device").cloned().unwrap_or_else(|| "cpu".into()),
+        only: kv
+            .get("only")
+            .map(|v| v.split(',').map(str::to_string).collect()),
     })
 }
 
@@ -191,15 +196,22 @@ fn run<B: AutodiffBackend>(a: &Args, device: &B::Device, name: &str) -> Result<(
         );
     };
 
+    let want = |op: &str| a.only.as_ref().is_none_or(|o| o.iter().any(|x| x == op));
     for (op, constraint) in [
         ("train_step_anchor", Constraint::Anchor),
         ("train_step_reference", Constraint::ReferenceModel),
     ] {
+        if !want(op) {
+            continue;
+        }
         let b = 32;
         let s = step_seconds(&model, size, b, constraint, a.iters, device)?;
         record(op, s, b);
     }
 
+    if !(want("sample") || want("understand")) {
+        return write_ops(a, name, ops);
+    }
     let sampler = EulerSampler::new(EulerSamplerConfig::default());
     let ps = pick(&mut rng, 64);
     let s = time(a.iters.min(3), || {
@@ -256,6 +268,15 @@ fn run<B: AutodiffBackend>(a: &Args, device: &B::Device, name: &str) -> Result<(
         record(&format!("reward_map_latent_{side}"), s, 1);
     }
 
+    write_ops(a, name, ops)
+}
+
+/// Writes the timings to `--json`.
+fn write_ops(
+    a: &Args,
+    name: &str,
+    ops: serde_json::Map<String, serde_json::Value>,
+) -> Result<(), String> {
     let out = serde_json::json!({
         "implementation": "srum (burn 0.21)",
         "device": name,

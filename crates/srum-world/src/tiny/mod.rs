@@ -4,6 +4,7 @@
 
 mod attention;
 mod model;
+mod ops;
 mod pretrain;
 mod statements;
 mod tokenizer;

@@ -15,11 +15,12 @@ use burn::nn::{
     Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
     PaddingConfig2d,
 };
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
 use tokenizers::Tokenizer;
 
 use super::attention::{SelfAttention, pad_mask};
+use super::ops::gelu;
 use super::tokenizer::encode;
 use crate::world::{Np, PromptSpec};
 use srum::error::{Result, SrumError};
