@@ -131,6 +131,7 @@ def main():
     # One denoising step with text CFG (see the module's doc).
     qwen2_navit.flash_attn_varlen_func = flash_attn_gqa
     n_blk = n_lat + 2
+    layer.eval()  # forward_inference's attention dispatches on the module's mode
     with torch.no_grad():
         cache = bf.O.NaiveCache(1)
         prompt = torch.randn(TEXT, config.hidden_size)
@@ -152,7 +153,10 @@ def main():
                 update_past_key_values=False, is_causal=False, mode="gen",
                 packed_vae_token_indexes=torch.arange(1, n_blk - 1), packed_text_indexes=torch.tensor([0, n_blk - 1])))
 
+    layer.train()
+
     def denoise():
+        layer.eval()
         with torch.no_grad():
             s = sum(layer.forward_inference(packed_query_sequence=block, **b)[0].sum().item() for b in branches)
         assert s == s
@@ -175,6 +179,7 @@ def main():
     fb, fb_runs = timed(forward_backward)
     print(f"forward+backward: median {fb:.3f} s, runs {[round(r, 3) for r in fb_runs]}", file=sys.stderr)
     dn, dn_runs = timed(denoise)
+    layer.train()
     print(f"denoising step (cond + uncond): median {dn:.3f} s, runs {[round(r, 3) for r in dn_runs]}",
           file=sys.stderr)
     out = {"side": f"pytorch {torch.__version__}", "tokens": n, "threads": torch.get_num_threads(),

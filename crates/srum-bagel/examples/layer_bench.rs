@@ -237,6 +237,29 @@ fn run(
     }
 }
 
+/// The layer's largest product alone, `[1088, 3584] x [3584, 18944]` (the understanding and
+/// generation MLPs' up and gate projections over every token), on flex: what the layer's time
+/// comes down to (`--matmul`, after `--iters`). The PyTorch side:
+/// `torch.randn(1088, 3584) @ torch.randn(3584, 18944)` on the same threads.
+fn matmul_only(iters: usize) {
+    let device = Default::default();
+    let a = Tensor::<Flex, 2>::random([1088, 3584], Distribution::Normal(0.0, 1.0), &device);
+    let b = Tensor::<Flex, 2>::random([3584, 18944], Distribution::Normal(0.0, 1.0), &device);
+    let (t, runs) = time(iters, || {
+        let s: f32 = a
+            .clone()
+            .matmul(b.clone())
+            .slice([0..1, 0..1])
+            .into_scalar()
+            .elem();
+        assert!(s.is_finite());
+    });
+    let gflops = 2.0 * 1088.0 * 3584.0 * 18944.0 / t / 1e9;
+    println!(
+        "flex matmul [1088,3584]x[3584,18944]: median {t:.3} s ({gflops:.0} GFLOP/s), runs {runs:.3?}"
+    );
+}
+
 fn main() {
     let mut iters = 3usize;
     let mut json: Option<String> = None;
@@ -250,6 +273,10 @@ fn main() {
             "--backend" => backend = args.next().expect("--backend flex|cuda|wgpu"),
             "--dtype" => dtype = args.next().expect("--dtype f32|bf16"),
             "--glibc-defaults" => glibc_defaults = true,
+            "--matmul" => {
+                matmul_only(iters);
+                return;
+            }
             other => panic!("unknown argument {other}"),
         }
     }

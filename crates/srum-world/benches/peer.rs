@@ -209,42 +209,46 @@ fn run<B: AutodiffBackend>(a: &Args, device: &B::Device, name: &str) -> Result<(
         record(op, s, b);
     }
 
-    if !(want("sample") || want("understand")) {
-        return write_ops(a, name, ops);
-    }
     let sampler = EulerSampler::new(EulerSamplerConfig::default());
     let ps = pick(&mut rng, 64);
-    let s = time(a.iters.min(3), || {
-        let mut r = ChaCha8Rng::seed_from_u64(1);
-        generate(
-            &inner,
-            &ps,
-            ImageSize::square(size),
-            &sampler,
-            64,
-            &mut r,
-            &inner_device,
-        )
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-    })?;
-    record("sample", s, 64);
+    if want("sample") {
+        let s = time(a.iters.min(3), || {
+            let mut r = ChaCha8Rng::seed_from_u64(1);
+            generate(
+                &inner,
+                &ps,
+                ImageSize::square(size),
+                &sampler,
+                64,
+                &mut r,
+                &inner_device,
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        })?;
+        record("sample", s, 64);
+    }
 
-    let imgs: Vec<PixelImage> = (0..64)
-        .map(|_| PixelImage::filled(size, size, [1.0; 3]))
-        .collect();
-    let images = PixelImage::to_tensor::<B::InnerBackend>(&imgs, &inner_device)
-        .map_err(|e| e.to_string())?;
-    let text = inner.text_batch(&ps).map_err(|e| e.to_string())?;
-    let s = time(a.iters, || {
-        let l = inner
-            .understand(images.clone(), &text)
+    if want("understand") {
+        let imgs: Vec<PixelImage> = (0..64)
+            .map(|_| PixelImage::filled(size, size, [1.0; 3]))
+            .collect();
+        let images = PixelImage::to_tensor::<B::InnerBackend>(&imgs, &inner_device)
             .map_err(|e| e.to_string())?;
-        l.into_data();
-        Ok(())
-    })?;
-    record("understand", s, 64);
+        let text = inner.text_batch(&ps).map_err(|e| e.to_string())?;
+        let s = time(a.iters, || {
+            let l = inner
+                .understand(images.clone(), &text)
+                .map_err(|e| e.to_string())?;
+            l.into_data();
+            Ok(())
+        })?;
+        record("understand", s, 64);
+    }
 
+    if a.only.is_some() {
+        return write_ops(a, name, ops);
+    }
     let composer = RewardComposer::new(RewardComposerConfig::default());
     for side in [512usize, 1024] {
         let judgement = common::five_box_judgement(side);
