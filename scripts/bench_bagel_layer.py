@@ -22,7 +22,8 @@ prompt's 62 cached keys and values (update_past_key_values False), then again af
 context of a prompt without a system prompt); the prompt's cache is filled by forward_inference before the clock
 starts. flash_attn_varlen_func, which forward_inference calls, is a CUDA kernel; here it is scaled_dot_product_attention
 per segment with grouped-query heads (enable_gqa, no copied key/value heads), PyTorch's fastest CPU equivalent.
-Float32, random weights (normal, std 0.02; norms one), standard normal input. One warm-up run, then --iters timed
+Float32 (or --dtype bf16 with the official bfloat16 casts; --device cuda on a GPU), random weights (normal, std
+0.02; norms one), standard normal input. One warm-up run, then --iters timed
 runs; the median is reported.
 """
 
@@ -76,11 +77,18 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--json")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU side of scripts/gpu_bagel.sh)")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    # Every tensor the official code makes (masks, indexes, caches) on the device.
+    torch.set_default_device(a.device)
+    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     bf.import_official(a.bagel_src)
     from modeling.bagel import qwen2_navit
+    if a.dtype == "bf16":
+        qwen2_navit.torch = torch  # the official bfloat16 casts, which the f32 comparison neutralises
 
     config = bf.O.Qwen2Config(
         vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=1,
@@ -96,17 +104,18 @@ def main():
                 p.zero_()
             else:
                 p.normal_(0.0, 0.02)
+    layer.to(dtype)
     layer.train()
     rotary = qwen2_navit.Qwen2RotaryEmbedding(config=config)
 
     n_lat = SIDE * SIDE
     split_lens = [TEXT, n_lat + 2]
     n = sum(split_lens)
-    mask = bf.O.data_utils.prepare_attention_mask_per_sample(split_lens, ["causal", "noise"])
+    mask = bf.O.data_utils.prepare_attention_mask_per_sample(split_lens, ["causal", "noise"]).to(dtype)
     gen = torch.arange(TEXT + 1, TEXT + 1 + n_lat)
     und = torch.tensor(list(range(TEXT + 1)) + [n - 1])
     positions = torch.tensor(list(range(TEXT)) + [TEXT] * (n_lat + 2))
-    x0 = torch.randn(n, config.hidden_size)
+    x0 = torch.randn(n, config.hidden_size, dtype=dtype)
     with torch.no_grad():
         cos, sin = rotary(x0, positions.unsqueeze(0))
     pe = (cos.squeeze(0), sin.squeeze(0))
@@ -128,13 +137,19 @@ def main():
         g = x.grad.abs().sum().item()
         assert g > 0 and all(p.grad is not None for p in params)
 
-    # One denoising step with text CFG (see the module's doc).
+    # One denoising step with text CFG (see the module's doc); on a GPU with flash-attn installed, its kernel.
     qwen2_navit.flash_attn_varlen_func = flash_attn_gqa
+    if a.device != "cpu":
+        try:
+            from flash_attn.flash_attn_interface import flash_attn_varlen_func as real
+            qwen2_navit.flash_attn_varlen_func = real
+        except ImportError:
+            pass
     n_blk = n_lat + 2
     layer.eval()  # forward_inference's attention dispatches on the module's mode
     with torch.no_grad():
         cache = bf.O.NaiveCache(1)
-        prompt = torch.randn(TEXT, config.hidden_size)
+        prompt = torch.randn(TEXT, config.hidden_size, dtype=dtype)
         pcos, psin = rotary(prompt, torch.arange(TEXT).unsqueeze(0))
         layer.forward_inference(
             packed_query_sequence=prompt, query_lens=torch.tensor([TEXT]),
@@ -142,7 +157,7 @@ def main():
             packed_query_indexes=torch.arange(TEXT), past_key_values=cache, key_values_lens=torch.tensor([0]),
             packed_key_value_indexes=torch.arange(0), update_past_key_values=True, is_causal=True, mode="und")
         assert cache.key_cache[0].shape[0] == TEXT
-        block = torch.randn(n_blk, config.hidden_size)
+        block = torch.randn(n_blk, config.hidden_size, dtype=dtype)
         branches = []
         for prefix, past in ((TEXT, cache), (0, bf.O.NaiveCache(1))):
             bcos, bsin = rotary(block, torch.full((1, n_blk), prefix))
@@ -182,10 +197,12 @@ def main():
     layer.train()
     print(f"denoising step (cond + uncond): median {dn:.3f} s, runs {[round(r, 3) for r in dn_runs]}",
           file=sys.stderr)
-    out = {"side": f"pytorch {torch.__version__}", "tokens": n, "threads": torch.get_num_threads(),
+    out = {"side": f"pytorch {torch.__version__} {a.device} {a.dtype}", "tokens": n, "threads": torch.get_num_threads(),
            "iters": a.iters, "forward_s": fwd, "forward_runs_s": fwd_runs, "forward_backward_s": fb,
            "forward_backward_runs_s": fb_runs, "denoise_s": dn, "denoise_runs_s": dn_runs,
            "peak_rss_mib": peak_rss_mib()}
+    if a.device != "cpu":
+        out["peak_gpu_allocated_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
     print(json.dumps(out))
     if a.json:
         with open(a.json, "w") as f:

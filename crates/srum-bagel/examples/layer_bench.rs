@@ -245,19 +245,31 @@ fn matmul_only(iters: usize) {
     let device = Default::default();
     let a = Tensor::<Flex, 2>::random([1088, 3584], Distribution::Normal(0.0, 1.0), &device);
     let b = Tensor::<Flex, 2>::random([3584, 18944], Distribution::Normal(0.0, 1.0), &device);
-    let (t, runs) = time(iters, || {
-        let s: f32 = a
-            .clone()
-            .matmul(b.clone())
-            .slice([0..1, 0..1])
-            .into_scalar()
-            .elem();
-        assert!(s.is_finite());
+    let g = Tensor::<Flex, 2>::random([1088, 18944], Distribution::Normal(0.0, 1.0), &device);
+    let flops = 2.0 * 1088.0 * 3584.0 * 18944.0;
+    let report = |what: &str, f: &dyn Fn() -> Tensor<Flex, 2>| {
+        let (t, runs) = time(iters, || {
+            let s: f32 = f().slice([0..1, 0..1]).into_scalar().elem();
+            assert!(s.is_finite());
+        });
+        println!(
+            "flex {what}: median {t:.3} s ({:.0} GFLOP/s), runs {runs:.3?}",
+            flops / t / 1e9
+        );
+    };
+    report("x W [1088,3584]x[3584,18944]", &|| {
+        a.clone().matmul(b.clone())
     });
-    let gflops = 2.0 * 1088.0 * 3584.0 * 18944.0 / t / 1e9;
-    println!(
-        "flex matmul [1088,3584]x[3584,18944]: median {t:.3} s ({gflops:.0} GFLOP/s), runs {runs:.3?}"
-    );
+    // The backward's two products of a Linear, with the transposed views burn passes them.
+    report("g W^T (input gradient)", &|| {
+        g.clone().matmul(b.clone().transpose())
+    });
+    report("x^T g (weight gradient)", &|| {
+        a.clone().transpose().matmul(g.clone())
+    });
+    // The same product with x^T laid out in memory beforehand (the copy is not timed).
+    let a_t = Tensor::<Flex, 2>::from_data(a.clone().transpose().into_data(), &device);
+    report("x^T g, x^T contiguous", &|| a_t.clone().matmul(g.clone()));
 }
 
 fn main() {

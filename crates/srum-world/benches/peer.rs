@@ -1,8 +1,11 @@
 //! Our side of the side-by-side comparison with the PyTorch peer (`benches/reference/`), run by
 //! `scripts/bench_vs_pytorch.sh` and `scripts/gpu_check.sh`.
 //!
-//! `peer --model DIR --json OUT [--dump FILE] [--iters K] [--device cpu|cuda|ndarray|candle]`, or
-//! `peer --probe`: each basic op on this build's GPU backend (CPU without one) against flex.
+//! `peer --model DIR --json OUT [--dump FILE] [--iters K] [--device cpu|cuda|ndarray|candle]
+//! [--only OP,OP]` (`--only`: just those operations, for profiling one or for
+//! `scripts/bench_ref_rounds.sh`), or `peer --probe`: each basic op on this build's GPU backend
+//! (CPU without one) against flex. Build it with `--features flex` for the reference model's
+//! flex kernels, as the `srum` binary has them.
 //!
 //! Writes the timings of the operations the peer also times (same JSON schema as
 //! `benches/reference/peer.py`) and, with `--dump`, one forward pass's inputs and outputs so the
