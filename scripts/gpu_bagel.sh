@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # BAGEL on a lent CUDA GPU, in one short run (about 5 minutes of device time):
-#   1. the real-width MoT layer of the CPU benchmark (examples/layer_bench.rs) in bf16 and f32;
+#   1. the real-width MoT layer of the CPU benchmark (examples/layer_bench.rs) in bf16 and f32: forward, forward +
+#      backward and a denoising step with text CFG; beside it the official PyTorch layer on the same GPU when
+#      PY and BAGEL_SRC allow (below);
 #   2. SRUM training steps through srum's Trainer on a BAGEL-7B-MoT-shaped model (real width and depth; random
 #      weights, or the folder's when one is given) at 512 and 1024 pixels, bf16 with f32 masters and per-layer
 #      checkpointing: the whole generation expert, and LoRA rank 16 (examples/train_step.rs), each with its
@@ -13,7 +15,8 @@
 #   scripts/gpu_bagel.sh [BAGEL_DIR]
 #   env: LAYER_BENCH, BAGEL_STEP, TRAIN_STEP (prebuilt executables; default: build them here with --features cuda),
 #        ITERS (layer runs, default 3), SIZE (default 512x512), STEPS (sampler steps, default 49),
-#        OUT (where the JSON lines go; default a temp dir; the device runner brings $OUT back)
+#        OUT (where the JSON lines go; default a temp dir; the device runner brings $OUT back),
+#        PY (a python with a CUDA torch, default python3), BAGEL_SRC (the official code, for the PyTorch side)
 #
 # Build elsewhere and carry the executables:
 #   cargo build --release -p srum-bagel --features cuda --example layer_bench --example bagel_step --example train_step
@@ -47,6 +50,19 @@ for dtype in bf16 f32; do
   peak "layer-$dtype" "$layer" --backend cuda --dtype "$dtype" --iters "$iters" --json "$out/layer-$dtype.json" \
     | tee "$out/layer-$dtype.txt"
 done
+# The official PyTorch layer on the same GPU and inputs' shapes (scripts/bench_bagel_layer.py --device cuda), when
+# $PY has a CUDA torch, transformers 4.49 (e.g. on PYTHONPATH from `pip install --no-deps --target DIR
+# transformers==4.49.0`) and BAGEL_SRC holds the official code (github ByteDance-Seed/Bagel 056b5fd). Its f32 products
+# stay f32 (PyTorch's default); burn's are TF32 on tensor cores (docs/PERFORMANCE.md), so compare f32 with that in mind.
+py=${PY:-python3}
+if [[ -n "${BAGEL_SRC:-}" ]] && "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+  for dtype in bf16 f32; do
+    "$py" scripts/bench_bagel_layer.py --bagel-src "$BAGEL_SRC" --device cuda --dtype "$dtype" --iters "$iters" \
+      --json "$out/pytorch-layer-$dtype.json" | tee "$out/pytorch-layer-$dtype.txt" || echo "pytorch layer $dtype failed"
+  done
+else
+  echo "the official layer's side skipped: no CUDA PyTorch in $py or no BAGEL_SRC"
+fi
 # The recipe's trainable set (the generation expert) and LoRA, at both sizes. A run that does not fit
 # fails with the allocation error and the next one goes on.
 model=(--shape 7b)

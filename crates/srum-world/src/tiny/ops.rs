@@ -55,6 +55,7 @@ pub(crate) fn permute<B: Backend>(x: Tensor<B, 4>, perm: [usize; 4]) -> Tensor<B
 }
 
 /// The scalar arithmetic of the kernels, shared by every instruction set.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
 mod math {
     /// Where [`erf`] switches from the odd polynomial to `1 - exp(q(|x|))`.
     const SPLIT: f32 = 0.921875;
