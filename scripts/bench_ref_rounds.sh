@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The reference model against its PyTorch peer in alternating rounds: each round runs our peer, then PyTorch's, on
-# the train steps, sampling and understanding, so that both sides of a round see the same machine. A shared
+# the train steps, sampling and understanding, so that both sides of a round see the same machine; odd rounds
+# start with ours, even rounds with PyTorch's. A shared
 # virtual machine drifts by tens of percent within minutes; one run of each side (scripts/bench_vs_pytorch.sh) can
 # land on either side of a drift. Prints each round's ratios and their median.
 #
@@ -26,18 +27,30 @@ for line in sys.stdin:
         print(m["executable"])')
 ops=train_step_anchor,train_step_reference,sample,understand
 export GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615:glibc.malloc.top_pad=67108864
-for r in $(seq 1 "$rounds"); do
+ours() {
   RAYON_NUM_THREADS=$threads "$exe" --model "$model" --threads "$threads" --iters "$iters" --only "$ops" \
-    --json "$out/ours-$r.json" --dump "$out/dump.safetensors"
+    --json "$out/ours-$1.json" --dump "$out/dump-$1.safetensors"
+}
+theirs() {
   OMP_NUM_THREADS=$threads $py crates/srum-world/benches/reference/peer.py --model "$model" --threads "$threads" \
-    --iters "$iters" --only "$ops" --json "$out/pytorch-$r.json" --dump "$out/dump.safetensors"
+    --iters "$iters" --only "$ops" --json "$out/pytorch-$1.json" --dump "$out/dump-$1.safetensors"
+}
+# Odd rounds ours first, even rounds PyTorch's first (its equivalence check reads the previous round's inputs).
+for r in $(seq 1 "$rounds"); do
+  if (( r % 2 )); then
+    ours "$r"; theirs "$r"
+  else
+    cp "$out/dump-$((r - 1)).safetensors" "$out/dump-$r.safetensors"
+    theirs "$r"; ours "$r"
+  fi
 done
 $py - "$out" "$rounds" "$(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(nproc) cores, $threads threads" <<'PY' |
 import json, statistics, sys
 d, rounds, machine = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 runs = [(json.load(open(f"{d}/ours-{r}.json"))["ops"], json.load(open(f"{d}/pytorch-{r}.json"))["ops"])
         for r in range(1, rounds + 1)]
-print(f"Machine: {machine}; {rounds} rounds, each our peer then PyTorch's; seconds are medians within a round\n")
+print(f"Machine: {machine}; {rounds} rounds (odd: ours first, even: PyTorch's first); seconds are medians within "
+      "a round\n")
 print("| operation | ours (s), by round | PyTorch (s), by round | ratio by round | median ratio | best / best |")
 print("|---|---|---|---|---:|---:|")
 for op in runs[0][0]:

@@ -140,8 +140,9 @@ fn denoise<B: Backend>(config: &BagelConfig, iters: usize) -> Timing {
             &device,
         )
     };
-    let (_, prompt_kv) =
-        layer.forward_inference(normal(TEXT), &Plan::packed(&prompt, config, &device), None);
+    let (_, prompt_kv) = layer
+        .forward_inference(normal(TEXT), &Plan::packed(&prompt, config, &device), None)
+        .expect("the prompt's plan");
     let mut block = PackedSequence::new();
     block
         .push_noisy_latents(
@@ -166,8 +167,12 @@ fn denoise<B: Backend>(config: &BagelConfig, iters: usize) -> Timing {
     let (cond, uncond) = (plan(TEXT), plan(0));
     let x = normal(n);
     time(iters, || {
-        let (c, _) = layer.forward_inference(x.clone(), &cond, Some(&prompt_kv));
-        let (u, _) = layer.forward_inference(x.clone(), &uncond, None);
+        let (c, _) = layer
+            .forward_inference(x.clone(), &cond, Some(&prompt_kv))
+            .expect("the conditional block after the prompt");
+        let (u, _) = layer
+            .forward_inference(x.clone(), &uncond, None)
+            .expect("the unconditional block");
         let s: f32 = (c.sum() + u.sum()).into_scalar().elem();
         assert!(s.is_finite());
     })
@@ -237,16 +242,16 @@ fn run(
     }
 }
 
-/// The layer's largest product alone, `[1088, 3584] x [3584, 18944]` (the understanding and
-/// generation MLPs' up and gate projections over every token), on flex: what the layer's time
-/// comes down to (`--matmul`, after `--iters`). The PyTorch side:
-/// `torch.randn(1088, 3584) @ torch.randn(3584, 18944)` on the same threads.
+/// The layer's largest products alone, on flex: the generation expert's MLP up (or gate)
+/// projection of the 1024 latent tokens, `[1024, 3584] x [3584, 18944]`, and its two backward
+/// products (`--matmul`, after `--iters`): what the layer's time comes down to. The PyTorch side:
+/// `torch.randn(1024, 3584) @ torch.randn(3584, 18944)` and so on, on the same threads.
 fn matmul_only(iters: usize) {
     let device = Default::default();
-    let a = Tensor::<Flex, 2>::random([1088, 3584], Distribution::Normal(0.0, 1.0), &device);
+    let a = Tensor::<Flex, 2>::random([1024, 3584], Distribution::Normal(0.0, 1.0), &device);
     let b = Tensor::<Flex, 2>::random([3584, 18944], Distribution::Normal(0.0, 1.0), &device);
-    let g = Tensor::<Flex, 2>::random([1088, 18944], Distribution::Normal(0.0, 1.0), &device);
-    let flops = 2.0 * 1088.0 * 3584.0 * 18944.0;
+    let g = Tensor::<Flex, 2>::random([1024, 18944], Distribution::Normal(0.0, 1.0), &device);
+    let flops = 2.0 * 1024.0 * 3584.0 * 18944.0;
     let report = |what: &str, f: &dyn Fn() -> Tensor<Flex, 2>| {
         let (t, runs) = time(iters, || {
             let s: f32 = f().slice([0..1, 0..1]).into_scalar().elem();
@@ -257,7 +262,7 @@ fn matmul_only(iters: usize) {
             flops / t / 1e9
         );
     };
-    report("x W [1088,3584]x[3584,18944]", &|| {
+    report("x W [1024,3584]x[3584,18944]", &|| {
         a.clone().matmul(b.clone())
     });
     // The backward's two products of a Linear, with the transposed views burn passes them.

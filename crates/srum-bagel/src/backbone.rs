@@ -95,6 +95,8 @@ pub struct Plan<B: Backend> {
     pub(crate) routing: Routing<B>,
     pub(crate) rope: RopeTables<B>,
     pub(crate) segments: Vec<Segment<B>>,
+    /// Cached tokens every query sees before its own block (0 for a packed training forward).
+    pub(crate) prefix: usize,
 }
 
 impl<B: Backend> Plan<B> {
@@ -112,12 +114,18 @@ impl<B: Backend> Plan<B> {
             routing: Routing::new(&seq.experts(), device),
             rope: RopeTables::new(&seq.positions, config.head_dim(), config.rope_theta, device),
             segments,
+            prefix: 0,
         }
     }
 
     /// The plan of an inference forward (`forward_inference`): a block of `experts.len()` query
     /// tokens at RoPE `positions` that sees all of a `prefix`-token cache, and itself causally
     /// (a text block) or fully (a noisy-latent block, as in every denoising step).
+    /// [`crate::DecoderLayer::forward_inference`] checks that the cache it is given has
+    /// `prefix` tokens.
+    ///
+    /// # Panics
+    /// When `positions` and `experts` differ in length.
     pub fn block(
         experts: &[Expert],
         positions: &[i64],
@@ -128,6 +136,12 @@ impl<B: Backend> Plan<B> {
         device: &B::Device,
     ) -> Self {
         let n = experts.len();
+        assert_eq!(
+            positions.len(),
+            n,
+            "Plan::block: {} positions for {n} tokens",
+            positions.len()
+        );
         let cols = prefix + n;
         let mut allowed = vec![true; n * cols];
         if causal {
@@ -141,6 +155,7 @@ impl<B: Backend> Plan<B> {
             routing: Routing::new(experts, device),
             rope: RopeTables::new(positions, head_dim, theta, device),
             segments: vec![Segment::from_mask(0, n, &allowed, cols, device)],
+            prefix,
         }
     }
 }

@@ -7,6 +7,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use crate::attention::{Attention, AttentionConfig, LayerKv, Segment};
 use crate::backbone::Plan;
 use crate::config::BagelConfig;
+use crate::error::BagelError;
 use crate::lora::LoraConfig;
 use crate::mlp::{Mlp, MlpConfig};
 use crate::rope::RopeTables;
@@ -94,13 +95,31 @@ impl<B: Backend> DecoderLayer<B> {
     /// block's own keys and values, which a later block's `prefix` can be.
     ///
     /// Shapes: `x`: `[n, hidden]` to `[n, hidden]`, `n` the plan's query tokens.
+    ///
+    /// # Errors
+    /// When `x` has not the plan's number of tokens, or `prefix` has not the number of cached
+    /// tokens the plan was built for.
     pub fn forward_inference(
         &self,
         x: Tensor<B, 2>,
         plan: &Plan<B>,
         prefix: Option<&LayerKv<B>>,
-    ) -> (Tensor<B, 2>, LayerKv<B>) {
-        self.forward(x, &plan.routing, &plan.rope, &plan.segments, prefix)
+    ) -> crate::error::Result<(Tensor<B, 2>, LayerKv<B>)> {
+        let [n, _] = x.dims();
+        let rows: usize = plan.segments.iter().map(|s| s.len).sum();
+        if n != rows {
+            return Err(BagelError::Input(format!(
+                "forward_inference: x has {n} tokens, the plan {rows}"
+            )));
+        }
+        let cached = prefix.map_or(0, |kv| kv.k.dims()[0]);
+        if cached != plan.prefix {
+            return Err(BagelError::Input(format!(
+                "forward_inference: the plan is for {} cached tokens, the prefix has {cached}",
+                plan.prefix
+            )));
+        }
+        Ok(self.forward(x, &plan.routing, &plan.rope, &plan.segments, prefix))
     }
 
     /// Shapes: `x`: `[n, hidden]` to `[n, hidden]`.

@@ -105,3 +105,69 @@ fn cached_paths_match_the_packed_forward() {
     let p = model.yes_probability(&cache, 1, 5, 6).unwrap();
     assert!((0.0..=1.0).contains(&p));
 }
+
+/// One layer's inference forward (`DecoderLayer::forward_inference`): a prompt, then a noisy
+/// latent block after the prompt's cached keys and values, gives the block rows of the packed
+/// training forward of `[prompt, block]` (where the block sees the prompt, the prompt not the
+/// block); a prefix of the wrong length is refused.
+#[test]
+fn one_layers_cached_block_matches_its_packed_forward() {
+    use srum_bagel::{DecoderLayerConfig, Plan};
+    let device = Default::default();
+    let config = tiny();
+    let layer = DecoderLayerConfig::new(config.clone()).init::<B>(&device);
+    let text: Vec<u32> = (10..17).collect();
+    let grid = (2, 3);
+    let mut packed = PackedSequence::new();
+    packed.push_text(&text);
+    packed
+        .push_noisy_latents(grid, 3, 4, config.max_latent_size)
+        .unwrap();
+    packed.end_sample();
+    let n = packed.len();
+    let x = Tensor::<B, 2>::random(
+        [n, config.hidden_size],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let want = layer.forward_train(x.clone(), &Plan::packed(&packed, &config, &device));
+
+    let t = text.len();
+    let mut prompt = PackedSequence::new();
+    prompt.push_text(&text);
+    prompt.end_sample();
+    let prompt_plan = Plan::packed(&prompt, &config, &device);
+    let (head, kv) = layer
+        .forward_inference(x.clone().narrow(0, 0, t), &prompt_plan, None)
+        .unwrap();
+    let mut block = PackedSequence::new();
+    block
+        .push_noisy_latents(grid, 3, 4, config.max_latent_size)
+        .unwrap();
+    let m = block.len();
+    let plan = Plan::<B>::block(
+        &block.experts(),
+        &vec![t as i64; m],
+        t,
+        false,
+        config.head_dim(),
+        config.rope_theta,
+        &device,
+    );
+    let (tail, _) = layer
+        .forward_inference(x.clone().narrow(0, t, m), &plan, Some(&kv))
+        .unwrap();
+    assert!(max_diff(head, want.clone().narrow(0, 0, t)) < 1e-5);
+    assert!(max_diff(tail, want.narrow(0, t, m)) < 1e-5);
+
+    // The block's plan expects the prompt's 7 cached tokens: none, or the wrong rows, is an error.
+    let err = layer
+        .forward_inference(x.clone().narrow(0, t, m), &plan, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("7 cached tokens"), "{err}");
+    assert!(
+        layer
+            .forward_inference(x.narrow(0, 0, t), &plan, Some(&kv))
+            .is_err()
+    );
+}

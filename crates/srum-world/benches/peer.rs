@@ -43,6 +43,14 @@ struct Args {
     only: Option<Vec<String>>,
 }
 
+/// The operations `--only` can name.
+const ONLY: [&str; 4] = [
+    "train_step_anchor",
+    "train_step_reference",
+    "sample",
+    "understand",
+];
+
 fn parse_args() -> Result<Args, String> {
     let mut kv: HashMap<String, String> = HashMap::new();
     let mut it = std::env::args().skip(1);
@@ -66,9 +74,16 @@ fn parse_args() -> Result<Args, String> {
             None => 5,
         },
         device: kv.get("device").cloned().unwrap_or_else(|| "cpu".into()),
-        only: kv
-            .get("only")
-            .map(|v| v.split(',').map(str::to_string).collect()),
+        only: match kv.get("only") {
+            None => None,
+            Some(v) => {
+                let ops: Vec<String> = v.split(',').map(str::to_string).collect();
+                if let Some(bad) = ops.iter().find(|o| !ONLY.contains(&o.as_str())) {
+                    return Err(format!("--only {bad}: not one of {}", ONLY.join(", ")));
+                }
+                Some(ops)
+            }
+        },
     })
 }
 

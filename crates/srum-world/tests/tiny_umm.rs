@@ -791,3 +791,76 @@ fn understanding_reads_the_yes_no_answer() {
     );
     assert!(by_yes_no.accuracy > 0.75, "{by_yes_no:?}");
 }
+
+/// The shipped model with the flex kernels (`Autodiff<Flex>`) against the same model on burn's
+/// own ops (`Autodiff<Flex, BalancedCheckpointing>`, which the kernels leave alone): the same
+/// velocity, understanding logits and input gradient through every block, within f32 rounding.
+#[cfg(feature = "flex")]
+#[test]
+fn flex_kernels_match_burns_ops_through_the_whole_model() {
+    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::{TensorData, backend::AutodiffBackend};
+    use srum_world::world::{Split, split_prompts};
+
+    type Ours = Autodiff<Flex>;
+    type Burns = Autodiff<Flex, BalancedCheckpointing>;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/tiny-umm");
+    let prompts: Vec<String> = split_prompts(Split::Train, 0)
+        .iter()
+        .take(6)
+        .map(|p| p.text())
+        .collect();
+
+    fn run<B: AutodiffBackend>(dir: &str, prompts: &[String]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let device = Default::default();
+        let (model, _) = TinyUmm::<B>::load_dir(dir, &device).unwrap();
+        let grid = model.latent_grid(ImageSize::square(32));
+        let (n, c) = (grid.tokens(), model.latent_channels());
+        let b = prompts.len();
+        let x: Vec<f32> = (0..b * n * c)
+            .map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * 2.0)
+            .collect();
+        let x = Tensor::<B, 3>::from_data(TensorData::new(x, [b, n, c]), &device).require_grad();
+        let t: Vec<f32> = (0..b).map(|i| 0.1 + 0.8 * i as f32 / b as f32).collect();
+        let t = Tensor::<B, 1>::from_data(TensorData::new(t, [b]), &device);
+        let text = model.text_batch(prompts).unwrap();
+        let v = model.velocity(x.clone(), t, &text);
+        let grads = (v.clone() * v.clone()).sum().backward();
+        let dx = x.grad(&grads).unwrap();
+        let images = PixelImage::to_tensor::<B>(
+            &vec![PixelImage::filled(32, 32, [0.9, 0.2, 0.1]); b],
+            &device,
+        )
+        .unwrap();
+        let logits = model.understand(images, &text).unwrap();
+        let host = |d: TensorData| d.to_vec::<f32>().unwrap();
+        (
+            host(v.into_data()),
+            host(dx.into_data()),
+            host(logits.into_data()),
+        )
+    }
+
+    let ours = run::<Ours>(dir, &prompts);
+    let burns = run::<Burns>(dir, &prompts);
+    let worst = |a: &[f32], b: &[f32]| {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    };
+    let (v, dx, logits) = (
+        worst(&ours.0, &burns.0),
+        worst(&ours.1, &burns.1),
+        worst(&ours.2, &burns.2),
+    );
+    eprintln!(
+        "kernels against burn's ops: velocity {v:e}, input gradient {dx:e}, logits {logits:e}"
+    );
+    assert!(
+        v < 1e-5 && dx < 1e-5 && logits < 1e-5,
+        "relative to the largest value: velocity {v:e}, input gradient {dx:e}, logits {logits:e}"
+    );
+    // The two backends really differ: burn's GELU rounds otherwise than the kernel's.
+    assert!(v > 0.0 || dx > 0.0, "the kernels did not run");
+}

@@ -230,6 +230,9 @@ def main():
 
     ops = {}
     only = set(a.only.split(",")) if a.only else None
+    known = {"train_step_anchor", "train_step_reference", "sample", "understand"}
+    if only is not None and not only <= known:
+        sys.exit(f"--only {','.join(sorted(only - known))}: not one of {', '.join(sorted(known))}")
 
     def want(op):
         return only is None or op in only
