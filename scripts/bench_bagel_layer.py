@@ -21,7 +21,9 @@ mode on the noisy-latent block (<|vision_start|>, 1024 latents, <|vision_end|>: 
 prompt's 62 cached keys and values (update_past_key_values False), then again after an empty cache (the text-CFG
 context of a prompt without a system prompt); the prompt's cache is filled by forward_inference before the clock
 starts. flash_attn_varlen_func, which forward_inference calls, is a CUDA kernel; here it is scaled_dot_product_attention
-per segment with grouped-query heads (enable_gqa, no copied key/value heads), PyTorch's fastest CPU equivalent.
+per segment with grouped-query heads (enable_gqa, no copied key/value heads), PyTorch's fused attention on the CPU
+(attention is about 3 % of the step's FLOPs). On a GPU with flash-attn installed its own kernel is used; the
+official `sdpa_kernel` choice stays a no-op there too (the training forward's dense-mask SDPA picks its own kernel).
 Float32 (or --dtype bf16 with the official bfloat16 casts; --device cuda on a GPU), random weights (normal, std
 0.02; norms one), standard normal input. One warm-up run, then --iters timed
 runs; the median is reported.

@@ -19,12 +19,7 @@ threads=${THREADS:-$(nproc)}
 out=target/bench-ref-rounds
 mkdir -p "$out"
 py=.venv-bench/bin/python
-exe=$(cargo bench -p srum-world --bench peer --features flex --no-run --message-format=json |
-  $py -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "peer" and m.get("executable"):
-        print(m["executable"])')
+exe=$(scripts/peer_exe.sh "$py")
 ops=train_step_anchor,train_step_reference,sample,understand
 export GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615:glibc.malloc.top_pad=67108864
 ours() {

@@ -34,12 +34,7 @@ py=.venv-bench/bin/python
 
 $py crates/srum-world/benches/reference/reward_map.py
 
-exe=$(cargo bench -p srum-world --bench peer --features flex --no-run --message-format=json |
-  $py -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "peer" and m.get("executable"):
-        print(m["executable"])')
+exe=$(scripts/peer_exe.sh "$py")
 
 # Both sides with freed buffers kept in the heap (srum::allocator's settings, which the `srum`
 # binary applies itself): glibc's defaults make each side fault in fresh pages for every large
