@@ -99,19 +99,18 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=Non
     assert not unused.get("window_size") and not unused.get("alibi_slopes"), unused
     hq, hkv = q.shape[1], k.shape[1]
     assert hq % hkv == 0
-    groups = hq // hkv
     cq = [int(x) for x in cu_seqlens_q.tolist()]
     ck = [int(x) for x in cu_seqlens_k.tolist()]
     out = q.new_zeros(q.shape)
     for i in range(len(cq) - 1):
         qi = q[cq[i]:cq[i + 1]].transpose(0, 1)  # [Hq, Lq, D]
-        ki = k[ck[i]:ck[i + 1]].repeat_interleave(groups, dim=1).transpose(0, 1)
-        vi = v[ck[i]:ck[i + 1]].repeat_interleave(groups, dim=1).transpose(0, 1)
+        ki = k[ck[i]:ck[i + 1]].transpose(0, 1)  # [Hkv, Lk, D], shared by Hq / Hkv query heads each
+        vi = v[ck[i]:ck[i + 1]].transpose(0, 1)
         lq, lk = qi.shape[1], ki.shape[1]
         mask = None
         if causal:  # bottom-right aligned: query i sees key j iff j <= i + (lk - lq)
             mask = torch.ones(lq, lk, dtype=torch.bool).tril(diagonal=lk - lq)
-        oi = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=softmax_scale)
+        oi = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=softmax_scale, enable_gqa=True)
         out[cq[i]:cq[i + 1]] = oi.transpose(0, 1)
     return out
 

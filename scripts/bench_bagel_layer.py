@@ -20,8 +20,9 @@ work at the layer under text classifier-free guidance, as Bagel._forward_flow ru
 mode on the noisy-latent block (<|vision_start|>, 1024 latents, <|vision_end|>: 1026 tokens, not causal) after the
 prompt's 62 cached keys and values (update_past_key_values False), then again after an empty cache (the text-CFG
 context of a prompt without a system prompt); the prompt's cache is filled by forward_inference before the clock
-starts. flash_attn_varlen_func, which forward_inference calls, is a CUDA kernel; here it is scaled_dot_product_attention
-per segment with grouped-query heads (enable_gqa, no copied key/value heads), PyTorch's fused attention on the CPU
+starts. flash_attn_varlen_func, which forward_inference calls, is a CUDA kernel; here it is scripts/bagel_fixtures.py's
+stand-in: scaled_dot_product_attention per segment with grouped-query heads (enable_gqa, no copied key/value heads),
+PyTorch's fused attention on the CPU
 (attention is about 3 % of the step's FLOPs). On a GPU with flash-attn installed its own kernel is used; the
 official `sdpa_kernel` choice stays a no-op there too (the training forward's dense-mask SDPA picks its own kernel).
 Float32 (or --dtype bf16 with the official bfloat16 casts; --device cuda on a GPU), random weights (normal, std
@@ -54,25 +55,6 @@ def peak_rss_mib():
     return 0.0
 
 
-def flash_attn_gqa(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None, dropout_p=0.0,
-                   softmax_scale=None, causal=False, **unused):
-    """flash_attn_varlen_func on the CPU: SDPA per segment, key/value heads shared by their query heads."""
-    assert dropout_p == 0.0
-    cq = [int(x) for x in cu_seqlens_q.tolist()]
-    ck = [int(x) for x in cu_seqlens_k.tolist()]
-    out = q.new_empty(q.shape)
-    for i in range(len(cq) - 1):
-        qi = q[cq[i]:cq[i + 1]].transpose(0, 1)
-        ki = k[ck[i]:ck[i + 1]].transpose(0, 1)
-        vi = v[ck[i]:ck[i + 1]].transpose(0, 1)
-        lq, lk = qi.shape[1], ki.shape[1]
-        mask = torch.ones(lq, lk, dtype=torch.bool).tril(diagonal=lk - lq) if causal else None
-        oi = torch.nn.functional.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=softmax_scale,
-                                                              enable_gqa=True)
-        out[cq[i]:cq[i + 1]] = oi.transpose(0, 1)
-    return out
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bagel-src", default="/tmp/bagel-src")
@@ -87,6 +69,13 @@ def main():
     # Every tensor the official code makes (masks, indexes, caches) on the device.
     torch.set_default_device(a.device)
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
+    # The real flash-attn, on a GPU that has it, imported before import_official puts its stand-in in its place.
+    real_flash_attn = None
+    if a.device != "cpu":
+        try:
+            from flash_attn.flash_attn_interface import flash_attn_varlen_func as real_flash_attn
+        except ImportError:
+            pass
     bf.import_official(a.bagel_src)
     from modeling.bagel import qwen2_navit
     if a.dtype == "bf16":
@@ -140,13 +129,8 @@ def main():
         assert g > 0 and all(p.grad is not None for p in params)
 
     # One denoising step with text CFG (see the module's doc); on a GPU with flash-attn installed, its kernel.
-    qwen2_navit.flash_attn_varlen_func = flash_attn_gqa
-    if a.device != "cpu":
-        try:
-            from flash_attn.flash_attn_interface import flash_attn_varlen_func as real
-            qwen2_navit.flash_attn_varlen_func = real
-        except ImportError:
-            pass
+    if real_flash_attn is not None:
+        qwen2_navit.flash_attn_varlen_func = real_flash_attn
     n_blk = n_lat + 2
     layer.eval()  # forward_inference's attention dispatches on the module's mode
     with torch.no_grad():

@@ -159,8 +159,7 @@ fn denoise<B: Backend>(config: &BagelConfig, iters: usize) -> Timing {
             &vec![prefix as i64; n],
             prefix,
             false,
-            config.head_dim(),
-            config.rope_theta,
+            config,
             &device,
         )
     };

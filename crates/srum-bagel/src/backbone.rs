@@ -44,8 +44,6 @@ impl BackboneConfig {
                 .collect(),
             norm: norm(),
             norm_moe_gen: norm(),
-            head_dim: c.head_dim(),
-            rope_theta: c.rope_theta,
         }
     }
 }
@@ -57,8 +55,6 @@ pub struct Backbone<B: Backend> {
     layers: Vec<DecoderLayer<B>>,
     norm: RmsNorm<B>,
     norm_moe_gen: RmsNorm<B>,
-    head_dim: usize,
-    rope_theta: f64,
 }
 
 impl<B: Backend> Backbone<B> {
@@ -131,8 +127,7 @@ impl<B: Backend> Plan<B> {
         positions: &[i64],
         prefix: usize,
         causal: bool,
-        head_dim: usize,
-        theta: f64,
+        config: &BagelConfig,
         device: &B::Device,
     ) -> Self {
         let n = experts.len();
@@ -153,7 +148,7 @@ impl<B: Backend> Plan<B> {
         }
         Self {
             routing: Routing::new(experts, device),
-            rope: RopeTables::new(positions, head_dim, theta, device),
+            rope: RopeTables::new(positions, config.head_dim(), config.rope_theta, device),
             segments: vec![Segment::from_mask(0, n, &allowed, cols, device)],
             prefix,
         }
@@ -173,16 +168,6 @@ impl<B: Backend> Backbone<B> {
             |t| self.norm.forward(t),
             |t| self.norm_moe_gen.forward(t),
         )
-    }
-
-    /// Per-head width.
-    pub(crate) fn head_dim(&self) -> usize {
-        self.head_dim
-    }
-
-    /// RoPE base period.
-    pub(crate) fn rope_theta(&self) -> f64 {
-        self.rope_theta
     }
 
     /// Shapes: returns `[ids.len(), hidden]`.

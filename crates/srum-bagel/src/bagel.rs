@@ -376,8 +376,7 @@ impl<B: Backend> Bagel<B> {
             &positions,
             cache.len(),
             false,
-            bb.head_dim(),
-            bb.rope_theta(),
+            &self.config,
             &device,
         );
         let (hidden, _) = bb.forward(x, &plan, Some(cache), keep_layers);
@@ -464,8 +463,7 @@ impl<B: Backend> Bagel<B> {
             &vec![cache.next_position(); len],
             cache.len(),
             false,
-            bb.head_dim(),
-            bb.rope_theta(),
+            &self.config,
             &device,
         );
         let (hidden, kvs) = bb.forward(x, &plan, Some(cache), false);
@@ -491,8 +489,7 @@ impl<B: Backend> Bagel<B> {
             &positions,
             cache.len(),
             true,
-            bb.head_dim(),
-            bb.rope_theta(),
+            &self.config,
             &device,
         );
         let x = bb.embed(ids, &device);

@@ -150,8 +150,7 @@ fn one_layers_cached_block_matches_its_packed_forward() {
         &vec![t as i64; m],
         t,
         false,
-        config.head_dim(),
-        config.rope_theta,
+        &config,
         &device,
     );
     let (tail, _) = layer

@@ -472,7 +472,7 @@ mod flex {
             unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
                 let grad = contiguous(grad);
                 let mut dx = vec![0f32; dims.iter().product()];
-                let saved = saved.map(contiguous);
+                // What was saved is contiguous already: the forward's input made so, or its output.
                 k.backward(saved.as_ref().map_or(&[], slice), slice(&grad), &mut dx);
                 tensor(dx, dims)
             });
